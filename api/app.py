@@ -1,0 +1,76 @@
+"""The aiohttp application: wiring of storage, live runs, routes and background tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from api import join, routes_catalog, routes_events, routes_meta, routes_runs
+from api.auth import auth_middleware
+from api.config import ServerConfig
+from api.errors import error_middleware
+from api.live import LiveRuns, LiveSettings
+from api.openapi import RouteTable
+from api.state import STATE, AppState
+from runtime.events import EventHub
+from runtime.interviewer import Interviewer, ScriptedInterviewer
+from runtime.storage import Store
+
+log = logging.getLogger("vivavoce.app")
+
+TABLES = (routes_meta.routes, routes_catalog.routes, routes_runs.routes, routes_events.routes, join.routes)
+
+
+def all_routes() -> RouteTable:
+    table = RouteTable()
+    for t in TABLES:
+        table.routes.extend(t.routes)
+    return table
+
+
+def create_app(config: ServerConfig, *, interviewer: Interviewer | None = None) -> web.Application:
+    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=config.max_body_bytes)
+    store = Store(config.db_url, synchronous=config.sqlite_synchronous)
+    hub = EventHub()
+    store.db.add_listener(hub.publish)
+    live = LiveRuns(store, interviewer or ScriptedInterviewer(), settings=LiveSettings(time_scale=config.time_scale))
+    app[STATE] = AppState(config=config, store=store, hub=hub, live=live)
+    table = all_routes()
+    table.add_to(app.router)
+    app[routes_meta.OPENAPI] = table.document(title="vivavoce", version=routes_meta.VERSION)
+    app.cleanup_ctx.append(_lifecycle)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    if state.config.database_url is None:
+        state.config.data_dir.mkdir(parents=True, exist_ok=True)
+    await state.store.open()
+    recovered = await state.live.recover()
+    if recovered:
+        log.info("resumed %d run(s) in progress", recovered)
+    sweeper = asyncio.create_task(_sweep(state), name="join-expiry-sweeper")
+    yield
+    sweeper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sweeper
+    await state.live.close()
+    await state.store.close()
+
+
+async def _sweep(state: AppState) -> None:
+    """Fail runs whose join window passed without a join (joins check too, so this is only for the record)."""
+    interval = state.config.scaled(state.config.sweep_interval_s)
+    while True:
+        try:
+            expired = await state.live.expire_pending()
+            if expired:
+                log.info("%d run(s) expired unjoined", expired)
+        except Exception:
+            log.exception("join-expiry sweep failed")
+        await asyncio.sleep(interval)

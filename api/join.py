@@ -1,0 +1,227 @@
+"""The participant's side: the join page and the chat websocket (protocol: docs/protocol.md).
+
+The join token in the URL is the participant's only credential. Every frame
+from the participant is validated; a bad one gets an ``error`` frame and the
+session goes on. Frames larger than ``max_frame_bytes`` are refused by aiohttp
+with close code 1009.
+
+The server pings the participant every ``heartbeat_s`` and measures the round
+trip from the pong: half of it is the ``network`` stage of the latency
+breakdown. A participant that answers no ping for two intervals is
+disconnected, which ends the session (not the run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import re
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from api.live import ParticipantLink
+from api.openapi import Param, RouteTable
+from api.state import STATE, AppState
+from runtime.serialize import message_json
+from runtime.types import EndReason, Run, RunStatus, SessionType
+
+routes = RouteTable()
+
+STATIC_DIR = Path(__file__).parent / "static"
+STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+CSP = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; media-src 'self' blob:"
+CLIENT_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+TOKEN = Param("token", "The run's join token", where="path")
+
+END_TEXT = {
+    EndReason.COMPLETED: "This interview is complete. Thank you for taking part!",
+    EndReason.PARTICIPANT_LEFT: "This interview has ended because the connection was not resumed in time.",
+    EndReason.IDLE_TIMEOUT: "This interview ended because of inactivity.",
+    EndReason.MAX_DURATION: "This interview reached its time limit and has ended.",
+    EndReason.CANCELLED: "This interview was cancelled by the researcher.",
+    EndReason.JOIN_EXPIRED: "This interview link has expired.",
+    EndReason.ERROR: "This interview ended because of a technical problem. We are sorry.",
+}
+
+
+class ChatLink:
+    """A participant's websocket, as the live controller sees it."""
+
+    session_type = SessionType.TEXT
+    plays_audio = False
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+        self._rtt: float | None = None
+        self.last_pong = time.monotonic()
+
+    @property
+    def rtt(self) -> float | None:
+        return self._rtt
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        if not self.ws.closed:
+            await self.ws.send_str(json.dumps(frame, separators=(",", ":")))
+
+    async def close(self, code: int, reason: str) -> None:
+        await self.ws.close(code=code, message=reason.encode())
+
+    async def ping(self) -> None:
+        await self.ws.ping(struct.pack("!d", time.monotonic()))
+
+    def pong(self, payload: bytes) -> None:
+        self.last_pong = time.monotonic()
+        if len(payload) == 8:
+            sent = struct.unpack("!d", payload)[0]
+            if 0 <= self.last_pong - sent < 60:
+                self._rtt = self.last_pong - sent
+
+
+_: type[ParticipantLink] = ChatLink  # ChatLink satisfies the link protocol
+
+
+async def _current(state: AppState, run: Run) -> Run:
+    """The run, failed as join_expired first if its join window has passed."""
+    if run.status is RunStatus.PENDING and time.time() >= run.join_expires_at:
+        await state.store.runs.end_run(run.id, EndReason.JOIN_EXPIRED)
+        return await state.store.runs.get_run(run.id)
+    return run
+
+
+def _page(title: str, body: str, status: int = 200) -> web.Response:
+    text = (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>{html.escape(title)}</title><link rel='stylesheet' href='/static/join.css'></head>"
+        f"<body><main class='notice-page'><h1>{html.escape(title)}</h1><p>{html.escape(body)}</p></main></body></html>"
+    )
+    return web.Response(text=text, status=status, content_type="text/html", headers={"Content-Security-Policy": CSP})
+
+
+@routes.route("GET", "/join/{token}", summary="The participant's interview page", tag="participant", auth=False,
+              content_types=("text/html",), errors=(404,), params=(TOKEN,))
+async def join_page(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    run = await state.store.runs.run_by_token(request.match_info["token"])
+    if run is None:
+        return _page("Interview not found", "This interview link is not valid. Please check the link you were given.",
+                     404)
+    run = await _current(state, run)
+    if run.status.is_terminal:
+        return _page("Interview ended", END_TEXT[run.end_reason or EndReason.ERROR])
+    bp = await state.store.catalog.get_blueprint(run.org_id, run.blueprint_id, run.blueprint_version)
+    template = (STATIC_DIR / "join.html").read_text(encoding="utf-8")
+    page = template.replace("{{TITLE}}", html.escape(bp.content.name)).replace(
+        "{{WS_PATH}}", html.escape(f"/join/{request.match_info['token']}/ws")
+    )
+    return web.Response(text=page, content_type="text/html",
+                        headers={"Content-Security-Policy": CSP, "Cache-Control": "no-store"})
+
+
+@routes.route("GET", "/static/{name}", summary="Page assets (scripts, styles)", tag="participant", auth=False,
+              content_types=("text/javascript", "text/css"), errors=(404,),
+              params=(Param("name", "Asset file name", where="path"),))
+async def static_file(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    path = STATIC_DIR / name
+    if "/" in name or name.startswith(".") or path.suffix not in STATIC_TYPES or not path.is_file():
+        raise web.HTTPNotFound(text=f"no asset {name[:80]!r}")
+    return web.Response(body=path.read_bytes(), content_type=STATIC_TYPES[path.suffix],
+                        headers={"Cache-Control": "no-cache"})
+
+
+@routes.route("GET", "/join/{token}/ws", summary="The participant's chat websocket (docs/protocol.md)",
+              tag="participant", auth=False, status=101, content_types=(), errors=(404,), params=(TOKEN,))
+async def join_socket(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    run = await state.store.runs.run_by_token(request.match_info["token"])
+    if run is None:
+        raise web.HTTPNotFound(text="This interview link is not valid.")
+    ws = web.WebSocketResponse(max_msg_size=state.config.max_frame_bytes, autoping=False)
+    await ws.prepare(request)
+    link = ChatLink(ws)
+    run = await _current(state, run)
+    controller = None if run.status.is_terminal else await state.live.controller(run)
+    session = None if controller is None else await controller.attach(link)
+    if controller is None or session is None:
+        run = await state.store.runs.get_run(run.id)
+        reason = (run.end_reason or EndReason.ERROR).value
+        await link.send({"type": "run.ended", "status": run.status.value, "reason": reason})
+        await ws.close(code=1000, message=b"run ended")
+        return ws
+    heartbeat = asyncio.create_task(_heartbeat(link, state.config.scaled(state.config.heartbeat_s)))
+    try:
+        await link.ping()
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT:
+                await _on_frame(state, controller, link, msg.data, received_at=time.time())
+            elif msg.type is WSMsgType.BINARY:
+                await _error(link, "invalid_frame", "binary frames are not supported; send JSON text frames")
+            elif msg.type is WSMsgType.PING:
+                await ws.pong(msg.data)
+            elif msg.type is WSMsgType.PONG:
+                link.pong(msg.data)
+    finally:
+        heartbeat.cancel()
+        await controller.detach(link)
+    return ws
+
+
+async def _heartbeat(link: ChatLink, interval: float) -> None:
+    while not link.ws.closed:
+        await asyncio.sleep(interval)
+        if time.monotonic() - link.last_pong > 2 * interval + 1:
+            await link.close(1011, "no answer to ping")  # the participant is gone; its session ends
+            return
+        try:
+            await link.ping()
+        except ConnectionError:
+            return
+
+
+async def _error(link: ChatLink, code: str, message: str, **extra: Any) -> None:
+    await link.send({"type": "error", "code": code, "message": message, **extra})
+
+
+async def _on_frame(state: AppState, controller: Any, link: ChatLink, data: str, *, received_at: float) -> None:
+    try:
+        frame = json.loads(data)
+    except json.JSONDecodeError:
+        return await _error(link, "invalid_frame", "frames must be JSON objects")
+    if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+        return await _error(link, "invalid_frame", "frames must be JSON objects with a string 'type'")
+    kind = frame["type"]
+    if kind == "message":
+        return await _on_message(state, controller, link, frame, received_at=received_at)
+    if kind == "typing":
+        return await controller.participant_activity(link)  # type: ignore[no-any-return]
+    if kind == "ping":
+        return await link.send({"type": "pong", "t": frame.get("t")})
+    await _error(link, "unknown_type", f"unknown frame type {kind[:40]!r}; expected message, typing or ping")
+
+
+async def _on_message(
+    state: AppState, controller: Any, link: ChatLink, frame: dict[str, Any], *, received_at: float
+) -> None:
+    client_id = frame.get("client_id")
+    if client_id is not None and (not isinstance(client_id, str) or not CLIENT_ID.match(client_id)):
+        return await _error(link, "invalid_frame", "client_id must be 1-64 letters, digits, '_' or '-'")
+    content = frame.get("content")
+    extra = {"client_id": client_id} if client_id else {}
+    if not isinstance(content, str):
+        return await _error(link, "invalid_frame", "message frames need a string 'content'", **extra)
+    content = content.strip()
+    if not content:
+        return await _error(link, "empty_content", "the message is empty", **extra)
+    limit = state.config.max_content_bytes
+    if len(content.encode("utf-8")) > limit:
+        return await _error(link, "content_too_large", f"the message is longer than {limit} bytes", **extra)
+    message = await controller.participant_message(link, content, client_id=client_id, received_at=received_at)
+    if message is not None:
+        run_started_at = controller.run_started_at
+        await link.send({"type": "message.ack", "client_id": client_id, "message": message_json(message, run_started_at)})

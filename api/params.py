@@ -1,0 +1,72 @@
+"""Reading what a request carries: JSON bodies into models, and query strings into checked values.
+
+Unknown query parameters are a 400 rather than ignored, so that a typo such as
+``?stauts=completed`` cannot silently return the unfiltered list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from api.errors import read_json, validation_error
+from runtime.errors import InvalidRequest, NotFound
+from runtime.ids import is_id
+
+M = TypeVar("M", bound=BaseModel)
+
+MAX_LIMIT = 100
+DEFAULT_LIMIT = 10
+
+
+async def parse_body(request: web.Request, model: type[M]) -> M:
+    data = await read_json(request)
+    if not isinstance(data, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def check_query(request: web.Request, allowed: Iterable[str], *, prefixes: Iterable[str] = ()) -> None:
+    allowed = set(allowed)
+    prefixes = tuple(prefixes)
+    for name in request.query:
+        if name not in allowed and not name.startswith(prefixes):
+            raise InvalidRequest(f"unknown query parameter {name!r}", param=name)
+
+
+def single(request: web.Request, name: str) -> str | None:
+    values = request.query.getall(name, [])
+    if len(values) > 1:
+        raise InvalidRequest(f"{name} given more than once", param=name)
+    return values[0] if values else None
+
+
+def page(request: web.Request, kind: str) -> tuple[int, str | None]:
+    """``limit`` (1..100, default 10) and the ``starting_after`` cursor (an id of ``kind``)."""
+    raw = single(request, "limit")
+    limit = DEFAULT_LIMIT
+    if raw is not None:
+        try:
+            limit = int(raw)
+        except ValueError:
+            raise InvalidRequest("limit must be an integer between 1 and 100", param="limit") from None
+        if not 1 <= limit <= MAX_LIMIT:
+            raise InvalidRequest("limit must be an integer between 1 and 100", param="limit")
+    cursor = single(request, "starting_after")
+    if cursor is not None and not is_id(cursor, kind):
+        raise InvalidRequest(f"starting_after must be a {kind} id", param="starting_after")
+    return limit, cursor
+
+
+def path_id(request: web.Request, kind: str, name: str = "id") -> str:
+    """A path id; a malformed one cannot exist, so it is a 404 like any missing object."""
+    value = request.match_info[name]
+    if not is_id(value, kind):
+        raise NotFound(f"No {kind} {value[:80]!r}", param=name)
+    return value

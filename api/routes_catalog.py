@@ -1,0 +1,119 @@
+"""Blueprints and channels: what a researcher sets up before creating runs."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from api.openapi import Param, RouteTable
+from api.params import check_query, page, parse_body, path_id, single
+from api.schemas import BlueprintIn, BlueprintOut, ChannelIn, ChannelOut, ListOut
+from api.state import ORG_ID, STATE
+from runtime.errors import InvalidRequest
+from runtime.serialize import blueprint_json, channel_json
+from runtime.types import BlueprintContent, ChannelSettings, Question
+
+routes = RouteTable()
+
+PAGE_PARAMS = (
+    Param("limit", "Page size, 1..100 (default 10)", {"type": "integer", "minimum": 1, "maximum": 100}),
+    Param("starting_after", "Cursor: the id of the last object of the previous page"),
+)
+ID = Param("id", "Object id", where="path")
+
+
+def _content(body: BlueprintIn) -> BlueprintContent:
+    return BlueprintContent(
+        name=body.name,
+        greeting=body.greeting,
+        questions=tuple(Question(q.id, q.text, tuple(q.probes), q.max_probes) for q in body.questions),
+        closing=body.closing,
+        language=body.language,
+    )
+
+
+@routes.route("POST", "/v1/blueprints", summary="Create a blueprint (draft version 1)", tag="blueprints",
+              body=BlueprintIn, response=BlueprintOut, status=201)
+async def create_blueprint(request: web.Request) -> web.Response:
+    check_query(request, ())
+    body = await parse_body(request, BlueprintIn)
+    bp = await request.app[STATE].store.catalog.create_blueprint(request[ORG_ID], _content(body))
+    return web.json_response(blueprint_json(bp), status=201)
+
+
+@routes.route("GET", "/v1/blueprints", summary="List blueprints, newest first", tag="blueprints",
+              response=ListOut, params=PAGE_PARAMS)
+async def list_blueprints(request: web.Request) -> web.Response:
+    check_query(request, ("limit", "starting_after"))
+    limit, cursor = page(request, "blueprint")
+    catalog = request.app[STATE].store.catalog
+    ids, has_more = await catalog.list_blueprints(request[ORG_ID], limit=limit, starting_after=cursor)
+    data = [blueprint_json(await catalog.get_blueprint(request[ORG_ID], bp_id)) for bp_id in ids]
+    return web.json_response({"object": "list", "data": data, "has_more": has_more})
+
+
+@routes.route("GET", "/v1/blueprints/{id}", summary="Get a blueprint (latest version, or ?version=N)",
+              tag="blueprints", response=BlueprintOut, errors=(404,),
+              params=(ID, Param("version", "A specific version", {"type": "integer", "minimum": 1})))
+async def get_blueprint(request: web.Request) -> web.Response:
+    check_query(request, ("version",))
+    raw = single(request, "version")
+    version = None
+    if raw is not None:
+        if not raw.isdigit() or int(raw) < 1:
+            raise InvalidRequest("version must be a positive integer", param="version")
+        version = int(raw)
+    bp = await request.app[STATE].store.catalog.get_blueprint(request[ORG_ID], path_id(request, "blueprint"), version)
+    return web.json_response(blueprint_json(bp))
+
+
+@routes.route("PATCH", "/v1/blueprints/{id}", summary="Replace the draft (a published latest version starts a new draft)",
+              tag="blueprints", body=BlueprintIn, response=BlueprintOut, errors=(404,), params=(ID,))
+async def update_blueprint(request: web.Request) -> web.Response:
+    check_query(request, ())
+    bp_id = path_id(request, "blueprint")
+    body = await parse_body(request, BlueprintIn)
+    bp = await request.app[STATE].store.catalog.update_blueprint(request[ORG_ID], bp_id, _content(body))
+    return web.json_response(blueprint_json(bp))
+
+
+@routes.route("POST", "/v1/blueprints/{id}/publish", summary="Publish (freeze) the latest version",
+              tag="blueprints", response=BlueprintOut, errors=(404,), params=(ID,))
+async def publish_blueprint(request: web.Request) -> web.Response:
+    check_query(request, ())
+    bp = await request.app[STATE].store.catalog.publish_blueprint(request[ORG_ID], path_id(request, "blueprint"))
+    return web.json_response(blueprint_json(bp))
+
+
+@routes.route("POST", "/v1/channels", summary="Create a channel", tag="channels", body=ChannelIn,
+              response=ChannelOut, status=201)
+async def create_channel(request: web.Request) -> web.Response:
+    check_query(request, ())
+    body = await parse_body(request, ChannelIn)
+    s = body.settings
+    channel = await request.app[STATE].store.catalog.create_channel(
+        request[ORG_ID],
+        type=body.type,
+        name=body.name,
+        settings=ChannelSettings(s.recording, s.max_duration_s, s.idle_timeout_s),
+        metadata=body.metadata,
+    )
+    return web.json_response(channel_json(channel), status=201)
+
+
+@routes.route("GET", "/v1/channels", summary="List channels, newest first", tag="channels", response=ListOut,
+              params=PAGE_PARAMS)
+async def list_channels(request: web.Request) -> web.Response:
+    check_query(request, ("limit", "starting_after"))
+    limit, cursor = page(request, "channel")
+    channels, has_more = await request.app[STATE].store.catalog.list_channels(
+        request[ORG_ID], limit=limit, starting_after=cursor
+    )
+    return web.json_response({"object": "list", "data": [channel_json(c) for c in channels], "has_more": has_more})
+
+
+@routes.route("GET", "/v1/channels/{id}", summary="Get a channel", tag="channels", response=ChannelOut,
+              errors=(404,), params=(ID,))
+async def get_channel(request: web.Request) -> web.Response:
+    check_query(request, ())
+    channel = await request.app[STATE].store.catalog.get_channel(request[ORG_ID], path_id(request, "channel"))
+    return web.json_response(channel_json(channel))

@@ -1,0 +1,117 @@
+"""A run's events: Server-Sent Events for live readers, a JSON list for pollers.
+
+The stream replays stored events after ``after_seq`` (or ``Last-Event-ID``),
+then follows live ones; it ends after the run's terminal event. To lose nothing
+between the replay and the live part, it subscribes first, replays second, and
+drops live events it already sent; if the live queue overflows or shows a gap,
+it replays from storage again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from aiohttp import web
+
+from api.openapi import Param, RouteTable
+from api.params import check_query, path_id, single
+from api.routes_catalog import ID
+from api.schemas import ListOut
+from api.state import ORG_ID, STATE
+from runtime.errors import InvalidRequest
+from runtime.serialize import iso
+from runtime.types import TERMINAL_EVENTS, Event
+
+routes = RouteTable()
+
+PAGE = 500
+
+
+def event_json(ev: Event) -> dict[str, object]:
+    return {
+        "object": "event",
+        "run_id": ev.run_id,
+        "seq": ev.seq,
+        "type": ev.type.value,
+        "created_at": iso(ev.created_at),
+        "data": ev.data,
+    }
+
+
+def _after_seq(request: web.Request) -> int:
+    raw = single(request, "after_seq")
+    param = "after_seq"
+    if raw is None:
+        raw, param = request.headers.get("Last-Event-ID"), "Last-Event-ID"
+    if raw is None or raw == "":
+        return 0
+    if not raw.isdigit():
+        raise InvalidRequest(f"{param} must be a non-negative integer", param=param)
+    return int(raw)
+
+
+def _wants_json(request: web.Request) -> bool:
+    accept = request.headers.get("Accept", "")
+    return "application/json" in accept and "text/event-stream" not in accept
+
+
+@routes.route("GET", "/v1/runs/{id}/events", tag="events", response=ListOut, errors=(404,),
+              summary="Events as Server-Sent Events (resumable), or a JSON list with Accept: application/json",
+              content_types=("text/event-stream", "application/json"),
+              params=(ID, Param("after_seq", "Only events with a larger seq", {"type": "integer", "minimum": 0}),
+                      Param("Last-Event-ID", "SSE resume point (same as after_seq)", where="header")))
+async def run_events(request: web.Request) -> web.StreamResponse:
+    check_query(request, ("after_seq",))
+    state = request.app[STATE]
+    after = _after_seq(request)
+    run = await state.store.runs.get_run(path_id(request, "run"), org_id=request[ORG_ID])
+    if _wants_json(request):
+        events = await state.store.runs.list_events(run.id, after_seq=after)
+        return web.json_response({"object": "list", "data": [event_json(e) for e in events], "has_more": False})
+
+    with state.hub.subscribe(run.id) as sub:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+        await response.prepare(request)
+        last = after
+        heartbeat = state.config.scaled(state.config.heartbeat_s)
+
+        async def send(ev: Event) -> bool:
+            nonlocal last
+            payload = json.dumps(event_json(ev), separators=(",", ":"))
+            await response.write(f"id: {ev.seq}\nevent: {ev.type.value}\ndata: {payload}\n\n".encode())
+            last = ev.seq
+            return ev.type in TERMINAL_EVENTS
+
+        async def replay() -> bool:
+            while True:
+                batch = await state.store.runs.list_events(run.id, after_seq=last, limit=PAGE)
+                for ev in batch:
+                    if await send(ev):
+                        return True
+                if len(batch) < PAGE:
+                    return False
+
+        try:
+            if await replay() or run.status.is_terminal and last >= run.last_seq:
+                return response
+            while True:
+                try:
+                    ev = await asyncio.wait_for(sub.queue.get(), heartbeat)
+                except TimeoutError:
+                    await response.write(b": heartbeat\n\n")
+                    continue
+                if ev is None or ev.seq > last + 1:  # overflowed, or missed one: read it back
+                    sub.overflowed = False
+                    if await replay():
+                        break
+                    continue
+                if ev.seq <= last:
+                    continue
+                if await send(ev):
+                    break
+        except ConnectionResetError:
+            pass
+        return response

@@ -1,0 +1,26 @@
+"""Health and the API's own description."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from api.openapi import RouteTable
+from api.schemas import HealthOut
+from api.state import STATE
+
+routes = RouteTable()
+
+VERSION = "0.1.0"
+OPENAPI = web.AppKey("vivavoce_openapi", dict)
+
+
+@routes.route("GET", "/healthz", summary="Liveness and the number of live runs", tag="meta", response=HealthOut,
+              auth=False)
+async def healthz(request: web.Request) -> web.Response:
+    live = len(request.app[STATE].live.controllers)
+    return web.json_response({"status": "ok", "version": VERSION, "live_runs": live})
+
+
+@routes.route("GET", "/openapi.json", summary="This document (OpenAPI 3.1)", tag="meta", auth=False)
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(request.app[OPENAPI])

@@ -1,0 +1,180 @@
+"""Runs: create, list, fetch with expansions, cancel, and the transcript export."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from api.openapi import Param, RouteTable
+from api.params import check_query, page, parse_body, path_id, single
+from api.routes_catalog import ID, PAGE_PARAMS
+from api.schemas import ListOut, RunIn, RunOut
+from api.state import ORG_ID, STATE, AppState
+from runtime.analysis import analyse, collect_responses, latency_summary
+from runtime.errors import Conflict, InvalidRequest, NotFound
+from runtime.ids import is_id
+from runtime.serialize import blueprint_json, channel_json, message_json, run_json, session_json
+from runtime.storage import RunFilter
+from runtime.transcript import MEDIA_TYPES, TranscriptFormat, render_transcript
+from runtime.types import EndReason, Participant, Run, RunStatus
+
+routes = RouteTable()
+
+EXPANDABLE = ("blueprint", "channel", "connector", "sessions", "transcript", "responses", "analysis")
+
+
+def _expansions(request: web.Request) -> set[str]:
+    wanted: set[str] = set()
+    for raw in request.query.getall("expand", []):
+        for value in raw.split(","):
+            value = value.strip()
+            if value not in EXPANDABLE:
+                raise InvalidRequest(
+                    f"unknown expand value {value[:40]!r}; expected one of {', '.join(EXPANDABLE)}", param="expand"
+                )
+            wanted.add(value)
+    return wanted
+
+
+async def render_run(state: AppState, run: Run, expand: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
+    store = state.store
+    body = run_json(run, join_url=state.join_url(run.join_token))
+    messages = await store.runs.list_messages(run.id)
+    body["latency"] = latency_summary(messages)
+    if not expand:
+        return body
+    bp = await store.catalog.get_blueprint(run.org_id, run.blueprint_id, run.blueprint_version)
+    sessions = await store.runs.list_sessions(run.id) if expand & {"sessions", "analysis"} else []
+    if "blueprint" in expand:
+        body["blueprint"] = blueprint_json(bp)
+    if "channel" in expand:
+        body["channel"] = (
+            channel_json(await store.catalog.get_channel(run.org_id, run.channel_id)) if run.channel_id else None
+        )
+    if "connector" in expand:
+        body["connector"] = None  # connectors arrive with telephony; runs cannot reference one yet
+    if "sessions" in expand:
+        body["sessions"] = [session_json(s) for s in sessions]
+    if "transcript" in expand:
+        body["transcript"] = [message_json(m, run.started_at) for m in messages]
+    if "responses" in expand:
+        body["responses"] = collect_responses(bp.content, messages)
+    if "analysis" in expand:
+        body["analysis"] = analyse(bp.content, messages, sessions, run)
+    return body
+
+
+@routes.route("POST", "/v1/runs", summary="Create a run for one participant; returns its join_url", tag="runs",
+              body=RunIn, response=RunOut, status=201, errors=(404, 409))
+async def create_run(request: web.Request) -> web.Response:
+    check_query(request, ())
+    state = request.app[STATE]
+    org_id = request[ORG_ID]
+    body = await parse_body(request, RunIn)
+    if not is_id(body.blueprint_id, "blueprint"):
+        raise NotFound(f"No blueprint {body.blueprint_id!r}", param="blueprint_id")
+    try:
+        version, _ = await state.store.catalog.published_content(org_id, body.blueprint_id)
+    except NotFound as exc:
+        raise NotFound(exc.message, param="blueprint_id") from None
+    if body.channel_id is not None:
+        if not is_id(body.channel_id, "channel"):
+            raise NotFound(f"No channel {body.channel_id!r}", param="channel_id")
+        await state.store.catalog.get_channel(org_id, body.channel_id)
+    else:
+        raise NotFound(f"No connector {body.connector_id!r}", param="connector_id")
+    p = body.participant
+    run = await state.store.runs.create_run(
+        org_id,
+        blueprint_id=body.blueprint_id,
+        blueprint_version=version,
+        channel_id=body.channel_id,
+        connector_id=body.connector_id,
+        participant=Participant(p.external_id, p.name, p.email, p.metadata),
+        metadata=body.metadata,
+        join_window_s=state.config.scaled(state.config.join_window_s),
+    )
+    return web.json_response(await render_run(state, run), status=201)
+
+
+@routes.route("GET", "/v1/runs", summary="List runs, newest first", tag="runs", response=ListOut,
+              params=(*PAGE_PARAMS,
+                      Param("blueprint_id", "Only runs of this blueprint"),
+                      Param("status", "Only runs with this status",
+                            {"type": "string", "enum": [s.value for s in RunStatus]}),
+                      Param("metadata[key]", "Only runs whose metadata has this key with this value")))
+async def list_runs(request: web.Request) -> web.Response:
+    check_query(request, ("limit", "starting_after", "blueprint_id", "status"), prefixes=("metadata[",))
+    state = request.app[STATE]
+    limit, cursor = page(request, "run")
+    status_raw = single(request, "status")
+    try:
+        status = RunStatus(status_raw) if status_raw is not None else None
+    except ValueError:
+        allowed = ", ".join(s.value for s in RunStatus)
+        raise InvalidRequest(f"unknown status {status_raw!r}; expected one of {allowed}", param="status") from None
+    metadata: dict[str, str] = {}
+    for name in request.query:
+        if name.startswith("metadata["):
+            if not name.endswith("]") or len(name) <= len("metadata[]"):
+                raise InvalidRequest("metadata filters look like metadata[key]=value", param=name)
+            metadata[name[len("metadata[") : -1]] = single(request, name) or ""
+    where = RunFilter(blueprint_id=single(request, "blueprint_id"), status=status, metadata=metadata)
+    runs, has_more = await state.store.runs.list_runs(
+        request[ORG_ID], limit=limit, starting_after=cursor, where=where
+    )
+    data = [await render_run(state, run) for run in runs]
+    return web.json_response({"object": "list", "data": data, "has_more": has_more})
+
+
+async def _run_of(request: web.Request) -> Run:
+    return await request.app[STATE].store.runs.get_run(path_id(request, "run"), org_id=request[ORG_ID])
+
+
+@routes.route("GET", "/v1/runs/{id}", summary="Get a run; expand=… inlines related objects", tag="runs",
+              response=RunOut, errors=(404,),
+              params=(ID, Param("expand", "Repeatable: " + ", ".join(EXPANDABLE),
+                                {"type": "array", "items": {"type": "string", "enum": list(EXPANDABLE)}})))
+async def get_run(request: web.Request) -> web.Response:
+    check_query(request, ("expand",))
+    expand = _expansions(request)
+    run = await _run_of(request)
+    return web.json_response(await render_run(request.app[STATE], run, expand))
+
+
+@routes.route("POST", "/v1/runs/{id}/cancel", summary="Cancel a run; a live participant is told and disconnected",
+              tag="runs", response=RunOut, errors=(404, 409), params=(ID,))
+async def cancel_run(request: web.Request) -> web.Response:
+    check_query(request, ())
+    state = request.app[STATE]
+    run = await _run_of(request)
+    if run.status.is_terminal:
+        raise Conflict(f"Run {run.id} has already ended ({run.status.value})")
+    ended = await state.live.end(run, EndReason.CANCELLED)
+    if ended is None:
+        latest = await state.store.runs.get_run(run.id)
+        raise Conflict(f"Run {run.id} has already ended ({latest.status.value})")
+    return web.json_response(await render_run(state, ended))
+
+
+@routes.route("GET", "/v1/runs/{id}/transcript", summary="The transcript as json, txt, vtt or srt", tag="runs",
+              errors=(404,), content_types=tuple(dict.fromkeys(MEDIA_TYPES.values())),
+              params=(ID, Param("format", "Output format (default json)",
+                                {"type": "string", "enum": [f.value for f in TranscriptFormat]})))
+async def get_transcript(request: web.Request) -> web.Response:
+    check_query(request, ("format",))
+    raw = single(request, "format") or "json"
+    try:
+        fmt = TranscriptFormat(raw)
+    except ValueError:
+        allowed = ", ".join(f.value for f in TranscriptFormat)
+        raise InvalidRequest(f"unknown format {raw!r}; expected one of {allowed}", param="format") from None
+    run = await _run_of(request)
+    messages = await request.app[STATE].store.runs.list_messages(run.id)
+    text = render_transcript(fmt, run_id=run.id, run_started_at=run.started_at, messages=messages)
+    ctype, _, charset = MEDIA_TYPES[fmt].partition("; charset=")
+    response = web.Response(text=text, content_type=ctype, charset=charset or "utf-8")
+    if fmt is not TranscriptFormat.JSON:
+        response.headers["Content-Disposition"] = f'inline; filename="{run.id}.{fmt.value}"'
+    return response

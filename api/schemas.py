@@ -1,0 +1,264 @@
+"""Request and response bodies, as pydantic models: the single source of validation and of /openapi.json.
+
+Request models forbid unknown fields, so a typo is a 400 naming the field
+instead of a silently ignored setting. Bounds on channel settings are the
+documented limits (docs/api.md).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from runtime.types import ChannelType, EndReason, MessageRole, RunStatus, SessionStatus, SessionType
+
+_META_KEY = re.compile(r"^[A-Za-z0-9_.\-]{1,40}$")
+MAX_METADATA_KEYS = 50
+MAX_METADATA_VALUE = 500
+
+
+def _check_metadata(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > MAX_METADATA_KEYS:
+        raise ValueError(f"at most {MAX_METADATA_KEYS} metadata keys")
+    for key, item in value.items():
+        if not _META_KEY.match(key):
+            raise ValueError(f"metadata key {key[:50]!r} must be 1-40 characters of letters, digits, '_', '.', '-'")
+        if len(item) > MAX_METADATA_VALUE:
+            raise ValueError(f"metadata value for {key!r} is longer than {MAX_METADATA_VALUE} characters")
+    return value
+
+
+Metadata = Annotated[dict[str, str], AfterValidator(_check_metadata)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+# --- blueprints --------------------------------------------------------------
+
+
+class QuestionIn(Strict):
+    id: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,64}$", description="Stable id, used in responses and messages")
+    text: str = Field(min_length=1, max_length=2000)
+    probes: list[Annotated[str, Field(min_length=1, max_length=2000)]] = Field(default_factory=list, max_length=10)
+    max_probes: int = Field(1, ge=0, le=5, description="Follow-ups allowed when an answer is short")
+
+
+class BlueprintIn(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    greeting: str = Field(min_length=1, max_length=2000)
+    questions: list[QuestionIn] = Field(min_length=1, max_length=100)
+    closing: str = Field(min_length=1, max_length=2000)
+    language: str = Field("en", pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> BlueprintIn:
+        ids = [q.id for q in self.questions]
+        if len(set(ids)) != len(ids):
+            raise ValueError("question ids must be unique")
+        return self
+
+
+class QuestionOut(BaseModel):
+    id: str
+    text: str
+    probes: list[str]
+    max_probes: int
+
+
+class BlueprintOut(BaseModel):
+    id: str
+    object: Literal["blueprint"]
+    version: int = Field(description="The latest version")
+    status: Literal["draft", "published"] = Field(description="Status of the latest version")
+    published_version: int | None = Field(description="The version new runs pin; null until published")
+    name: str
+    greeting: str
+    questions: list[QuestionOut]
+    closing: str
+    language: str
+    created_at: str
+    updated_at: str
+
+
+# --- channels --------------------------------------------------------------------
+
+
+class ChannelSettingsIn(Strict):
+    recording: bool = False
+    max_duration_s: int = Field(1800, ge=10, le=43200, description="Run length limit, from the first session's start")
+    idle_timeout_s: int = Field(120, ge=5, le=3600, description="Participant silence before the run ends")
+
+
+class ChannelIn(Strict):
+    type: ChannelType
+    name: str = Field(min_length=1, max_length=200)
+    settings: ChannelSettingsIn = Field(default_factory=ChannelSettingsIn)
+    metadata: Metadata = Field(default_factory=dict)
+
+
+class ChannelSettingsOut(BaseModel):
+    recording: bool
+    max_duration_s: int
+    idle_timeout_s: int
+
+
+class ChannelOut(BaseModel):
+    id: str
+    object: Literal["channel"]
+    type: ChannelType
+    name: str
+    settings: ChannelSettingsOut
+    metadata: dict[str, str]
+    created_at: str
+
+
+# --- runs -----------------------------------------------------------------------------
+
+
+class ParticipantIn(Strict):
+    external_id: str | None = Field(None, max_length=200)
+    name: str | None = Field(None, max_length=200)
+    email: str | None = Field(None, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+    metadata: Metadata = Field(default_factory=dict)
+
+
+class RunIn(Strict):
+    blueprint_id: str = Field(min_length=1, max_length=64)
+    channel_id: str | None = Field(None, max_length=64)
+    connector_id: str | None = Field(None, max_length=64)
+    participant: ParticipantIn = Field(default_factory=ParticipantIn)
+    metadata: Metadata = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> RunIn:
+        if (self.channel_id is None) == (self.connector_id is None):
+            raise ValueError("exactly one of channel_id and connector_id is required")
+        return self
+
+
+class ParticipantOut(BaseModel):
+    external_id: str | None
+    name: str | None
+    email: str | None
+    metadata: dict[str, str]
+
+
+class LatencyOut(BaseModel):
+    network: float | None
+    initial_wait: float | None
+    transcriber: float | None
+    eos: float | None
+    eos_wait: float | None
+    llm: float | None
+    tts: float | None
+
+
+class MessageOut(BaseModel):
+    id: str
+    object: Literal["message"]
+    run_id: str
+    session_id: str | None
+    role: MessageRole
+    content: str
+    question_id: str | None
+    kind: str | None
+    is_filler: bool
+    is_interrupted: bool
+    started_at: str
+    ended_at: str
+    start_offset_s: float | None
+    end_offset_s: float | None
+    latency_breakdown: LatencyOut | None
+    client_id: str | None
+
+
+class SessionOut(BaseModel):
+    id: str
+    object: Literal["session"]
+    run_id: str
+    type: SessionType
+    status: SessionStatus
+    started_at: str
+    ended_at: str | None
+    duration_s: float | None
+    end_reason: str | None
+
+
+class ResponseOut(BaseModel):
+    question_id: str
+    question: str
+    answer: str
+    message_ids: list[str]
+    probes_asked: int
+
+
+class StageStats(BaseModel):
+    p50: float | None
+    p95: float | None
+    count: int
+
+
+class RunOut(BaseModel):
+    id: str
+    object: Literal["run"]
+    blueprint_id: str
+    blueprint_version: int
+    channel_id: str | None
+    connector_id: str | None
+    participant: ParticipantOut
+    metadata: dict[str, str]
+    status: RunStatus
+    end_reason: EndReason | None
+    join_url: str
+    created_at: str
+    join_expires_at: str
+    started_at: str | None
+    ended_at: str | None
+    duration_s: float | None
+    latency: dict[str, StageStats] = Field(description="p50/p95 per latency stage over assistant messages (ms)")
+    blueprint: BlueprintOut | None = Field(None, description="With expand=blueprint (the pinned version)")
+    channel: ChannelOut | None = Field(None, description="With expand=channel")
+    connector: dict[str, Any] | None = Field(None, description="With expand=connector (connectors: later release)")
+    sessions: list[SessionOut] | None = Field(None, description="With expand=sessions")
+    transcript: list[MessageOut] | None = Field(None, description="With expand=transcript")
+    responses: list[ResponseOut] | None = Field(None, description="With expand=responses")
+    analysis: dict[str, Any] | None = Field(None, description="With expand=analysis")
+
+
+class EventOut(BaseModel):
+    object: Literal["event"]
+    run_id: str
+    seq: int
+    type: str
+    created_at: str
+    data: dict[str, Any]
+
+
+class ListOut(BaseModel):
+    object: Literal["list"]
+    data: list[dict[str, Any]]
+    has_more: bool
+
+
+class ErrorBody(BaseModel):
+    type: str
+    message: str
+    param: str | None
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+    version: str
+    live_runs: int
+
+
+class KeyOut(BaseModel):
+    api_key: str

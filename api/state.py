@@ -1,0 +1,27 @@
+"""What request handlers share: configuration, storage, live runs, and the event hub."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from api.config import ServerConfig
+from api.live import LiveRuns
+from runtime.events import EventHub
+from runtime.storage import Store
+
+
+@dataclass
+class AppState:
+    config: ServerConfig
+    store: Store
+    hub: EventHub
+    live: LiveRuns
+
+    def join_url(self, token: str) -> str:
+        return f"{self.config.base_url}/join/{token}"
+
+
+STATE = web.AppKey("vivavoce_state", AppState)
+ORG_ID = "vivavoce_org_id"  # request key set by the auth middleware

@@ -1,0 +1,127 @@
+"""Domain records as JSON-ready dicts: the one shape used by the REST API, events and the websocket.
+
+Timestamps are ISO 8601 UTC strings with milliseconds; offsets are seconds from
+the run's start (the first session's start), so transcript lines can be placed
+on the recording.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from runtime.types import Blueprint, Channel, Message, Run, Session
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def offset(ts: float, origin: float | None) -> float | None:
+    return None if origin is None else round(ts - origin, 3)
+
+
+def message_json(message: Message, run_started_at: float | None) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "object": "message",
+        "run_id": message.run_id,
+        "session_id": message.session_id,
+        "role": message.role.value,
+        "content": message.content,
+        "question_id": message.question_id,
+        "kind": message.kind.value if message.kind else None,
+        "is_filler": message.is_filler,
+        "is_interrupted": message.is_interrupted,
+        "started_at": iso(message.started_at),
+        "ended_at": iso(message.ended_at),
+        "start_offset_s": offset(message.started_at, run_started_at),
+        "end_offset_s": offset(message.ended_at, run_started_at),
+        "latency_breakdown": message.latency.as_dict() if message.latency else None,
+        "client_id": message.client_id,
+    }
+
+
+def session_json(session: Session) -> dict[str, Any]:
+    duration = session.duration_s
+    return {
+        "id": session.id,
+        "object": "session",
+        "run_id": session.run_id,
+        "type": session.type.value,
+        "status": session.status.value,
+        "started_at": iso(session.started_at),
+        "ended_at": iso(session.ended_at),
+        "duration_s": None if duration is None else round(duration, 3),
+        "end_reason": session.end_reason.value if session.end_reason else None,
+    }
+
+
+def run_json(run: Run, *, join_url: str) -> dict[str, Any]:
+    p = run.participant
+    return {
+        "id": run.id,
+        "object": "run",
+        "blueprint_id": run.blueprint_id,
+        "blueprint_version": run.blueprint_version,
+        "channel_id": run.channel_id,
+        "connector_id": run.connector_id,
+        "participant": {"external_id": p.external_id, "name": p.name, "email": p.email, "metadata": p.metadata},
+        "metadata": run.metadata,
+        "status": run.status.value,
+        "end_reason": run.end_reason.value if run.end_reason else None,
+        "join_url": join_url,
+        "created_at": iso(run.created_at),
+        "join_expires_at": iso(run.join_expires_at),
+        "started_at": iso(run.started_at),
+        "ended_at": iso(run.ended_at),
+        "duration_s": None
+        if run.started_at is None or run.ended_at is None
+        else round(run.ended_at - run.started_at, 3),
+    }
+
+
+def run_event_json(run: Run) -> dict[str, Any]:
+    """What run.* events carry: enough to act on without a second request."""
+    return {
+        "run_id": run.id,
+        "status": run.status.value,
+        "end_reason": run.end_reason.value if run.end_reason else None,
+        "started_at": iso(run.started_at),
+        "ended_at": iso(run.ended_at),
+    }
+
+
+def blueprint_json(bp: Blueprint) -> dict[str, Any]:
+    c = bp.content
+    return {
+        "id": bp.id,
+        "object": "blueprint",
+        "version": bp.version,
+        "status": bp.status.value,
+        "published_version": bp.published_version,
+        "name": c.name,
+        "greeting": c.greeting,
+        "questions": [
+            {"id": q.id, "text": q.text, "probes": list(q.probes), "max_probes": q.max_probes} for q in c.questions
+        ],
+        "closing": c.closing,
+        "language": c.language,
+        "created_at": iso(bp.created_at),
+        "updated_at": iso(bp.updated_at),
+    }
+
+
+def channel_json(ch: Channel) -> dict[str, Any]:
+    s = ch.settings
+    return {
+        "id": ch.id,
+        "object": "channel",
+        "type": ch.type.value,
+        "name": ch.name,
+        "settings": {"recording": s.recording, "max_duration_s": s.max_duration_s, "idle_timeout_s": s.idle_timeout_s},
+        "metadata": ch.metadata,
+        "created_at": iso(ch.created_at),
+    }

@@ -1,0 +1,27 @@
+"""Durable storage: SQLAlchemy Core over SQLite (aiosqlite) by default.
+
+:class:`Store` bundles the database handle with its two halves: the
+:class:`~runtime.storage.catalog.Catalog` (what researchers set up) and the
+:class:`~runtime.storage.runs.RunStore` (what happens during interviews).
+"""
+
+from __future__ import annotations
+
+from runtime.storage.catalog import Catalog
+from runtime.storage.database import Database
+from runtime.storage.runs import NewMessage, RunFilter, RunStore
+
+__all__ = ["Catalog", "Database", "NewMessage", "RunFilter", "RunStore", "Store"]
+
+
+class Store:
+    def __init__(self, url: str, *, synchronous: str = "FULL") -> None:
+        self.db = Database(url, synchronous=synchronous)
+        self.catalog = Catalog(self.db)
+        self.runs = RunStore(self.db)
+
+    async def open(self) -> None:
+        await self.db.create_schema()
+
+    async def close(self) -> None:
+        await self.db.close()

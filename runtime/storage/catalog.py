@@ -1,0 +1,264 @@
+"""Organizations, API keys, blueprints and channels: what researchers set up before any run."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import and_, select, update
+
+from runtime.errors import Conflict, NotFound
+from runtime.ids import hash_secret, new_api_key, new_id
+from runtime.storage import schema as t
+from runtime.storage.database import Database
+from runtime.types import (
+    JSON,
+    Blueprint,
+    BlueprintContent,
+    BlueprintStatus,
+    Channel,
+    ChannelSettings,
+    ChannelType,
+    Question,
+)
+
+
+def content_to_json(c: BlueprintContent) -> JSON:
+    return {
+        "name": c.name,
+        "greeting": c.greeting,
+        "questions": [
+            {"id": q.id, "text": q.text, "probes": list(q.probes), "max_probes": q.max_probes} for q in c.questions
+        ],
+        "closing": c.closing,
+        "language": c.language,
+    }
+
+
+def content_from_json(d: JSON) -> BlueprintContent:
+    return BlueprintContent(
+        name=d["name"],
+        greeting=d["greeting"],
+        questions=tuple(
+            Question(q["id"], q["text"], tuple(q.get("probes", ())), q.get("max_probes", 1)) for q in d["questions"]
+        ),
+        closing=d["closing"],
+        language=d.get("language", "en"),
+    )
+
+
+def _channel(row: Any) -> Channel:
+    s = row.settings
+    return Channel(
+        id=row.id,
+        org_id=row.org_id,
+        type=ChannelType(row.type),
+        name=row.name,
+        settings=ChannelSettings(s["recording"], s["max_duration_s"], s["idle_timeout_s"]),
+        metadata=row.metadata,
+        created_at=row.created_at,
+    )
+
+
+class Catalog:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # --- organizations and keys ---------------------------------------------------
+
+    async def create_organization(self, name: str) -> str:
+        org_id = new_id("organization")
+        async with self.db.write() as tx:
+            await tx.conn.execute(t.organizations.insert().values(id=org_id, name=name, created_at=time.time()))
+        return org_id
+
+    async def create_api_key(self, org_id: str) -> str:
+        """Create a key and return the secret; only its hash is stored."""
+        secret = new_api_key()
+        async with self.db.write() as tx:
+            await tx.conn.execute(
+                t.api_keys.insert().values(
+                    id=new_id("api_key"),
+                    org_id=org_id,
+                    key_hash=hash_secret(secret),
+                    hint=secret[-4:],
+                    created_at=time.time(),
+                )
+            )
+        return secret
+
+    async def org_for_key(self, secret: str) -> str | None:
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(select(t.api_keys.c.org_id).where(t.api_keys.c.key_hash == hash_secret(secret)))
+            ).first()
+        return None if row is None else str(row.org_id)
+
+    async def get_setting(self, key: str) -> Any:
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(t.settings_kv.c.value).where(t.settings_kv.c.key == key))).first()
+        return None if row is None else row.value
+
+    async def set_setting(self, key: str, value: Any) -> None:
+        async with self.db.write() as tx:
+            await tx.conn.execute(t.settings_kv.delete().where(t.settings_kv.c.key == key))
+            await tx.conn.execute(t.settings_kv.insert().values(key=key, value=value))
+
+    # --- blueprints -----------------------------------------------------------------
+
+    async def create_blueprint(self, org_id: str, content: BlueprintContent) -> Blueprint:
+        now = time.time()
+        bp_id = new_id("blueprint", now=now)
+        async with self.db.write() as tx:
+            await tx.conn.execute(
+                t.blueprints.insert().values(
+                    id=bp_id, org_id=org_id, latest_version=1, published_version=None, created_at=now, updated_at=now
+                )
+            )
+            await tx.conn.execute(
+                t.blueprint_versions.insert().values(
+                    blueprint_id=bp_id,
+                    version=1,
+                    status=BlueprintStatus.DRAFT.value,
+                    content=content_to_json(content),
+                    created_at=now,
+                )
+            )
+        return await self.get_blueprint(org_id, bp_id)
+
+    async def update_blueprint(self, org_id: str, bp_id: str, content: BlueprintContent) -> Blueprint:
+        """Edit the draft; if the latest version is published, start a new draft version."""
+        bp = await self.get_blueprint(org_id, bp_id)
+        now = time.time()
+        async with self.db.write() as tx:
+            if bp.status is BlueprintStatus.DRAFT:
+                await tx.conn.execute(
+                    update(t.blueprint_versions)
+                    .where(
+                        and_(t.blueprint_versions.c.blueprint_id == bp_id, t.blueprint_versions.c.version == bp.version)
+                    )
+                    .values(content=content_to_json(content))
+                )
+            else:
+                await tx.conn.execute(
+                    t.blueprint_versions.insert().values(
+                        blueprint_id=bp_id,
+                        version=bp.version + 1,
+                        status=BlueprintStatus.DRAFT.value,
+                        content=content_to_json(content),
+                        created_at=now,
+                    )
+                )
+                await tx.conn.execute(
+                    update(t.blueprints).where(t.blueprints.c.id == bp_id).values(latest_version=bp.version + 1)
+                )
+            await tx.conn.execute(update(t.blueprints).where(t.blueprints.c.id == bp_id).values(updated_at=now))
+        return await self.get_blueprint(org_id, bp_id)
+
+    async def publish_blueprint(self, org_id: str, bp_id: str) -> Blueprint:
+        """Freeze the latest version. Publishing an already published version is a no-op."""
+        bp = await self.get_blueprint(org_id, bp_id)
+        if bp.status is BlueprintStatus.PUBLISHED:
+            return bp
+        now = time.time()
+        async with self.db.write() as tx:
+            await tx.conn.execute(
+                update(t.blueprint_versions)
+                .where(and_(t.blueprint_versions.c.blueprint_id == bp_id, t.blueprint_versions.c.version == bp.version))
+                .values(status=BlueprintStatus.PUBLISHED.value, published_at=now)
+            )
+            await tx.conn.execute(
+                update(t.blueprints)
+                .where(t.blueprints.c.id == bp_id)
+                .values(published_version=bp.version, updated_at=now)
+            )
+        return await self.get_blueprint(org_id, bp_id)
+
+    async def get_blueprint(self, org_id: str, bp_id: str, version: int | None = None) -> Blueprint:
+        async with self.db.read() as conn:
+            head = (
+                await conn.execute(
+                    select(t.blueprints).where(and_(t.blueprints.c.id == bp_id, t.blueprints.c.org_id == org_id))
+                )
+            ).first()
+            if head is None:
+                raise NotFound(f"No blueprint {bp_id!r}", param="id")
+            wanted = head.latest_version if version is None else version
+            row = (
+                await conn.execute(
+                    select(t.blueprint_versions).where(
+                        and_(t.blueprint_versions.c.blueprint_id == bp_id, t.blueprint_versions.c.version == wanted)
+                    )
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"Blueprint {bp_id!r} has no version {wanted}", param="version")
+        return Blueprint(
+            id=head.id,
+            org_id=head.org_id,
+            version=row.version,
+            status=BlueprintStatus(row.status),
+            published_version=head.published_version,
+            content=content_from_json(row.content),
+            created_at=head.created_at,
+            updated_at=head.updated_at,
+        )
+
+    async def published_content(self, org_id: str, bp_id: str) -> tuple[int, BlueprintContent]:
+        bp = await self.get_blueprint(org_id, bp_id)
+        if bp.published_version is None:
+            raise Conflict(f"Blueprint {bp_id!r} has no published version; publish it first", param="blueprint_id")
+        pinned = await self.get_blueprint(org_id, bp_id, bp.published_version)
+        return pinned.version, pinned.content
+
+    async def list_blueprints(self, org_id: str, *, limit: int, starting_after: str | None) -> tuple[list[str], bool]:
+        query = select(t.blueprints.c.id).where(t.blueprints.c.org_id == org_id)
+        if starting_after:
+            query = query.where(t.blueprints.c.id < starting_after)
+        async with self.db.read() as conn:
+            ids = [r.id for r in await conn.execute(query.order_by(t.blueprints.c.id.desc()).limit(limit + 1))]
+        return ids[:limit], len(ids) > limit
+
+    # --- channels ---------------------------------------------------------------------
+
+    async def create_channel(
+        self, org_id: str, *, type: ChannelType, name: str, settings: ChannelSettings, metadata: JSON
+    ) -> Channel:
+        now = time.time()
+        ch = Channel(new_id("channel", now=now), org_id, type, name, settings, metadata, now)
+        async with self.db.write() as tx:
+            await tx.conn.execute(
+                t.channels.insert().values(
+                    id=ch.id,
+                    org_id=org_id,
+                    type=type.value,
+                    name=name,
+                    settings={
+                        "recording": settings.recording,
+                        "max_duration_s": settings.max_duration_s,
+                        "idle_timeout_s": settings.idle_timeout_s,
+                    },
+                    metadata=metadata,
+                    created_at=now,
+                )
+            )
+        return ch
+
+    async def get_channel(self, org_id: str, channel_id: str) -> Channel:
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(t.channels).where(and_(t.channels.c.id == channel_id, t.channels.c.org_id == org_id))
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"No channel {channel_id!r}", param="channel_id")
+        return _channel(row)
+
+    async def list_channels(self, org_id: str, *, limit: int, starting_after: str | None) -> tuple[list[Channel], bool]:
+        query = select(t.channels).where(t.channels.c.org_id == org_id)
+        if starting_after:
+            query = query.where(t.channels.c.id < starting_after)
+        async with self.db.read() as conn:
+            rows = list(await conn.execute(query.order_by(t.channels.c.id.desc()).limit(limit + 1)))
+        return [_channel(r) for r in rows[:limit]], len(rows) > limit

@@ -1,0 +1,459 @@
+"""Runs, sessions, messages and events: everything that happens during interviews.
+
+Every state change writes its event(s) in the same transaction, numbered from
+the run's ``last_seq`` counter, so a run's events are gapless from 1 and each
+one is committed before any listener hears of it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, func, select, update
+
+from runtime.errors import NotFound
+from runtime.ids import new_id, new_join_token
+from runtime.serialize import message_json, run_event_json, session_json
+from runtime.storage import schema as t
+from runtime.storage.database import Database, Transaction
+from runtime.types import (
+    JSON,
+    EndReason,
+    Event,
+    EventType,
+    LatencyBreakdown,
+    Message,
+    MessageRole,
+    Participant,
+    Position,
+    Run,
+    RunStatus,
+    Session,
+    SessionEndReason,
+    SessionStatus,
+    SessionType,
+    UtteranceKind,
+)
+
+
+def _run(row: Any) -> Run:
+    m = row._mapping
+    p = m["participant"]
+    pos = m["position"]
+    return Run(
+        id=m["id"],
+        org_id=m["org_id"],
+        blueprint_id=m["blueprint_id"],
+        blueprint_version=m["blueprint_version"],
+        channel_id=m["channel_id"],
+        connector_id=m["connector_id"],
+        participant=Participant(p.get("external_id"), p.get("name"), p.get("email"), p.get("metadata") or {}),
+        metadata=m["metadata"],
+        status=RunStatus(m["status"]),
+        end_reason=EndReason(m["end_reason"]) if m["end_reason"] else None,
+        join_token=m["join_token"],
+        position=Position(pos["question_index"], pos["probes_used"], pos.get("reminded", False)),
+        created_at=m["created_at"],
+        join_expires_at=m["join_expires_at"],
+        started_at=m["started_at"],
+        ended_at=m["ended_at"],
+        idle_since=m["idle_since"],
+        last_seq=m["last_seq"],
+    )
+
+
+def _session(row: Any) -> Session:
+    m = row._mapping
+    return Session(
+        id=m["id"],
+        run_id=m["run_id"],
+        type=SessionType(m["type"]),
+        status=SessionStatus(m["status"]),
+        started_at=m["started_at"],
+        ended_at=m["ended_at"],
+        end_reason=SessionEndReason(m["end_reason"]) if m["end_reason"] else None,
+    )
+
+
+def _message(row: Any) -> Message:
+    m = row._mapping
+    lat = m["latency"]
+    return Message(
+        id=m["id"],
+        run_id=m["run_id"],
+        session_id=m["session_id"],
+        role=MessageRole(m["role"]),
+        content=m["content"],
+        question_id=m["question_id"],
+        kind=UtteranceKind(m["kind"]) if m["kind"] else None,
+        is_filler=bool(m["is_filler"]),
+        is_interrupted=bool(m["is_interrupted"]),
+        started_at=m["started_at"],
+        ended_at=m["ended_at"],
+        latency=LatencyBreakdown(**lat) if lat else None,
+        client_id=m["client_id"],
+    )
+
+
+def _event(row: Any) -> Event:
+    m = row._mapping
+    return Event(m["run_id"], m["seq"], EventType(m["type"]), m["created_at"], m["data"])
+
+
+def _position_json(pos: Position) -> JSON:
+    return {"question_index": pos.question_index, "probes_used": pos.probes_used, "reminded": pos.reminded}
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    blueprint_id: str | None = None
+    status: RunStatus | None = None
+    metadata: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    role: MessageRole
+    content: str
+    started_at: float
+    ended_at: float
+    session_id: str | None = None
+    question_id: str | None = None
+    kind: UtteranceKind | None = None
+    is_filler: bool = False
+    is_interrupted: bool = False
+    latency: LatencyBreakdown | None = None
+    client_id: str | None = None
+
+
+class RunStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # --- events -------------------------------------------------------------------
+
+    async def _emit(self, tx: Transaction, run_id: str, type: EventType, data: JSON, now: float) -> Event:
+        seq = (await tx.conn.execute(select(t.runs.c.last_seq).where(t.runs.c.id == run_id))).scalar_one() + 1
+        await tx.conn.execute(update(t.runs).where(t.runs.c.id == run_id).values(last_seq=seq))
+        await tx.conn.execute(t.events.insert().values(run_id=run_id, seq=seq, type=type.value, created_at=now, data=data))
+        ev = Event(run_id, seq, type, now, data)
+        tx.events.append(ev)
+        return ev
+
+    async def list_events(self, run_id: str, *, after_seq: int = 0, limit: int = 1000) -> list[Event]:
+        query = (
+            select(t.events)
+            .where(and_(t.events.c.run_id == run_id, t.events.c.seq > after_seq))
+            .order_by(t.events.c.seq)
+            .limit(limit)
+        )
+        async with self.db.read() as conn:
+            return [_event(r) for r in await conn.execute(query)]
+
+    # --- runs -----------------------------------------------------------------------
+
+    async def create_run(
+        self,
+        org_id: str,
+        *,
+        blueprint_id: str,
+        blueprint_version: int,
+        channel_id: str | None,
+        connector_id: str | None,
+        participant: Participant,
+        metadata: dict[str, str],
+        join_window_s: float,
+    ) -> Run:
+        now = time.time()
+        run_id = new_id("run", now=now)
+        async with self.db.write() as tx:
+            await tx.conn.execute(
+                t.runs.insert().values(
+                    id=run_id,
+                    org_id=org_id,
+                    blueprint_id=blueprint_id,
+                    blueprint_version=blueprint_version,
+                    channel_id=channel_id,
+                    connector_id=connector_id,
+                    participant={
+                        "external_id": participant.external_id,
+                        "name": participant.name,
+                        "email": participant.email,
+                        "metadata": participant.metadata,
+                    },
+                    metadata=metadata,
+                    status=RunStatus.PENDING.value,
+                    end_reason=None,
+                    join_token=new_join_token(),
+                    position=_position_json(Position()),
+                    created_at=now,
+                    join_expires_at=now + join_window_s,
+                    last_seq=0,
+                )
+            )
+            if metadata:
+                await tx.conn.execute(
+                    t.run_metadata.insert(), [{"run_id": run_id, "key": k, "value": v} for k, v in metadata.items()]
+                )
+            await self._emit(
+                tx,
+                run_id,
+                EventType.RUN_CREATED,
+                {"run_id": run_id, "status": RunStatus.PENDING.value, "blueprint_id": blueprint_id},
+                now,
+            )
+        return await self.get_run(run_id)
+
+    async def get_run(self, run_id: str, *, org_id: str | None = None) -> Run:
+        query = select(t.runs).where(t.runs.c.id == run_id)
+        if org_id is not None:
+            query = query.where(t.runs.c.org_id == org_id)
+        async with self.db.read() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            raise NotFound(f"No run {run_id!r}", param="id")
+        return _run(row)
+
+    async def run_by_token(self, token: str) -> Run | None:
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(t.runs).where(t.runs.c.join_token == token))).first()
+        return None if row is None else _run(row)
+
+    async def list_runs(
+        self, org_id: str, *, limit: int, starting_after: str | None, where: RunFilter
+    ) -> tuple[list[Run], bool]:
+        query = select(t.runs).where(t.runs.c.org_id == org_id)
+        if starting_after:
+            query = query.where(t.runs.c.id < starting_after)
+        if where.blueprint_id:
+            query = query.where(t.runs.c.blueprint_id == where.blueprint_id)
+        if where.status:
+            query = query.where(t.runs.c.status == where.status.value)
+        for key, value in (where.metadata or {}).items():
+            query = query.where(
+                t.runs.c.id.in_(
+                    select(t.run_metadata.c.run_id).where(
+                        and_(t.run_metadata.c.key == key, t.run_metadata.c.value == value)
+                    )
+                )
+            )
+        async with self.db.read() as conn:
+            rows = list(await conn.execute(query.order_by(t.runs.c.id.desc()).limit(limit + 1)))
+        return [_run(r) for r in rows[:limit]], len(rows) > limit
+
+    async def runs_with_status(self, status: RunStatus) -> list[Run]:
+        async with self.db.read() as conn:
+            rows = await conn.execute(select(t.runs).where(t.runs.c.status == status.value))
+            return [_run(r) for r in rows]
+
+    async def expired_pending_runs(self, now: float) -> list[str]:
+        query = select(t.runs.c.id).where(
+            and_(t.runs.c.status == RunStatus.PENDING.value, t.runs.c.join_expires_at <= now)
+        )
+        async with self.db.read() as conn:
+            return [r.id for r in await conn.execute(query)]
+
+    async def save_state(self, run_id: str, position: Position, idle_since: float | None) -> None:
+        async with self.db.write() as tx:
+            await tx.conn.execute(
+                update(t.runs)
+                .where(t.runs.c.id == run_id)
+                .values(position=_position_json(position), idle_since=idle_since)
+            )
+
+    async def end_run(self, run_id: str, reason: EndReason, now: float | None = None) -> Run | None:
+        """End the run and any live session. Returns None if the run had already ended."""
+        now = time.time() if now is None else now
+        status = reason.run_status
+        async with self.db.write() as tx:
+            row = (await tx.conn.execute(select(t.runs).where(t.runs.c.id == run_id))).first()
+            if row is None or RunStatus(row.status).is_terminal:
+                return None
+            await self._end_sessions(tx, run_id, SessionEndReason.RUN_ENDED, now)
+            await tx.conn.execute(
+                update(t.runs)
+                .where(t.runs.c.id == run_id)
+                .values(status=status.value, end_reason=reason.value, ended_at=now, idle_since=None)
+            )
+            run = _run((await tx.conn.execute(select(t.runs).where(t.runs.c.id == run_id))).one())
+            await self._emit(tx, run_id, EventType.for_terminal(status), run_event_json(run), now)
+        return run
+
+    # --- sessions -----------------------------------------------------------------------
+
+    async def start_session(self, run_id: str, type: SessionType, now: float) -> tuple[Run, Session] | None:
+        """Open a session (ending any live one as replaced); None if the run has ended."""
+        async with self.db.write() as tx:
+            row = (await tx.conn.execute(select(t.runs).where(t.runs.c.id == run_id))).first()
+            if row is None or RunStatus(row.status).is_terminal:
+                return None
+            await self._end_sessions(tx, run_id, SessionEndReason.REPLACED, now)
+            if row.status == RunStatus.PENDING.value:
+                await tx.conn.execute(
+                    update(t.runs)
+                    .where(t.runs.c.id == run_id)
+                    .values(status=RunStatus.IN_PROGRESS.value, started_at=now)
+                )
+                run = _run((await tx.conn.execute(select(t.runs).where(t.runs.c.id == run_id))).one())
+                await self._emit(tx, run_id, EventType.RUN_STARTED, run_event_json(run), now)
+            session = Session(new_id("session", now=now), run_id, type, SessionStatus.ACTIVE, now, None, None)
+            await tx.conn.execute(
+                t.sessions.insert().values(
+                    id=session.id, run_id=run_id, type=type.value, status=session.status.value, started_at=now
+                )
+            )
+            await self._emit(tx, run_id, EventType.SESSION_STARTED, {"session": session_json(session)}, now)
+            run = _run((await tx.conn.execute(select(t.runs).where(t.runs.c.id == run_id))).one())
+        return run, session
+
+    async def end_session(self, session_id: str, reason: SessionEndReason, now: float) -> None:
+        async with self.db.write() as tx:
+            row = (await tx.conn.execute(select(t.sessions).where(t.sessions.c.id == session_id))).first()
+            if row is not None and row.status == SessionStatus.ACTIVE.value:
+                await self._close_session(tx, _session(row), reason, now)
+
+    async def _end_sessions(self, tx: Transaction, run_id: str, reason: SessionEndReason, now: float) -> None:
+        rows = await tx.conn.execute(
+            select(t.sessions).where(
+                and_(t.sessions.c.run_id == run_id, t.sessions.c.status == SessionStatus.ACTIVE.value)
+            )
+        )
+        for row in list(rows):
+            await self._close_session(tx, _session(row), reason, now)
+
+    async def _close_session(self, tx: Transaction, session: Session, reason: SessionEndReason, now: float) -> None:
+        ended_at = max(now, session.started_at)
+        await tx.conn.execute(
+            update(t.sessions)
+            .where(t.sessions.c.id == session.id)
+            .values(status=SessionStatus.ENDED.value, ended_at=ended_at, end_reason=reason.value)
+        )
+        closed = Session(session.id, session.run_id, session.type, SessionStatus.ENDED, session.started_at, ended_at, reason)
+        await self._emit(tx, session.run_id, EventType.SESSION_ENDED, {"session": session_json(closed)}, now)
+
+    async def close_orphaned_sessions(self) -> int:
+        """After a crash: end sessions left active, at the last moment they were seen alive."""
+        async with self.db.write() as tx:
+            rows = list(
+                await tx.conn.execute(select(t.sessions).where(t.sessions.c.status == SessionStatus.ACTIVE.value))
+            )
+            for row in rows:
+                session = _session(row)
+                last = (
+                    await tx.conn.execute(
+                        select(func.max(t.messages.c.ended_at)).where(t.messages.c.session_id == session.id)
+                    )
+                ).scalar()
+                await self._close_session(tx, session, SessionEndReason.SERVER_RESTART, last or session.started_at)
+        return len(rows)
+
+    async def list_sessions(self, run_id: str) -> list[Session]:
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                select(t.sessions).where(t.sessions.c.run_id == run_id).order_by(t.sessions.c.started_at)
+            )
+            return [_session(r) for r in rows]
+
+    # --- messages -------------------------------------------------------------------------
+
+    async def add_message(
+        self,
+        run_id: str,
+        new: NewMessage,
+        *,
+        position: Position | None = None,
+        idle_since: float | None = None,
+    ) -> tuple[Message, bool]:
+        """Store a message (and optionally the interview's position). Returns (message, created).
+
+        A message whose ``client_id`` was already stored for this run is not stored
+        again: the participant retried after a dropped connection.
+        """
+        async with self.db.write() as tx:
+            if new.client_id is not None:
+                row = (
+                    await tx.conn.execute(
+                        select(t.messages).where(
+                            and_(t.messages.c.run_id == run_id, t.messages.c.client_id == new.client_id)
+                        )
+                    )
+                ).first()
+                if row is not None:
+                    return _message(row), False
+            msg = Message(
+                id=new_id("message", now=new.started_at),
+                run_id=run_id,
+                session_id=new.session_id,
+                role=new.role,
+                content=new.content,
+                question_id=new.question_id,
+                kind=new.kind,
+                is_filler=new.is_filler,
+                is_interrupted=new.is_interrupted,
+                started_at=new.started_at,
+                ended_at=new.ended_at,
+                latency=new.latency,
+                client_id=new.client_id,
+            )
+            await tx.conn.execute(
+                t.messages.insert().values(
+                    id=msg.id,
+                    run_id=run_id,
+                    session_id=msg.session_id,
+                    role=msg.role.value,
+                    content=msg.content,
+                    question_id=msg.question_id,
+                    kind=msg.kind.value if msg.kind else None,
+                    is_filler=msg.is_filler,
+                    is_interrupted=msg.is_interrupted,
+                    started_at=msg.started_at,
+                    ended_at=msg.ended_at,
+                    latency=msg.latency.as_dict() if msg.latency else None,
+                    client_id=msg.client_id,
+                )
+            )
+            values: dict[str, Any] = {}
+            if position is not None:
+                values.update(position=_position_json(position), idle_since=idle_since)
+            started_at = (await tx.conn.execute(select(t.runs.c.started_at).where(t.runs.c.id == run_id))).scalar()
+            if values:
+                await tx.conn.execute(update(t.runs).where(t.runs.c.id == run_id).values(**values))
+            await self._emit(
+                tx, run_id, EventType.MESSAGE_CREATED, {"message": message_json(msg, started_at)}, new.ended_at
+            )
+        return msg, True
+
+    async def list_messages(self, run_id: str) -> list[Message]:
+        async with self.db.read() as conn:
+            rows = await conn.execute(select(t.messages).where(t.messages.c.run_id == run_id).order_by(t.messages.c.pk))
+            return [_message(r) for r in rows]
+
+    async def unanswered_messages(self, run_id: str) -> list[Message]:
+        """Participant messages after the last assistant message: answers still owed a reply."""
+        messages = await self.list_messages(run_id)
+        tail: list[Message] = []
+        for msg in reversed(messages):
+            if msg.role is MessageRole.ASSISTANT:
+                break
+            if msg.role is MessageRole.USER:
+                tail.append(msg)
+        return list(reversed(tail))
+
+    async def last_seen(self, run_id: str) -> float | None:
+        """The last moment the participant was known to be there (message or session)."""
+        async with self.db.read() as conn:
+            last_message = (
+                await conn.execute(select(func.max(t.messages.c.ended_at)).where(t.messages.c.run_id == run_id))
+            ).scalar()
+            last_session = (
+                await conn.execute(
+                    select(func.max(func.coalesce(t.sessions.c.ended_at, t.sessions.c.started_at))).where(
+                        t.sessions.c.run_id == run_id
+                    )
+                )
+            ).scalar()
+        seen: Iterable[float] = [v for v in (last_message, last_session) if v is not None]
+        return max(seen, default=None)

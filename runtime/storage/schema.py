@@ -1,0 +1,161 @@
+"""Tables, in SQLAlchemy Core. SQLite by default; nothing here is SQLite-only except the pragmas.
+
+Metadata (run and participant) is stored twice: as JSON on the run, to return
+it, and as rows of ``run_metadata``, so ``metadata[key]=value`` filters use an
+index instead of scanning JSON.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+organizations = Table(
+    "organizations",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("name", String, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("org_id", String, ForeignKey("organizations.id"), nullable=False),
+    Column("key_hash", String, nullable=False, unique=True),
+    Column("hint", String, nullable=False),  # last characters, to tell keys apart
+    Column("created_at", Float, nullable=False),
+)
+
+settings_kv = Table(
+    "settings",
+    metadata,
+    Column("key", String, primary_key=True),
+    Column("value", JSON, nullable=False),
+)
+
+blueprints = Table(
+    "blueprints",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("org_id", String, ForeignKey("organizations.id"), nullable=False, index=True),
+    Column("latest_version", Integer, nullable=False),
+    Column("published_version", Integer, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+blueprint_versions = Table(
+    "blueprint_versions",
+    metadata,
+    Column("blueprint_id", String, ForeignKey("blueprints.id"), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("status", String, nullable=False),
+    Column("content", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("published_at", Float, nullable=True),
+)
+
+channels = Table(
+    "channels",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("org_id", String, ForeignKey("organizations.id"), nullable=False, index=True),
+    Column("type", String, nullable=False),
+    Column("name", String, nullable=False),
+    Column("settings", JSON, nullable=False),
+    Column("metadata", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("org_id", String, ForeignKey("organizations.id"), nullable=False),
+    Column("blueprint_id", String, ForeignKey("blueprints.id"), nullable=False),
+    Column("blueprint_version", Integer, nullable=False),
+    Column("channel_id", String, ForeignKey("channels.id"), nullable=True),
+    Column("connector_id", String, nullable=True),
+    Column("participant", JSON, nullable=False),
+    Column("metadata", JSON, nullable=False),
+    Column("status", String, nullable=False),
+    Column("end_reason", String, nullable=True),
+    Column("join_token", String, nullable=False, unique=True),
+    Column("position", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("join_expires_at", Float, nullable=False),
+    Column("started_at", Float, nullable=True),
+    Column("ended_at", Float, nullable=True),
+    Column("idle_since", Float, nullable=True),
+    Column("last_seq", Integer, nullable=False),
+    Index("ix_runs_org_id_id", "org_id", "id"),
+    Index("ix_runs_status_join_expires_at", "status", "join_expires_at"),
+)
+
+run_metadata = Table(
+    "run_metadata",
+    metadata,
+    Column("run_id", String, ForeignKey("runs.id"), primary_key=True),
+    Column("key", String, primary_key=True),
+    Column("value", String, nullable=False),
+    Index("ix_run_metadata_key_value", "key", "value"),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("run_id", String, ForeignKey("runs.id"), nullable=False, index=True),
+    Column("type", String, nullable=False),
+    Column("status", String, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("ended_at", Float, nullable=True),
+    Column("end_reason", String, nullable=True),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),  # transcript order
+    Column("id", String, nullable=False, unique=True),
+    Column("run_id", String, ForeignKey("runs.id"), nullable=False),
+    Column("session_id", String, nullable=True),
+    Column("role", String, nullable=False),
+    Column("content", Text, nullable=False),
+    Column("question_id", String, nullable=True),
+    Column("kind", String, nullable=True),
+    Column("is_filler", Boolean, nullable=False),
+    Column("is_interrupted", Boolean, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("ended_at", Float, nullable=False),
+    Column("latency", JSON, nullable=True),
+    Column("client_id", String, nullable=True),
+    Index("ix_messages_run_id_pk", "run_id", "pk"),
+    UniqueConstraint("run_id", "client_id", name="uq_messages_run_client_id"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("run_id", String, ForeignKey("runs.id"), primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("type", String, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("data", JSON, nullable=False),
+)

@@ -1,0 +1,298 @@
+"""The vocabulary every other module builds on: states, roles, and domain records.
+
+This module is a leaf: it imports nothing from the project. Records are frozen
+dataclasses so that the sans-I/O state machines can pass them around without
+worrying about aliasing; the storage layer turns rows into them and the API
+turns them into JSON.
+
+Times are wall-clock seconds since the epoch (``float``), because they are
+stored and compared across process restarts.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+JSON = dict[str, Any]
+
+
+class StrEnum(str, enum.Enum):
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class ChannelType(StrEnum):
+    WEBRTC_VOICE = "webrtc_voice"
+    TELEPHONY = "telephony"
+    CHAT = "chat"
+    CUSTOM = "custom"
+
+
+class BlueprintStatus(StrEnum):
+    DRAFT = "draft"
+    PUBLISHED = "published"
+
+
+class RunStatus(StrEnum):
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (RunStatus.COMPLETED, RunStatus.CANCELLED, RunStatus.FAILED)
+
+
+class EndReason(StrEnum):
+    COMPLETED = "completed"
+    PARTICIPANT_LEFT = "participant_left"
+    IDLE_TIMEOUT = "idle_timeout"
+    MAX_DURATION = "max_duration"
+    CANCELLED = "cancelled"
+    JOIN_EXPIRED = "join_expired"
+    ERROR = "error"
+
+    @property
+    def run_status(self) -> RunStatus:
+        """The terminal status a run takes when it ends for this reason."""
+        if self is EndReason.CANCELLED:
+            return RunStatus.CANCELLED
+        if self in (EndReason.JOIN_EXPIRED, EndReason.ERROR):
+            return RunStatus.FAILED
+        return RunStatus.COMPLETED
+
+
+class SessionType(StrEnum):
+    TEXT = "text"
+    VOICE = "voice"
+
+
+class SessionStatus(StrEnum):
+    ACTIVE = "active"
+    ENDED = "ended"
+
+
+class SessionEndReason(StrEnum):
+    """Why one connection ended (the run may go on)."""
+
+    PARTICIPANT_LEFT = "participant_left"  # socket closed or dropped
+    REPLACED = "replaced"  # a newer connection to the same run took over
+    RUN_ENDED = "run_ended"  # the run ended while the connection was live
+    SERVER_RESTART = "server_restart"  # the process died with the session live
+
+
+class MessageRole(StrEnum):
+    ASSISTANT = "assistant"
+    USER = "user"
+    TOOL = "tool"
+    EVENT = "event"
+
+
+class UtteranceKind(StrEnum):
+    """What an assistant utterance is for; stored so transcripts can be grouped."""
+
+    GREETING = "greeting"
+    QUESTION = "question"
+    PROBE = "probe"
+    RESUME = "resume"
+    REMINDER = "reminder"
+    CLOSING = "closing"
+    FILLER = "filler"
+
+
+class EventType(StrEnum):
+    RUN_CREATED = "run.created"
+    RUN_STARTED = "run.started"
+    SESSION_STARTED = "session.started"
+    SESSION_ENDED = "session.ended"
+    MESSAGE_CREATED = "message.created"
+    MESSAGE_DELTA = "message.delta"
+    RUN_COMPLETED = "run.completed"
+    RUN_FAILED = "run.failed"
+    RUN_CANCELLED = "run.cancelled"
+
+    @classmethod
+    def for_terminal(cls, status: RunStatus) -> EventType:
+        return {
+            RunStatus.COMPLETED: cls.RUN_COMPLETED,
+            RunStatus.CANCELLED: cls.RUN_CANCELLED,
+            RunStatus.FAILED: cls.RUN_FAILED,
+        }[status]
+
+
+TERMINAL_EVENTS = frozenset({EventType.RUN_COMPLETED, EventType.RUN_FAILED, EventType.RUN_CANCELLED})
+
+
+# --- blueprints -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    text: str
+    probes: tuple[str, ...] = ()
+    max_probes: int = 1
+
+
+@dataclass(frozen=True)
+class BlueprintContent:
+    """One version of an interview guide: what the interviewer says, in order."""
+
+    name: str
+    greeting: str
+    questions: tuple[Question, ...]
+    closing: str
+    language: str = "en"
+
+
+@dataclass(frozen=True)
+class Blueprint:
+    id: str
+    org_id: str
+    version: int  # the latest version
+    status: BlueprintStatus  # of the latest version
+    published_version: int | None
+    content: BlueprintContent
+    created_at: float
+    updated_at: float
+
+
+# --- channels ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChannelSettings:
+    """Per-channel limits. Bounds are enforced by the API schema (see docs/api.md)."""
+
+    recording: bool = False
+    max_duration_s: int = 1800
+    idle_timeout_s: int = 120
+
+
+@dataclass(frozen=True)
+class Channel:
+    id: str
+    org_id: str
+    type: ChannelType
+    name: str
+    settings: ChannelSettings
+    metadata: JSON
+    created_at: float
+
+
+# --- runs, sessions, messages ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Participant:
+    external_id: str | None = None
+    name: str | None = None
+    email: str | None = None
+    metadata: JSON = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where an interview stands; persisted with every assistant message.
+
+    ``question_index`` is the question being asked (``-1`` before the greeting,
+    ``len(questions)`` once the closing has been said); ``probes_used`` counts
+    probes asked for that question.
+    """
+
+    question_index: int = -1
+    probes_used: int = 0
+    reminded: bool = False  # whether the idle reminder for this turn was given
+
+    @property
+    def started(self) -> bool:
+        return self.question_index >= 0
+
+
+@dataclass(frozen=True)
+class Run:
+    id: str
+    org_id: str
+    blueprint_id: str
+    blueprint_version: int
+    channel_id: str | None
+    connector_id: str | None
+    participant: Participant
+    metadata: JSON
+    status: RunStatus
+    end_reason: EndReason | None
+    join_token: str
+    position: Position
+    created_at: float
+    join_expires_at: float
+    started_at: float | None
+    ended_at: float | None
+    idle_since: float | None  # start of the participant's current silent turn
+    last_seq: int
+
+
+@dataclass(frozen=True)
+class Session:
+    id: str
+    run_id: str
+    type: SessionType
+    status: SessionStatus
+    started_at: float
+    ended_at: float | None
+    end_reason: SessionEndReason | None
+
+    @property
+    def duration_s(self) -> float | None:
+        return None if self.ended_at is None else self.ended_at - self.started_at
+
+
+LATENCY_STAGES = ("network", "initial_wait", "transcriber", "eos", "eos_wait", "llm", "tts")
+
+
+@dataclass(frozen=True)
+class LatencyBreakdown:
+    """Milliseconds per stage for one assistant message; None where a stage did not occur.
+
+    Definitions live in docs/latency.md.
+    """
+
+    network: float | None = None
+    initial_wait: float | None = None
+    transcriber: float | None = None
+    eos: float | None = None
+    eos_wait: float | None = None
+    llm: float | None = None
+    tts: float | None = None
+
+    def as_dict(self) -> dict[str, float | None]:
+        return {name: getattr(self, name) for name in LATENCY_STAGES}
+
+
+@dataclass(frozen=True)
+class Message:
+    id: str
+    run_id: str
+    session_id: str | None
+    role: MessageRole
+    content: str
+    question_id: str | None
+    kind: UtteranceKind | None
+    is_filler: bool
+    is_interrupted: bool
+    started_at: float
+    ended_at: float
+    latency: LatencyBreakdown | None
+    client_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    run_id: str
+    seq: int
+    type: EventType
+    created_at: float
+    data: JSON
