@@ -24,4 +24,4 @@ class AppState:
 
 
 STATE = web.AppKey("vivavoce_state", AppState)
-ORG_ID = "vivavoce_org_id"  # request key set by the auth middleware
+ORG_ID = web.RequestKey("vivavoce_org_id", str)  # set by the auth middleware
