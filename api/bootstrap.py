@@ -20,10 +20,15 @@ DEMO_BLUEPRINT = BlueprintContent(
     name="Demo: your morning routine",
     greeting="Hello, and thank you for taking part. I will ask you three short questions about your mornings.",
     questions=(
-        Question("wake", "What time do you usually wake up, and what is the first thing you do?",
-                 ("What makes you start with that?",), 1),
-        Question("breakfast", "Tell me about your breakfast on a typical weekday.",
-                 ("Is that different at the weekend?",), 1),
+        Question(
+            "wake",
+            "What time do you usually wake up, and what is the first thing you do?",
+            ("What makes you start with that?",),
+            1,
+        ),
+        Question(
+            "breakfast", "Tell me about your breakfast on a typical weekday.", ("Is that different at the weekend?",), 1
+        ),
         Question("change", "If you could change one thing about your mornings, what would it be and why?", (), 1),
     ),
     closing="That is all I wanted to ask. Thank you very much for your time. Goodbye!",

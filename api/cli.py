@@ -67,8 +67,11 @@ async def serve(config: ServerConfig) -> None:
         print(f"API key (shown once, store it now): {boot.api_key}", file=out)
     else:
         print("API key: created on first start; make another with `vivavoce keys create`", file=out)
-    print(f"Demo blueprint {boot.blueprint_id}; chat channel {boot.chat_channel_id}; "
-          f"voice channel {boot.voice_channel_id}", file=out)
+    print(
+        f"Demo blueprint {boot.blueprint_id}; chat channel {boot.chat_channel_id}; "
+        f"voice channel {boot.voice_channel_id}",
+        file=out,
+    )
     print(f"Demo interview (chat): {boot.demo_join_url}", file=out, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -103,14 +103,23 @@ def _page(title: str, body: str, status: int = 200) -> web.Response:
     return web.Response(text=text, status=status, content_type="text/html", headers={"Content-Security-Policy": CSP})
 
 
-@routes.route("GET", "/join/{token}", summary="The participant's interview page", tag="participant", auth=False,
-              content_types=("text/html",), errors=(404,), params=(TOKEN,))
+@routes.route(
+    "GET",
+    "/join/{token}",
+    summary="The participant's interview page",
+    tag="participant",
+    auth=False,
+    content_types=("text/html",),
+    errors=(404,),
+    params=(TOKEN,),
+)
 async def join_page(request: web.Request) -> web.Response:
     state = request.app[STATE]
     run = await state.store.runs.run_by_token(request.match_info["token"])
     if run is None:
-        return _page("Interview not found", "This interview link is not valid. Please check the link you were given.",
-                     404)
+        return _page(
+            "Interview not found", "This interview link is not valid. Please check the link you were given.", 404
+        )
     run = await _current(state, run)
     if run.status.is_terminal:
         return _page("Interview ended", END_TEXT[run.end_reason or EndReason.ERROR])
@@ -119,24 +128,42 @@ async def join_page(request: web.Request) -> web.Response:
     page = template.replace("{{TITLE}}", html.escape(bp.content.name)).replace(
         "{{WS_PATH}}", html.escape(f"/join/{request.match_info['token']}/ws")
     )
-    return web.Response(text=page, content_type="text/html",
-                        headers={"Content-Security-Policy": CSP, "Cache-Control": "no-store"})
+    return web.Response(
+        text=page, content_type="text/html", headers={"Content-Security-Policy": CSP, "Cache-Control": "no-store"}
+    )
 
 
-@routes.route("GET", "/static/{name}", summary="Page assets (scripts, styles)", tag="participant", auth=False,
-              content_types=("text/javascript", "text/css"), errors=(404,),
-              params=(Param("name", "Asset file name", where="path"),))
+@routes.route(
+    "GET",
+    "/static/{name}",
+    summary="Page assets (scripts, styles)",
+    tag="participant",
+    auth=False,
+    content_types=("text/javascript", "text/css"),
+    errors=(404,),
+    params=(Param("name", "Asset file name", where="path"),),
+)
 async def static_file(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     path = STATIC_DIR / name
     if "/" in name or name.startswith(".") or path.suffix not in STATIC_TYPES or not path.is_file():
         raise web.HTTPNotFound(text=f"no asset {name[:80]!r}")
-    return web.Response(body=path.read_bytes(), content_type=STATIC_TYPES[path.suffix],
-                        headers={"Cache-Control": "no-cache"})
+    return web.Response(
+        body=path.read_bytes(), content_type=STATIC_TYPES[path.suffix], headers={"Cache-Control": "no-cache"}
+    )
 
 
-@routes.route("GET", "/join/{token}/ws", summary="The participant's chat websocket (docs/protocol.md)",
-              tag="participant", auth=False, status=101, content_types=(), errors=(404,), params=(TOKEN,))
+@routes.route(
+    "GET",
+    "/join/{token}/ws",
+    summary="The participant's chat websocket (docs/protocol.md)",
+    tag="participant",
+    auth=False,
+    status=101,
+    content_types=(),
+    errors=(404,),
+    params=(TOKEN,),
+)
 async def join_socket(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     run = await state.store.runs.run_by_token(request.match_info["token"])
@@ -224,4 +251,6 @@ async def _on_message(
     message = await controller.participant_message(link, content, client_id=client_id, received_at=received_at)
     if message is not None:
         run_started_at = controller.run_started_at
-        await link.send({"type": "message.ack", "client_id": client_id, "message": message_json(message, run_started_at)})
+        await link.send(
+            {"type": "message.ack", "client_id": client_id, "message": message_json(message, run_started_at)}
+        )

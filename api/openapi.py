@@ -89,14 +89,19 @@ class RouteTable:
         }
 
 
-def _operation(r: RouteDoc, refs: dict[type[BaseModel], Any]) -> dict[str, Any]:
+def _operation(r: RouteDoc, refs: dict[Any, Any]) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": r.summary,
         "tags": [r.tag],
         "operationId": r.handler.__name__,
         "parameters": [
-            {"name": p.name, "in": p.where, "required": p.required or p.where == "path", "description": p.description,
-             "schema": p.schema}
+            {
+                "name": p.name,
+                "in": p.where,
+                "required": p.required or p.where == "path",
+                "description": p.description,
+                "schema": p.schema,
+            }
             for p in r.params
         ],
     }

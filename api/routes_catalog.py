@@ -31,8 +31,15 @@ def _content(body: BlueprintIn) -> BlueprintContent:
     )
 
 
-@routes.route("POST", "/v1/blueprints", summary="Create a blueprint (draft version 1)", tag="blueprints",
-              body=BlueprintIn, response=BlueprintOut, status=201)
+@routes.route(
+    "POST",
+    "/v1/blueprints",
+    summary="Create a blueprint (draft version 1)",
+    tag="blueprints",
+    body=BlueprintIn,
+    response=BlueprintOut,
+    status=201,
+)
 async def create_blueprint(request: web.Request) -> web.Response:
     check_query(request, ())
     body = await parse_body(request, BlueprintIn)
@@ -40,8 +47,14 @@ async def create_blueprint(request: web.Request) -> web.Response:
     return web.json_response(blueprint_json(bp), status=201)
 
 
-@routes.route("GET", "/v1/blueprints", summary="List blueprints, newest first", tag="blueprints",
-              response=ListOut, params=PAGE_PARAMS)
+@routes.route(
+    "GET",
+    "/v1/blueprints",
+    summary="List blueprints, newest first",
+    tag="blueprints",
+    response=ListOut,
+    params=PAGE_PARAMS,
+)
 async def list_blueprints(request: web.Request) -> web.Response:
     check_query(request, ("limit", "starting_after"))
     limit, cursor = page(request, "blueprint")
@@ -51,9 +64,15 @@ async def list_blueprints(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": data, "has_more": has_more})
 
 
-@routes.route("GET", "/v1/blueprints/{id}", summary="Get a blueprint (latest version, or ?version=N)",
-              tag="blueprints", response=BlueprintOut, errors=(404,),
-              params=(ID, Param("version", "A specific version", {"type": "integer", "minimum": 1})))
+@routes.route(
+    "GET",
+    "/v1/blueprints/{id}",
+    summary="Get a blueprint (latest version, or ?version=N)",
+    tag="blueprints",
+    response=BlueprintOut,
+    errors=(404,),
+    params=(ID, Param("version", "A specific version", {"type": "integer", "minimum": 1})),
+)
 async def get_blueprint(request: web.Request) -> web.Response:
     check_query(request, ("version",))
     raw = single(request, "version")
@@ -66,8 +85,16 @@ async def get_blueprint(request: web.Request) -> web.Response:
     return web.json_response(blueprint_json(bp))
 
 
-@routes.route("PATCH", "/v1/blueprints/{id}", summary="Replace the draft (a published latest version starts a new draft)",
-              tag="blueprints", body=BlueprintIn, response=BlueprintOut, errors=(404,), params=(ID,))
+@routes.route(
+    "PATCH",
+    "/v1/blueprints/{id}",
+    summary="Replace the draft (a published latest version starts a new draft)",
+    tag="blueprints",
+    body=BlueprintIn,
+    response=BlueprintOut,
+    errors=(404,),
+    params=(ID,),
+)
 async def update_blueprint(request: web.Request) -> web.Response:
     check_query(request, ())
     bp_id = path_id(request, "blueprint")
@@ -76,16 +103,24 @@ async def update_blueprint(request: web.Request) -> web.Response:
     return web.json_response(blueprint_json(bp))
 
 
-@routes.route("POST", "/v1/blueprints/{id}/publish", summary="Publish (freeze) the latest version",
-              tag="blueprints", response=BlueprintOut, errors=(404,), params=(ID,))
+@routes.route(
+    "POST",
+    "/v1/blueprints/{id}/publish",
+    summary="Publish (freeze) the latest version",
+    tag="blueprints",
+    response=BlueprintOut,
+    errors=(404,),
+    params=(ID,),
+)
 async def publish_blueprint(request: web.Request) -> web.Response:
     check_query(request, ())
     bp = await request.app[STATE].store.catalog.publish_blueprint(request[ORG_ID], path_id(request, "blueprint"))
     return web.json_response(blueprint_json(bp))
 
 
-@routes.route("POST", "/v1/channels", summary="Create a channel", tag="channels", body=ChannelIn,
-              response=ChannelOut, status=201)
+@routes.route(
+    "POST", "/v1/channels", summary="Create a channel", tag="channels", body=ChannelIn, response=ChannelOut, status=201
+)
 async def create_channel(request: web.Request) -> web.Response:
     check_query(request, ())
     body = await parse_body(request, ChannelIn)
@@ -100,8 +135,9 @@ async def create_channel(request: web.Request) -> web.Response:
     return web.json_response(channel_json(channel), status=201)
 
 
-@routes.route("GET", "/v1/channels", summary="List channels, newest first", tag="channels", response=ListOut,
-              params=PAGE_PARAMS)
+@routes.route(
+    "GET", "/v1/channels", summary="List channels, newest first", tag="channels", response=ListOut, params=PAGE_PARAMS
+)
 async def list_channels(request: web.Request) -> web.Response:
     check_query(request, ("limit", "starting_after"))
     limit, cursor = page(request, "channel")
@@ -111,8 +147,15 @@ async def list_channels(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": [channel_json(c) for c in channels], "has_more": has_more})
 
 
-@routes.route("GET", "/v1/channels/{id}", summary="Get a channel", tag="channels", response=ChannelOut,
-              errors=(404,), params=(ID,))
+@routes.route(
+    "GET",
+    "/v1/channels/{id}",
+    summary="Get a channel",
+    tag="channels",
+    response=ChannelOut,
+    errors=(404,),
+    params=(ID,),
+)
 async def get_channel(request: web.Request) -> web.Response:
     check_query(request, ())
     channel = await request.app[STATE].store.catalog.get_channel(request[ORG_ID], path_id(request, "channel"))

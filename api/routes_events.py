@@ -56,11 +56,20 @@ def _wants_json(request: web.Request) -> bool:
     return "application/json" in accept and "text/event-stream" not in accept
 
 
-@routes.route("GET", "/v1/runs/{id}/events", tag="events", response=ListOut, errors=(404,),
-              summary="Events as Server-Sent Events (resumable), or a JSON list with Accept: application/json",
-              content_types=("text/event-stream", "application/json"),
-              params=(ID, Param("after_seq", "Only events with a larger seq", {"type": "integer", "minimum": 0}),
-                      Param("Last-Event-ID", "SSE resume point (same as after_seq)", where="header")))
+@routes.route(
+    "GET",
+    "/v1/runs/{id}/events",
+    tag="events",
+    response=ListOut,
+    errors=(404,),
+    summary="Events as Server-Sent Events (resumable), or a JSON list with Accept: application/json",
+    content_types=("text/event-stream", "application/json"),
+    params=(
+        ID,
+        Param("after_seq", "Only events with a larger seq", {"type": "integer", "minimum": 0}),
+        Param("Last-Event-ID", "SSE resume point (same as after_seq)", where="header"),
+    ),
+)
 async def run_events(request: web.Request) -> web.StreamResponse:
     check_query(request, ("after_seq",))
     state = request.app[STATE]
@@ -95,7 +104,7 @@ async def run_events(request: web.Request) -> web.StreamResponse:
                     return False
 
         try:
-            if await replay() or run.status.is_terminal and last >= run.last_seq:
+            if await replay() or (run.status.is_terminal and last >= run.last_seq):
                 return response
             while True:
                 try:

@@ -14,8 +14,9 @@ VERSION = "0.1.0"
 OPENAPI = web.AppKey("vivavoce_openapi", dict)
 
 
-@routes.route("GET", "/healthz", summary="Liveness and the number of live runs", tag="meta", response=HealthOut,
-              auth=False)
+@routes.route(
+    "GET", "/healthz", summary="Liveness and the number of live runs", tag="meta", response=HealthOut, auth=False
+)
 async def healthz(request: web.Request) -> web.Response:
     live = len(request.app[STATE].live.controllers)
     return web.json_response({"status": "ok", "version": VERSION, "live_runs": live})

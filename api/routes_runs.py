@@ -65,8 +65,16 @@ async def render_run(state: AppState, run: Run, expand: set[str] = frozenset()) 
     return body
 
 
-@routes.route("POST", "/v1/runs", summary="Create a run for one participant; returns its join_url", tag="runs",
-              body=RunIn, response=RunOut, status=201, errors=(404, 409))
+@routes.route(
+    "POST",
+    "/v1/runs",
+    summary="Create a run for one participant; returns its join_url",
+    tag="runs",
+    body=RunIn,
+    response=RunOut,
+    status=201,
+    errors=(404, 409),
+)
 async def create_run(request: web.Request) -> web.Response:
     check_query(request, ())
     state = request.app[STATE]
@@ -98,12 +106,19 @@ async def create_run(request: web.Request) -> web.Response:
     return web.json_response(await render_run(state, run), status=201)
 
 
-@routes.route("GET", "/v1/runs", summary="List runs, newest first", tag="runs", response=ListOut,
-              params=(*PAGE_PARAMS,
-                      Param("blueprint_id", "Only runs of this blueprint"),
-                      Param("status", "Only runs with this status",
-                            {"type": "string", "enum": [s.value for s in RunStatus]}),
-                      Param("metadata[key]", "Only runs whose metadata has this key with this value")))
+@routes.route(
+    "GET",
+    "/v1/runs",
+    summary="List runs, newest first",
+    tag="runs",
+    response=ListOut,
+    params=(
+        *PAGE_PARAMS,
+        Param("blueprint_id", "Only runs of this blueprint"),
+        Param("status", "Only runs with this status", {"type": "string", "enum": [s.value for s in RunStatus]}),
+        Param("metadata[key]", "Only runs whose metadata has this key with this value"),
+    ),
+)
 async def list_runs(request: web.Request) -> web.Response:
     check_query(request, ("limit", "starting_after", "blueprint_id", "status"), prefixes=("metadata[",))
     state = request.app[STATE]
@@ -121,9 +136,7 @@ async def list_runs(request: web.Request) -> web.Response:
                 raise InvalidRequest("metadata filters look like metadata[key]=value", param=name)
             metadata[name[len("metadata[") : -1]] = single(request, name) or ""
     where = RunFilter(blueprint_id=single(request, "blueprint_id"), status=status, metadata=metadata)
-    runs, has_more = await state.store.runs.list_runs(
-        request[ORG_ID], limit=limit, starting_after=cursor, where=where
-    )
+    runs, has_more = await state.store.runs.list_runs(request[ORG_ID], limit=limit, starting_after=cursor, where=where)
     data = [await render_run(state, run) for run in runs]
     return web.json_response({"object": "list", "data": data, "has_more": has_more})
 
@@ -132,10 +145,22 @@ async def _run_of(request: web.Request) -> Run:
     return await request.app[STATE].store.runs.get_run(path_id(request, "run"), org_id=request[ORG_ID])
 
 
-@routes.route("GET", "/v1/runs/{id}", summary="Get a run; expand=… inlines related objects", tag="runs",
-              response=RunOut, errors=(404,),
-              params=(ID, Param("expand", "Repeatable: " + ", ".join(EXPANDABLE),
-                                {"type": "array", "items": {"type": "string", "enum": list(EXPANDABLE)}})))
+@routes.route(
+    "GET",
+    "/v1/runs/{id}",
+    summary="Get a run; expand=… inlines related objects",
+    tag="runs",
+    response=RunOut,
+    errors=(404,),
+    params=(
+        ID,
+        Param(
+            "expand",
+            "Repeatable: " + ", ".join(EXPANDABLE),
+            {"type": "array", "items": {"type": "string", "enum": list(EXPANDABLE)}},
+        ),
+    ),
+)
 async def get_run(request: web.Request) -> web.Response:
     check_query(request, ("expand",))
     expand = _expansions(request)
@@ -143,8 +168,15 @@ async def get_run(request: web.Request) -> web.Response:
     return web.json_response(await render_run(request.app[STATE], run, expand))
 
 
-@routes.route("POST", "/v1/runs/{id}/cancel", summary="Cancel a run; a live participant is told and disconnected",
-              tag="runs", response=RunOut, errors=(404, 409), params=(ID,))
+@routes.route(
+    "POST",
+    "/v1/runs/{id}/cancel",
+    summary="Cancel a run; a live participant is told and disconnected",
+    tag="runs",
+    response=RunOut,
+    errors=(404, 409),
+    params=(ID,),
+)
 async def cancel_run(request: web.Request) -> web.Response:
     check_query(request, ())
     state = request.app[STATE]
@@ -158,10 +190,20 @@ async def cancel_run(request: web.Request) -> web.Response:
     return web.json_response(await render_run(state, ended))
 
 
-@routes.route("GET", "/v1/runs/{id}/transcript", summary="The transcript as json, txt, vtt or srt", tag="runs",
-              errors=(404,), content_types=tuple(dict.fromkeys(MEDIA_TYPES.values())),
-              params=(ID, Param("format", "Output format (default json)",
-                                {"type": "string", "enum": [f.value for f in TranscriptFormat]})))
+@routes.route(
+    "GET",
+    "/v1/runs/{id}/transcript",
+    summary="The transcript as json, txt, vtt or srt",
+    tag="runs",
+    errors=(404,),
+    content_types=tuple(dict.fromkeys(MEDIA_TYPES.values())),
+    params=(
+        ID,
+        Param(
+            "format", "Output format (default json)", {"type": "string", "enum": [f.value for f in TranscriptFormat]}
+        ),
+    ),
+)
 async def get_transcript(request: web.Request) -> web.Response:
     check_query(request, ("format",))
     raw = single(request, "format") or "json"

@@ -185,11 +185,13 @@ class Conversation:
             return []
         self.pending.append(Input(text, now if received_at is None else received_at))
         self._mark_activity(now)
-        if self._composing is Purpose.REMINDER:
-            self._turn_id += 1  # the reminder is obsolete; answer instead
-            self._composing = None
+        if self.turn is Turn.PARTICIPANT and self._reminder_started is not None:
+            # The reminder is obsolete; answer instead. Parts of it already
+            # delivered still report playback, so _undelivered is left alone.
+            if self._composing is Purpose.REMINDER:
+                self._turn_id += 1
+                self._composing = None
             self._reminder_started = None
-            self._undelivered = 0
         if self.turn is Turn.PARTICIPANT and self.connected and self._time_up_at is None:
             return self._answer(now)
         return []
@@ -265,14 +267,16 @@ class Conversation:
         t = self.timing
         if self._time_up_at is None and now >= self.started_at + t.max_duration:
             self._time_up_at = now
+            if self._completes:
+                return []  # the interview's own closing is already under way
             self._end_reason = EndReason.MAX_DURATION
             self.pending.clear()
             if not self.connected:
                 return self.end(EndReason.MAX_DURATION)
-            self._undelivered = 0
+            # What is already playing plays out; the closing is queued behind it.
             return self._compose(Purpose.TIME_UP, now, trigger_at=now)
         if self._time_up_at is not None and now >= self._time_up_at + t.closing_grace:
-            return self.end(EndReason.MAX_DURATION)
+            return self.end(self._end_reason)
         if not self.connected:
             if self.disconnected_since is not None and now >= self.disconnected_since + t.idle_timeout:
                 return self.end(EndReason.PARTICIPANT_LEFT)
@@ -299,8 +303,10 @@ class Conversation:
         )
 
     def _mark_activity(self, now: float) -> None:
-        if self.turn is Turn.PARTICIPANT and self._composing is None and not self._undelivered:
+        if self.turn is Turn.PARTICIPANT:
             self.idle_since = now
+            if self._reminder_started is not None:
+                self._reminder_started = now  # the clock restarts once the reminder has played
             if self.position.reminded:
                 self.position = Position(self.position.question_index, self.position.probes_used)
 
@@ -334,7 +340,7 @@ class Conversation:
             if self._reminder_started is not None and self.idle_since is not None:
                 self.idle_since += now - self._reminder_started
             self._reminder_started = None
-            return []
+            return [Persist(self.position, self.idle_since)]
         if not self.connected:
             self.turn = Turn.PARTICIPANT
             return []

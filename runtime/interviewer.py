@@ -13,14 +13,13 @@ reply took (the ``llm`` stage) around the iterator.
 from __future__ import annotations
 
 import abc
-import enum
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from runtime.types import BlueprintContent, Position, UtteranceKind
+from runtime.types import BlueprintContent, Position, StrEnum, UtteranceKind
 
 
-class Purpose(str, enum.Enum):
+class Purpose(StrEnum):
     """Why a reply is being asked for."""
 
     START = "start"  # first connection: greet and ask the first question

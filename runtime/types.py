@@ -11,16 +11,11 @@ stored and compared across process restarts.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
+from enum import StrEnum as StrEnum  # re-exported: every state enum here is a StrEnum
 from typing import Any
 
 JSON = dict[str, Any]
-
-
-class StrEnum(str, enum.Enum):
-    def __str__(self) -> str:
-        return str(self.value)
 
 
 class ChannelType(StrEnum):

@@ -84,8 +84,9 @@ class Server:
         assert status == 201, ch
         return str(ch["id"])
 
-    async def create_run(self, *, blueprint_id: str | None = None, channel_id: str | None = None,
-                         **extra: Any) -> dict[str, Any]:
+    async def create_run(
+        self, *, blueprint_id: str | None = None, channel_id: str | None = None, **extra: Any
+    ) -> dict[str, Any]:
         if blueprint_id is None:
             blueprint_id = self.extra.get("blueprint_id") or await self.create_blueprint()
             self.extra["blueprint_id"] = blueprint_id

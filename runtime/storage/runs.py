@@ -138,7 +138,9 @@ class RunStore:
     async def _emit(self, tx: Transaction, run_id: str, type: EventType, data: JSON, now: float) -> Event:
         seq = (await tx.conn.execute(select(t.runs.c.last_seq).where(t.runs.c.id == run_id))).scalar_one() + 1
         await tx.conn.execute(update(t.runs).where(t.runs.c.id == run_id).values(last_seq=seq))
-        await tx.conn.execute(t.events.insert().values(run_id=run_id, seq=seq, type=type.value, created_at=now, data=data))
+        await tx.conn.execute(
+            t.events.insert().values(run_id=run_id, seq=seq, type=type.value, created_at=now, data=data)
+        )
         ev = Event(run_id, seq, type, now, data)
         tx.events.append(ev)
         return ev
@@ -331,7 +333,9 @@ class RunStore:
             .where(t.sessions.c.id == session.id)
             .values(status=SessionStatus.ENDED.value, ended_at=ended_at, end_reason=reason.value)
         )
-        closed = Session(session.id, session.run_id, session.type, SessionStatus.ENDED, session.started_at, ended_at, reason)
+        closed = Session(
+            session.id, session.run_id, session.type, SessionStatus.ENDED, session.started_at, ended_at, reason
+        )
         await self._emit(tx, session.run_id, EventType.SESSION_ENDED, {"session": session_json(closed)}, now)
 
     async def close_orphaned_sessions(self) -> int:

@@ -81,8 +81,9 @@ async def test_transcript_exports_in_all_formats(server: Server) -> None:
         ("vtt", "text/vtt", "WEBVTT"),
         ("srt", "application/x-subrip", " --> "),
     ]:
-        async with server.http.get(f"{server.url}/v1/runs/{run['id']}/transcript?format={fmt}",
-                                   headers=server.auth) as resp:
+        async with server.http.get(
+            f"{server.url}/v1/runs/{run['id']}/transcript?format={fmt}", headers=server.auth
+        ) as resp:
             assert resp.status == 200, fmt
             assert resp.content_type == ctype
             body = await resp.text()

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import pytest
-
 from runtime.conversation import (
     Action,
     Compose,
@@ -344,7 +342,9 @@ def test_answer_during_a_reply_is_answered_right_after_it_once() -> None:
     assert [c.request.answer for c in d.composes][-1] == LONG2
     d.finish(after=0.5)
 
-    assert d.last() == Utterance("Thanks, that's helpful. What would you change about it?", UtteranceKind.QUESTION, "q3")
+    assert d.last() == Utterance(
+        "Thanks, that's helpful. What would you change about it?", UtteranceKind.QUESTION, "q3"
+    )
     assert d.sent[-1].latency == LatencyBreakdown(initial_wait=1000.0, llm=500.0)
     assert d.purposes().count(Purpose.ANSWER) == 2
     assert d.conv.turn is Turn.PARTICIPANT
@@ -649,11 +649,6 @@ def test_closing_never_composed_ends_at_the_hard_stop() -> None:
     assert d.ended == [EndReason.MAX_DURATION]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tick() resets _undelivered at time-up, so the playback_finished of the utterance still playing "
-    "is counted against the time-up closing and the run ends before the closing is played",
-)
 def test_time_up_during_playback_ends_only_after_the_closing_is_played() -> None:
     d = started(timing=SHORT_LIMIT, voice=True)
     d.advance_to(95.0)
@@ -670,11 +665,6 @@ def test_time_up_during_playback_ends_only_after_the_closing_is_played() -> None
     assert d.ended == [EndReason.MAX_DURATION]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tick() at max_duration ignores that the interview's own closing (completes=True) is already "
-    "being played: it composes a second TIME_UP closing and ends with MAX_DURATION instead of COMPLETED",
-)
 def test_time_up_while_the_final_closing_plays_keeps_the_interview_completed() -> None:
     d = at_last_question(timing=SHORT_LIMIT, voice=True)
     d.advance_to(95.0)
@@ -896,11 +886,6 @@ def test_completed_run_cannot_end_again() -> None:
 # --- known gaps ---------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="participant_text() resets _undelivered when it obsoletes a reminder whose utterance is already "
-    "playing; that utterance's playback_finished is then counted against the next reply",
-)
 def test_obsolete_reminder_still_playing_does_not_cut_off_the_closing() -> None:
     d = at_last_question(voice=True)
     d.hold = True
@@ -922,11 +907,6 @@ def test_obsolete_reminder_still_playing_does_not_cut_off_the_closing() -> None:
     assert d.ended == [EndReason.COMPLETED]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_mark_activity() ignores typing while a reminder is composed or played, so the idle timeout "
-    "is counted from the silence before the reminder instead of from the typing",
-)
 def test_typing_while_the_reminder_plays_restarts_the_idle_clock() -> None:
     d = started(voice=True)
     d.advance_to(30.0)  # the reminder starts playing
