@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 from aiohttp import web
 
@@ -26,6 +27,8 @@ from runtime.types import TERMINAL_EVENTS, Event
 routes = RouteTable()
 
 PAGE = 500
+MAX_LIST = 1000
+_SEQ = re.compile(r"[0-9]{1,15}")
 
 
 def event_json(ev: Event) -> dict[str, object]:
@@ -46,8 +49,8 @@ def _after_seq(request: web.Request) -> int:
         raw, param = request.headers.get("Last-Event-ID"), "Last-Event-ID"
     if raw is None or raw == "":
         return 0
-    if not raw.isdigit():
-        raise InvalidRequest(f"{param} must be a non-negative integer", param=param)
+    if not _SEQ.fullmatch(raw):
+        raise InvalidRequest(f"{param} must be a non-negative integer below 10^15", param=param)
     return int(raw)
 
 
@@ -75,9 +78,11 @@ async def run_events(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     after = _after_seq(request)
     run = await state.store.runs.get_run(path_id(request, "run"), org_id=request[ORG_ID])
+    after = min(after, run.last_seq)  # a resume point from the future would skip the terminal event
     if _wants_json(request):
-        events = await state.store.runs.list_events(run.id, after_seq=after)
-        return web.json_response({"object": "list", "data": [event_json(e) for e in events], "has_more": False})
+        events = await state.store.runs.list_events(run.id, after_seq=after, limit=MAX_LIST + 1)
+        data = [event_json(e) for e in events[:MAX_LIST]]
+        return web.json_response({"object": "list", "data": data, "has_more": len(events) > MAX_LIST})
 
     with state.hub.subscribe(run.id) as sub:
         response = web.StreamResponse(
@@ -106,11 +111,18 @@ async def run_events(request: web.Request) -> web.StreamResponse:
         try:
             if await replay() or (run.status.is_terminal and last >= run.last_seq):
                 return response
+            loop = asyncio.get_running_loop()
+            next_beat = loop.time() + heartbeat
             while True:
                 try:
-                    ev = await asyncio.wait_for(sub.queue.get(), heartbeat)
+                    # wake at least once a second to notice a reader that went away
+                    ev = await asyncio.wait_for(sub.queue.get(), min(1.0, max(next_beat - loop.time(), 0)))
                 except TimeoutError:
-                    await response.write(b": heartbeat\n\n")
+                    if request.transport is None or request.transport.is_closing():
+                        break
+                    if loop.time() >= next_beat:
+                        await response.write(b": heartbeat\n\n")
+                        next_beat = loop.time() + heartbeat
                     continue
                 if ev is None or ev.seq > last + 1:  # overflowed, or missed one: read it back
                     sub.overflowed = False
