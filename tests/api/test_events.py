@@ -8,8 +8,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import pytest
-
 from runtime.ids import new_id
 from runtime.storage.runs import NewMessage
 from runtime.types import MessageRole
