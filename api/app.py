@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
 from api import join, routes_catalog, routes_events, routes_meta, routes_runs
 from api.auth import auth_middleware
 from api.config import ServerConfig
-from api.errors import error_middleware
+from api.errors import error_middleware, error_response
 from api.live import LiveRuns, LiveSettings
 from api.openapi import RouteTable
 from api.state import STATE, AppState
@@ -25,6 +26,15 @@ log = logging.getLogger("vivavoce.app")
 TABLES = (routes_meta.routes, routes_catalog.routes, routes_runs.routes, routes_events.routes, join.routes)
 
 
+@web.middleware
+async def body_limit_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Refuse an oversized body up front, also on routes that never read one (they would act on the request)."""
+    limit = request.app[STATE].config.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        return error_response(413, "payload_too_large", f"request body is larger than {limit} bytes")
+    return await handler(request)  # type: ignore[no-any-return]
+
+
 def all_routes() -> RouteTable:
     table = RouteTable()
     for t in TABLES:
@@ -33,7 +43,9 @@ def all_routes() -> RouteTable:
 
 
 def create_app(config: ServerConfig, *, interviewer: Interviewer | None = None) -> web.Application:
-    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=config.max_body_bytes)
+    app = web.Application(
+        middlewares=[error_middleware, body_limit_middleware, auth_middleware], client_max_size=config.max_body_bytes
+    )
     store = Store(config.db_url, synchronous=config.sqlite_synchronous)
     hub = EventHub()
     store.db.add_listener(hub.publish)
@@ -43,7 +55,13 @@ def create_app(config: ServerConfig, *, interviewer: Interviewer | None = None) 
     table.add_to(app.router)
     app[routes_meta.OPENAPI] = table.document(title="vivavoce", version=routes_meta.VERSION)
     app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_let_participants_go)
     return app
+
+
+async def _let_participants_go(app: web.Application) -> None:
+    """Before aiohttp waits for handlers to finish, stop live runs' timers and close their sockets."""
+    await app[STATE].live.close()
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -54,6 +54,7 @@ log = logging.getLogger("vivavoce.live")
 Clock = Callable[[], float]
 
 CLOSE_REPLACED = 4001
+CLOSE_GOING_AWAY = 1001
 
 
 class ParticipantLink(Protocol):
@@ -103,6 +104,7 @@ class RunController:
         self.link: ParticipantLink | None = None
         self.session: Session | None = None
         self.finished = False
+        self._closed = False  # server shutdown: ignore inputs, leave the database alone
         self._on_finished = on_finished
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -114,7 +116,7 @@ class RunController:
     async def attach(self, link: ParticipantLink) -> Session | None:
         """Open a session for ``link``; None if the run has ended."""
         async with self._lock:
-            if self.finished:
+            if self.finished or self._closed:
                 return None
             now = self.clock()
             started = await self.store.runs.start_session(self.run_id, link.session_type, now)
@@ -143,7 +145,7 @@ class RunController:
     async def detach(self, link: ParticipantLink) -> None:
         """The connection closed or dropped (a replaced link is ignored)."""
         async with self._lock:
-            if link is not self.link:
+            if link is not self.link or self._closed:
                 return
             now = self.clock()
             self.link = None
@@ -157,7 +159,7 @@ class RunController:
     ) -> Message | None:
         """Store a participant answer, then let the conversation react. None if the link is stale."""
         async with self._lock:
-            if link is not self.link or self.finished:
+            if link is not self.link or self.finished or self._closed:
                 return None
             new = NewMessage(
                 MessageRole.USER,
@@ -187,11 +189,21 @@ class RunController:
             return await self._apply(self.conv.end(reason))
 
     async def close(self) -> None:
-        """Stop tasks without ending the run (server shutdown)."""
+        """Server shutdown: stop timers and tasks and let the participant go, without ending the run.
+
+        The session is left open in the database on purpose: the next start
+        closes it as ``server_restart`` at the last moment it was seen, exactly
+        as after a crash, and the run's deadlines go on from stored timestamps.
+        """
+        self._closed = True
         self._timer.cancel()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(self._timer, *self._tasks, return_exceptions=True)
+        link, self.link = self.link, None
+        if link is not None:
+            await _quietly(link.send({"type": "error", "code": "server_restart", "message": _RESTARTING}))
+            await _quietly(link.close(CLOSE_GOING_AWAY, "server restarting"))
 
     # --- executing actions --------------------------------------------------------------
 
@@ -318,6 +330,7 @@ class RunController:
                 await asyncio.sleep(1.0)
 
 
+_RESTARTING = "The server is restarting; reconnect in a moment to continue."
 _REPLACED = "This interview was opened in another window; this one has been disconnected."
 
 

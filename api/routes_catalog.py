@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from api.openapi import Param, RouteTable
@@ -78,7 +80,7 @@ async def get_blueprint(request: web.Request) -> web.Response:
     raw = single(request, "version")
     version = None
     if raw is not None:
-        if not raw.isdigit() or int(raw) < 1:
+        if not re.fullmatch(r"[0-9]{1,9}", raw) or int(raw) < 1:
             raise InvalidRequest("version must be a positive integer", param="version")
         version = int(raw)
     bp = await request.app[STATE].store.catalog.get_blueprint(request[ORG_ID], path_id(request, "blueprint"), version)

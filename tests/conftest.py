@@ -51,7 +51,15 @@ class Server:
     api_key: str
     http: aiohttp.ClientSession
     chat_channel_id: str
+    runner: web.AppRunner
     extra: dict[str, Any] = field(default_factory=dict)
+    stopped: bool = False
+
+    async def stop(self) -> None:
+        """Shut the server down gracefully (live runs stay in progress in the database)."""
+        if not self.stopped:
+            self.stopped = True
+            await self.runner.cleanup()
 
     @property
     def state(self) -> AppState:
@@ -192,33 +200,33 @@ ServerFactory = Callable[..., Awaitable[Server]]
 @pytest.fixture
 async def server_factory(tmp_path: Path) -> AsyncIterator[ServerFactory]:
     """Start servers on free ports; ``time_scale`` etc. are ServerConfig fields."""
-    runners: list[web.AppRunner] = []
-    sessions: list[aiohttp.ClientSession] = []
+    servers: list[Server] = []
 
-    async def start(**options: Any) -> Server:
-        options.setdefault("data_dir", tmp_path / f"data{len(runners)}")
+    async def start(*, api_key: str | None = None, **options: Any) -> Server:
+        """A new server; pass the ``data_dir`` and ``api_key`` of a stopped one to restart it."""
+        options.setdefault("data_dir", tmp_path / f"data{len(servers)}")
         options.setdefault("heartbeat_s", 5.0)
         config = ServerConfig(host="127.0.0.1", port=0, **options)
         app = create_app(config)
         runner = web.AppRunner(app, shutdown_timeout=1)
         await runner.setup()
-        runners.append(runner)
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         config = ServerConfig(**{**config.__dict__, "port": port})
         app[STATE].config = config
         boot = await bootstrap(app[STATE].store, config)
-        assert boot.api_key is not None
+        key = boot.api_key or api_key
+        assert key is not None, "restarting on an existing data dir needs the api_key of the first start"
         http = aiohttp.ClientSession()
-        sessions.append(http)
-        return Server(f"http://127.0.0.1:{port}", config, app, boot.api_key, http, boot.chat_channel_id)
+        server = Server(f"http://127.0.0.1:{port}", config, app, key, http, boot.chat_channel_id, runner)
+        servers.append(server)
+        return server
 
     yield start
-    for http in sessions:
-        await http.close()
-    for runner in runners:
-        await runner.cleanup()
+    for server in servers:
+        await server.http.close()
+        await server.stop()
 
 
 @pytest.fixture

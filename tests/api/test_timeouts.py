@@ -131,3 +131,44 @@ async def test_participant_who_never_comes_back_ends_as_participant_left(fast: S
     await p.close()
     done = await fast.wait_status(run["id"], "completed", timeout=20 * 5 * SCALE + 1)
     assert done["end_reason"] == "participant_left"
+
+
+async def test_timeouts_hold_across_a_server_restart(server_factory: ServerFactory) -> None:
+    """Deadlines come from stored timestamps: a restart neither resets nor extends them."""
+    first = await server_factory(time_scale=SCALE, sweep_interval_s=1.0)
+    channel = await first.create_channel(idle_timeout_s=10, max_duration_s=3600)
+    run = await first.create_run(channel_id=channel)
+    p = await first.join(run)
+    await p.until("message", kind="question", question_id="q1")
+    await p.say(LONG_ANSWER)
+    asked = await p.until("message", kind="question", question_id="q2")
+    await first.stop()  # the participant is cut off with the server
+    await asyncio.sleep(6 * SCALE)  # more than half of the 10 s rejoin grace passes while the server is down
+
+    second = await server_factory(
+        time_scale=SCALE, sweep_interval_s=1.0, data_dir=first.config.data_dir, api_key=first.api_key
+    )
+    done = await second.wait_status(run["id"], "completed", timeout=20 * 10 * SCALE + 1)
+    assert done["end_reason"] == "participant_left"
+    sessions = (await second.get_run(run["id"], "sessions"))["sessions"]
+    assert [s["end_reason"] for s in sessions] == ["server_restart"]
+    # it ended one grace period after the participant was last seen, not one grace period after the restart
+    ended_after = done["duration_s"] - asked["message"]["start_offset_s"]
+    assert 10 * SCALE * 0.99 <= ended_after < 16 * SCALE
+
+
+async def test_max_duration_passed_while_the_server_was_down_ends_the_run_on_start(
+    server_factory: ServerFactory,
+) -> None:
+    first = await server_factory(time_scale=SCALE, sweep_interval_s=1.0)
+    channel = await first.create_channel(idle_timeout_s=3600, max_duration_s=10)
+    run = await first.create_run(channel_id=channel)
+    p = await first.join(run)
+    await p.until("message", kind="question", question_id="q1")
+    await first.stop()
+    await asyncio.sleep(12 * SCALE)
+    second = await server_factory(
+        time_scale=SCALE, sweep_interval_s=1.0, data_dir=first.config.data_dir, api_key=first.api_key
+    )
+    done = await second.wait_status(run["id"], "completed", timeout=2)
+    assert done["end_reason"] == "max_duration"
