@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from runtime.types import Blueprint, Channel, Message, Run, Session
+from runtime.types import Blueprint, BlueprintContent, Channel, ChannelSettings, Message, Run, Session
 
 
 def iso(ts: float | None) -> str | None:
@@ -94,14 +94,9 @@ def run_event_json(run: Run) -> dict[str, Any]:
     }
 
 
-def blueprint_json(bp: Blueprint) -> dict[str, Any]:
-    c = bp.content
+def blueprint_content_json(c: BlueprintContent) -> dict[str, Any]:
+    """One version of a guide; also how it is stored."""
     return {
-        "id": bp.id,
-        "object": "blueprint",
-        "version": bp.version,
-        "status": bp.status.value,
-        "published_version": bp.published_version,
         "name": c.name,
         "greeting": c.greeting,
         "questions": [
@@ -109,19 +104,34 @@ def blueprint_json(bp: Blueprint) -> dict[str, Any]:
         ],
         "closing": c.closing,
         "language": c.language,
+    }
+
+
+def blueprint_json(bp: Blueprint) -> dict[str, Any]:
+    return {
+        "id": bp.id,
+        "object": "blueprint",
+        "version": bp.version,
+        "status": bp.status.value,
+        "published_version": bp.published_version,
+        **blueprint_content_json(bp.content),
         "created_at": iso(bp.created_at),
         "updated_at": iso(bp.updated_at),
     }
 
 
+def channel_settings_json(s: ChannelSettings) -> dict[str, Any]:
+    """Channel settings; also how they are stored."""
+    return {"recording": s.recording, "max_duration_s": s.max_duration_s, "idle_timeout_s": s.idle_timeout_s}
+
+
 def channel_json(ch: Channel) -> dict[str, Any]:
-    s = ch.settings
     return {
         "id": ch.id,
         "object": "channel",
         "type": ch.type.value,
         "name": ch.name,
-        "settings": {"recording": s.recording, "max_duration_s": s.max_duration_s, "idle_timeout_s": s.idle_timeout_s},
+        "settings": channel_settings_json(ch.settings),
         "metadata": ch.metadata,
         "created_at": iso(ch.created_at),
     }

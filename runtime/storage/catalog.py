@@ -9,6 +9,7 @@ from sqlalchemy import and_, select, update
 
 from runtime.errors import Conflict, NotFound
 from runtime.ids import hash_secret, new_api_key, new_id
+from runtime.serialize import blueprint_content_json, channel_settings_json
 from runtime.storage import schema as t
 from runtime.storage.database import Database
 from runtime.types import (
@@ -21,18 +22,6 @@ from runtime.types import (
     ChannelType,
     Question,
 )
-
-
-def content_to_json(c: BlueprintContent) -> JSON:
-    return {
-        "name": c.name,
-        "greeting": c.greeting,
-        "questions": [
-            {"id": q.id, "text": q.text, "probes": list(q.probes), "max_probes": q.max_probes} for q in c.questions
-        ],
-        "closing": c.closing,
-        "language": c.language,
-    }
 
 
 def content_from_json(d: JSON) -> BlueprintContent:
@@ -120,7 +109,7 @@ class Catalog:
                     blueprint_id=bp_id,
                     version=1,
                     status=BlueprintStatus.DRAFT.value,
-                    content=content_to_json(content),
+                    content=blueprint_content_json(content),
                     created_at=now,
                 )
             )
@@ -137,7 +126,7 @@ class Catalog:
                     .where(
                         and_(t.blueprint_versions.c.blueprint_id == bp_id, t.blueprint_versions.c.version == bp.version)
                     )
-                    .values(content=content_to_json(content))
+                    .values(content=blueprint_content_json(content))
                 )
             else:
                 await tx.conn.execute(
@@ -145,7 +134,7 @@ class Catalog:
                         blueprint_id=bp_id,
                         version=bp.version + 1,
                         status=BlueprintStatus.DRAFT.value,
-                        content=content_to_json(content),
+                        content=blueprint_content_json(content),
                         created_at=now,
                     )
                 )
@@ -233,11 +222,7 @@ class Catalog:
                     org_id=org_id,
                     type=type.value,
                     name=name,
-                    settings={
-                        "recording": settings.recording,
-                        "max_duration_s": settings.max_duration_s,
-                        "idle_timeout_s": settings.idle_timeout_s,
-                    },
+                    settings=channel_settings_json(settings),
                     metadata=metadata,
                     created_at=now,
                 )
