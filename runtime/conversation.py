@@ -26,6 +26,12 @@ Races it guards against:
   answered (say, after a crash) are answered on rejoin; otherwise the current
   question is asked again. A reply already being composed is delivered to the
   new connection instead.
+* The participant barges in while the interviewer speaks (voice): playback
+  stops, utterances of that reply still to come are dropped, but its
+  :class:`TurnEnd` still moves the interview on, so the answer is taken as an
+  answer to what was being asked.
+* A reply is slow (voice): one filler per turn after ``filler_after``; a
+  reply that arrives while the filler plays is queued behind it.
 * The time limit strikes while the participant is away: the run ends at once;
   while connected, the closing is delivered first, with a hard stop after
   ``closing_grace`` in case delivery never finishes.
@@ -36,7 +42,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from runtime.interviewer import Purpose, ReplyRequest, TurnEnd, Utterance
-from runtime.types import BlueprintContent, EndReason, LatencyBreakdown, Position, StrEnum
+from runtime.types import BlueprintContent, EndReason, LatencyBreakdown, Position, StrEnum, UtteranceKind
 
 
 class Turn(StrEnum):
@@ -52,6 +58,7 @@ class Timing:
     idle_timeout: float
     max_duration: float
     closing_grace: float = 30.0
+    filler_after: float | None = None  # voice: say a filler if a reply takes longer than this
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,14 @@ class EndRun:
     reason: EndReason
 
 
-Action = Compose | Deliver | Persist | EndRun
+@dataclass(frozen=True)
+class StopPlayback:
+    """The participant barged in: stop speaking now, then report :meth:`Conversation.playback_stopped`."""
+
+
+Action = Compose | Deliver | Persist | EndRun | StopPlayback
+
+FILLERS = ("Hmm, let me think.", "One moment.", "Okay, just a second.")
 
 
 def _ms(seconds: float) -> float:
@@ -125,6 +139,10 @@ class Conversation:
     _time_up_at: float | None = None
     _speaking: bool = False
     _reminder_started: float | None = None
+    _barged: bool = False  # the participant interrupted this reply: drop its remaining utterances
+    _delivered_this_turn: int = 0
+    _filler_given: bool = False
+    _fillers_said: int = 0
     _connected_at: float = 0.0
 
     # --- restoring ------------------------------------------------------------
@@ -207,9 +225,23 @@ class Conversation:
         self._speaking = False
         self._mark_activity(now)
 
-    def utterance_ready(self, turn_id: int, utterance: Utterance, now: float) -> list[Action]:
-        if turn_id != self._turn_id or self._composing is None:
+    def speech_interrupting(self, now: float) -> list[Action]:
+        """The participant has spoken long enough to count as an interruption (voice)."""
+        if self.turn is Turn.ENDED or not self._undelivered:
             return []
+        if self._composing is not None:
+            self._barged = True
+        return [StopPlayback()]
+
+    def playback_stopped(self, now: float) -> list[Action]:
+        """Playback was cut short (barge-in): nothing is queued any more."""
+        self._undelivered = 0
+        return self._after_delivery(now)
+
+    def utterance_ready(self, turn_id: int, utterance: Utterance, now: float) -> list[Action]:
+        if turn_id != self._turn_id or self._composing is None or self._barged:
+            return []
+        self._delivered_this_turn += 1
         self._undelivered += 1 if self.connected else 0
         latency = LatencyBreakdown(
             initial_wait=_ms(self._compose_started - self._trigger_at),
@@ -252,6 +284,8 @@ class Conversation:
             candidates.append(self.started_at + t.max_duration)
         else:
             candidates.append(self._time_up_at + t.closing_grace)
+        if t.filler_after is not None and self._composing is Purpose.ANSWER and not self._filler_given:
+            candidates.append(self._compose_started + t.filler_after)
         if not self.connected and self.disconnected_since is not None:
             candidates.append(self.disconnected_since + t.idle_timeout)
         elif self._idle_clock_running():
@@ -277,6 +311,8 @@ class Conversation:
             return self._compose(Purpose.TIME_UP, now, trigger_at=now)
         if self._time_up_at is not None and now >= self._time_up_at + t.closing_grace:
             return self.end(self._end_reason)
+        if self._filler_due(now):
+            return self._filler(now)
         if not self.connected:
             if self.disconnected_since is not None and now >= self.disconnected_since + t.idle_timeout:
                 return self.end(EndReason.PARTICIPANT_LEFT)
@@ -291,6 +327,27 @@ class Conversation:
         return []
 
     # --- internals ----------------------------------------------------------------
+
+    def _filler_due(self, now: float) -> bool:
+        after = self.timing.filler_after
+        return (
+            after is not None
+            and self.connected
+            and self._composing is Purpose.ANSWER
+            and not self._filler_given
+            and not self._delivered_this_turn
+            and now >= self._compose_started + after
+        )
+
+    def _filler(self, now: float) -> list[Action]:
+        self._filler_given = True
+        text = FILLERS[self._fillers_said % len(FILLERS)]
+        self._fillers_said += 1
+        self._undelivered += 1
+        latency = LatencyBreakdown(
+            initial_wait=_ms(self._compose_started - self._trigger_at), llm=_ms(now - self._compose_started)
+        )
+        return [Deliver(self._turn_id, Utterance(text, UtteranceKind.FILLER), latency)]
 
     def _idle_clock_running(self) -> bool:
         return (
@@ -319,6 +376,9 @@ class Conversation:
     def _compose(self, purpose: Purpose, now: float, *, trigger_at: float, answer: str = "") -> list[Action]:
         self._turn_id += 1
         self._composing = purpose
+        self._barged = False
+        self._delivered_this_turn = 0
+        self._filler_given = False
         self._compose_started = now
         self._trigger_at = trigger_at
         if purpose is Purpose.REMINDER:
