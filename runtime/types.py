@@ -106,6 +106,7 @@ class EventType(StrEnum):
     SESSION_ENDED = "session.ended"
     MESSAGE_CREATED = "message.created"
     MESSAGE_DELTA = "message.delta"
+    MESSAGE_UPDATED = "message.updated"  # voice: timing, latency, or an interruption known after sending
     RUN_COMPLETED = "run.completed"
     RUN_FAILED = "run.failed"
     RUN_CANCELLED = "run.cancelled"

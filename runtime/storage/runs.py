@@ -430,6 +430,36 @@ class RunStore:
             )
         return msg, True
 
+    async def update_message(
+        self,
+        message_id: str,
+        *,
+        content: str | None = None,
+        started_at: float | None = None,
+        ended_at: float | None = None,
+        is_interrupted: bool | None = None,
+        latency: LatencyBreakdown | None = None,
+    ) -> Message:
+        """Complete a message after it was sent (voice: when it started and stopped playing, what was heard)."""
+        values: dict[str, Any] = {}
+        if content is not None:
+            values["content"] = content
+        if started_at is not None:
+            values["started_at"] = started_at
+        if ended_at is not None:
+            values["ended_at"] = ended_at
+        if is_interrupted is not None:
+            values["is_interrupted"] = is_interrupted
+        if latency is not None:
+            values["latency"] = latency.as_dict()
+        async with self.db.write() as tx:
+            await tx.conn.execute(update(t.messages).where(t.messages.c.id == message_id).values(**values))
+            msg = _message((await tx.conn.execute(select(t.messages).where(t.messages.c.id == message_id))).one())
+            started = (await tx.conn.execute(select(t.runs.c.started_at).where(t.runs.c.id == msg.run_id))).scalar()
+            now = max(msg.ended_at, msg.started_at)
+            await self._emit(tx, msg.run_id, EventType.MESSAGE_UPDATED, {"message": message_json(msg, started)}, now)
+        return msg
+
     async def list_messages(self, run_id: str) -> list[Message]:
         async with self.db.read() as conn:
             rows = await conn.execute(select(t.messages).where(t.messages.c.run_id == run_id).order_by(t.messages.c.pk))
