@@ -131,7 +131,7 @@ async def create_channel(request: web.Request) -> web.Response:
         request[ORG_ID],
         type=body.type,
         name=body.name,
-        settings=ChannelSettings(s.recording, s.max_duration_s, s.idle_timeout_s),
+        settings=ChannelSettings(**s.model_dump()),
         metadata=body.metadata,
     )
     return web.json_response(channel_json(channel), status=201)

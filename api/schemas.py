@@ -91,6 +91,11 @@ class ChannelSettingsIn(Strict):
     recording: bool = False
     max_duration_s: int = Field(1800, ge=10, le=43200, description="Run length limit, from the first session's start")
     idle_timeout_s: int = Field(120, ge=5, le=3600, description="Participant silence before the run ends")
+    eos_silence_ms: int = Field(500, ge=200, le=3000, description="Voice: silence that ends the participant's turn")
+    min_interruption_ms: int = Field(
+        400, ge=100, le=3000, description="Voice: speech that interrupts the interviewer while it speaks"
+    )
+    filler_after_ms: int = Field(1500, ge=300, le=10000, description="Voice: say a filler if a reply takes longer")
 
 
 class ChannelIn(Strict):
@@ -104,6 +109,9 @@ class ChannelSettingsOut(BaseModel):
     recording: bool
     max_duration_s: int
     idle_timeout_s: int
+    eos_silence_ms: int
+    min_interruption_ms: int
+    filler_after_ms: int
 
 
 class ChannelOut(BaseModel):

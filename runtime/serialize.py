@@ -7,6 +7,7 @@ on the recording.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -122,7 +123,7 @@ def blueprint_json(bp: Blueprint) -> dict[str, Any]:
 
 def channel_settings_json(s: ChannelSettings) -> dict[str, Any]:
     """Channel settings; also how they are stored."""
-    return {"recording": s.recording, "max_duration_s": s.max_duration_s, "idle_timeout_s": s.idle_timeout_s}
+    return dataclasses.asdict(s)
 
 
 def channel_json(ch: Channel) -> dict[str, Any]:

@@ -167,6 +167,10 @@ class ChannelSettings:
     recording: bool = False
     max_duration_s: int = 1800
     idle_timeout_s: int = 120
+    # voice turn-taking
+    eos_silence_ms: int = 500
+    min_interruption_ms: int = 400
+    filler_after_ms: int = 1500
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ def _channel(row: Any) -> Channel:
         org_id=row.org_id,
         type=ChannelType(row.type),
         name=row.name,
-        settings=ChannelSettings(s["recording"], s["max_duration_s"], s["idle_timeout_s"]),
+        settings=ChannelSettings(**{k: v for k, v in s.items() if k in ChannelSettings.__dataclass_fields__}),
         metadata=row.metadata,
         created_at=row.created_at,
     )

@@ -104,6 +104,8 @@ BAD_REQUESTS = [
     ("POST", "/v1/channels", channel_body(idle_timeout_s=3601), "settings.idle_timeout_s"),
     ("POST", "/v1/channels", channel_body(max_duration_s=9), "settings.max_duration_s"),
     ("POST", "/v1/channels", channel_body(max_duration_s=43201), "settings.max_duration_s"),
+    ("POST", "/v1/channels", channel_body(eos_silence_ms=199), "settings.eos_silence_ms"),
+    ("POST", "/v1/channels", channel_body(filler_after_ms=10001), "settings.filler_after_ms"),
     ("POST", "/v1/runs", {"json": {**RUN, "participant": {"email": "nope"}}}, "participant.email"),
     ("POST", "/v1/runs", {"json": {**RUN, "colour": 1}}, "colour"),
     ("POST", "/v1/runs", {"json": {"channel_id": "{chn}"}}, "blueprint_id"),
@@ -305,11 +307,14 @@ async def test_blueprint_versions_and_the_version_runs_pin(server: Server) -> No
 
 
 async def test_channels_accept_settings_at_their_bounds(server: Server) -> None:
-    for settings in ({"idle_timeout_s": 5, "max_duration_s": 10}, {"idle_timeout_s": 3600, "max_duration_s": 43200}):
+    low = {"idle_timeout_s": 5, "max_duration_s": 10, "eos_silence_ms": 200, "min_interruption_ms": 100}
+    high = {"idle_timeout_s": 3600, "max_duration_s": 43200, "eos_silence_ms": 3000, "filler_after_ms": 10000}
+    defaults = {"recording": False, "eos_silence_ms": 500, "min_interruption_ms": 400, "filler_after_ms": 1500}
+    for settings in (low, high):
         status, ch = await server.request(
             "POST", "/v1/channels", json={"type": "chat", "name": "n", "settings": settings, "metadata": {"a": "b"}}
         )
-        assert status == 201 and ch["settings"] == {"recording": False, **settings}
+        assert status == 201 and ch["settings"] == {**defaults, **settings}
         ChannelOut.model_validate(ch)
         assert (await server.request("GET", f"/v1/channels/{ch['id']}"))[1] == ch
 
