@@ -24,11 +24,11 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from api.live import ParticipantLink
+from api.live import ParticipantLink, PlaybackReport
 from api.openapi import Param, RouteTable
 from api.state import STATE, AppState
 from runtime.serialize import message_json
-from runtime.types import EndReason, Run, RunStatus, SessionType
+from runtime.types import EndReason, Message, Run, RunStatus, SessionType
 
 routes = RouteTable()
 
@@ -67,6 +67,12 @@ class ChatLink:
     async def send(self, frame: dict[str, Any]) -> None:
         if not self.ws.closed:
             await self.ws.send_str(json.dumps(frame, separators=(",", ":")))
+
+    async def deliver(self, message: Message, run_started_at: float | None) -> None:
+        await self.send({"type": "message", "message": message_json(message, run_started_at)})
+
+    async def stop_playback(self) -> list[PlaybackReport]:
+        return []
 
     async def close(self, code: int, reason: str) -> None:
         await self.ws.close(code=code, message=reason.encode())

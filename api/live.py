@@ -32,14 +32,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from runtime.conversation import Action, Compose, Conversation, Deliver, EndRun, Input, Persist, Timing
+from runtime.conversation import Action, Compose, Conversation, Deliver, EndRun, Input, Persist, StopPlayback, Timing
 from runtime.interviewer import Delta, Interviewer, TurnEnd, Utterance
 from runtime.serialize import message_json
 from runtime.storage import NewMessage, Store
 from runtime.types import (
     BlueprintContent,
     ChannelSettings,
+    ChannelType,
     EndReason,
+    LatencyBreakdown,
     Message,
     MessageRole,
     Run,
@@ -47,6 +49,7 @@ from runtime.types import (
     Session,
     SessionEndReason,
     SessionType,
+    UtteranceKind,
 )
 
 log = logging.getLogger("vivavoce.live")
@@ -57,17 +60,36 @@ CLOSE_REPLACED = 4001
 CLOSE_GOING_AWAY = 1001
 
 
+@dataclass(frozen=True)
+class PlaybackReport:
+    """How an assistant message was actually played (voice): what the recording and transcript must say."""
+
+    message_id: str
+    started_at: float | None  # first frame handed to the transport; None if it never started
+    ended_at: float
+    content: str  # the words actually played (cut short on barge-in)
+    interrupted: bool
+    latency: LatencyBreakdown | None
+
+
 class ParticipantLink(Protocol):
-    """A live connection to the participant: a chat websocket now, a WebRTC peer later."""
+    """A live connection to the participant: a chat websocket or a WebRTC peer."""
 
     session_type: SessionType
-    plays_audio: bool  # False: a message counts as played as soon as it is sent
+    plays_audio: bool  # False: a message counts as played as soon as it is delivered
 
     @property
     def rtt(self) -> float | None:
         """Latest measured round-trip time in seconds, if any."""
 
-    async def send(self, frame: dict[str, Any]) -> None: ...
+    async def send(self, frame: dict[str, Any]) -> None:
+        """A protocol frame (session.ready, message.ack, typing, run.ended, error)."""
+
+    async def deliver(self, message: Message, run_started_at: float | None) -> None:
+        """Present an assistant message that has been stored: send it (chat) or start speaking it (voice)."""
+
+    async def stop_playback(self) -> list[PlaybackReport]:
+        """Barge-in: stop speaking at once; reports for what was cut (chat: nothing)."""
 
     async def close(self, code: int, reason: str) -> None: ...
 
@@ -155,17 +177,27 @@ class RunController:
             await self._apply(self.conv.disconnect(now))
 
     async def participant_message(
-        self, link: ParticipantLink, content: str, *, client_id: str | None, received_at: float
+        self,
+        link: ParticipantLink,
+        content: str,
+        *,
+        client_id: str | None,
+        received_at: float,
+        spoken: tuple[float, float] | None = None,
     ) -> Message | None:
-        """Store a participant answer, then let the conversation react. None if the link is stale."""
+        """Store a participant answer, then let the conversation react. None if the link is stale.
+
+        ``spoken`` is (onset, end) of a voice answer; a chat message starts and ends when received.
+        """
         async with self._lock:
             if link is not self.link or self.finished or self._closed:
                 return None
+            started_at, ended_at = spoken or (received_at, received_at)
             new = NewMessage(
                 MessageRole.USER,
                 content,
-                started_at=received_at,
-                ended_at=received_at,
+                started_at=started_at,
+                ended_at=ended_at,
                 session_id=self.session.id if self.session else None,
                 client_id=client_id,
             )
@@ -174,6 +206,38 @@ class RunController:
                 self.transcript.append((MessageRole.USER.value, content))
                 await self._apply(self.conv.participant_text(content, self.clock(), received_at=received_at))
             return message
+
+    async def speech(self, link: ParticipantLink, change: str) -> None:
+        """Voice activity: ``started`` / ``ended`` (idle clock) or ``interrupting`` (barge-in)."""
+        async with self._lock:
+            if link is not self.link or self.finished or self._closed:
+                return
+            now = self.clock()
+            if change == "started":
+                self.conv.speech_started(now)
+            elif change == "ended":
+                self.conv.speech_ended(now)
+            elif change == "interrupting":
+                await self._apply(self.conv.speech_interrupting(now))
+            self._wake.set()
+
+    async def playback_done(self, link: ParticipantLink, report: PlaybackReport) -> None:
+        """Voice: a message has been played to the end."""
+        async with self._lock:
+            if link is not self.link or self.finished or self._closed:
+                return
+            await self._record_playback(report)
+            await self._apply(self.conv.playback_finished(self.clock()))
+
+    async def _record_playback(self, report: PlaybackReport) -> None:
+        await self.store.runs.update_message(
+            report.message_id,
+            content=report.content,
+            started_at=report.started_at,
+            ended_at=report.ended_at,
+            is_interrupted=report.interrupted,
+            latency=report.latency,
+        )
 
     async def participant_activity(self, link: ParticipantLink) -> None:
         async with self._lock:
@@ -221,6 +285,11 @@ class RunController:
                 await self.store.runs.save_state(self.run_id, action.position, action.idle_since)
             elif isinstance(action, EndRun):
                 ended = await self._end_run(action.reason)
+            elif isinstance(action, StopPlayback):
+                reports = await self.link.stop_playback() if self.link is not None else []
+                for report in reports:
+                    await self._record_playback(report)
+                queue.extend(self.conv.playback_stopped(self.clock()))
         self._wake.set()
         return ended
 
@@ -239,14 +308,14 @@ class RunController:
             session_id=self.session.id if self.session else None,
             question_id=utt.question_id,
             kind=utt.kind,
-            is_filler=False,
+            is_filler=utt.kind is UtteranceKind.FILLER,
             latency=latency,
         )
         message, _ = await self.store.runs.add_message(self.run_id, new)
         self.transcript.append((MessageRole.ASSISTANT.value, utt.text))
         if link is None:
             return []
-        await _quietly(link.send({"type": "message", "message": message_json(message, self.run_started_at)}))
+        await _quietly(link.deliver(message, self.run_started_at))
         return [] if link.plays_audio else self.conv.playback_finished(self.clock())
 
     async def _end_run(self, reason: EndReason) -> Run | None:
@@ -342,11 +411,12 @@ async def _quietly(awaitable: Any) -> None:
         log.debug("send to participant failed: %r", exc)
 
 
-def timing_for(settings: ChannelSettings, time_scale: float) -> Timing:
+def timing_for(settings: ChannelSettings, time_scale: float, *, voice: bool) -> Timing:
     return Timing(
         idle_timeout=settings.idle_timeout_s * time_scale,
         max_duration=settings.max_duration_s * time_scale,
         closing_grace=30.0 * time_scale,
+        filler_after=settings.filler_after_ms / 1000.0 if voice else None,
     )
 
 
@@ -372,15 +442,16 @@ class LiveRuns:
             run = await self.store.runs.get_run(run.id)
             if run.status.is_terminal:
                 return None
-            version, channel_settings = run.blueprint_version, ChannelSettings()
+            version, channel_settings, voice = run.blueprint_version, ChannelSettings(), False
             bp = await self.store.catalog.get_blueprint(run.org_id, run.blueprint_id, version)
             if run.channel_id is not None:
-                channel_settings = (await self.store.catalog.get_channel(run.org_id, run.channel_id)).settings
+                channel = await self.store.catalog.get_channel(run.org_id, run.channel_id)
+                channel_settings, voice = channel.settings, channel.type is ChannelType.WEBRTC_VOICE
             transcript = await self.store.runs.list_messages(run.id)
             pending = [Input(m.content, m.ended_at) for m in await self.store.runs.unanswered_messages(run.id)]
             conv = Conversation.restore(
                 bp.content,
-                timing_for(channel_settings, self.settings.time_scale),
+                timing_for(channel_settings, self.settings.time_scale, voice=voice),
                 position=run.position,
                 started_at=run.started_at,
                 idle_since=run.idle_since,
