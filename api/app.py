@@ -10,20 +10,30 @@ from typing import Any
 
 from aiohttp import web
 
-from api import join, routes_catalog, routes_events, routes_meta, routes_runs
+from api import join, join_voice, routes_catalog, routes_events, routes_meta, routes_runs
 from api.auth import auth_middleware
 from api.config import ServerConfig
 from api.errors import error_middleware, error_response
 from api.live import LiveRuns, LiveSettings
 from api.openapi import RouteTable
 from api.state import STATE, AppState
+from api.voice import Recordings, VoiceServices
+from media.webrtc import configure_host_addresses
+from media.workers import SpeechWorkers
 from runtime.events import EventHub
 from runtime.interviewer import Interviewer, ScriptedInterviewer
 from runtime.storage import Store
 
 log = logging.getLogger("vivavoce.app")
 
-TABLES = (routes_meta.routes, routes_catalog.routes, routes_runs.routes, routes_events.routes, join.routes)
+TABLES = (
+    routes_meta.routes,
+    routes_catalog.routes,
+    routes_runs.routes,
+    routes_events.routes,
+    join.routes,
+    join_voice.routes,
+)
 
 
 @web.middleware
@@ -50,7 +60,15 @@ def create_app(config: ServerConfig, *, interviewer: Interviewer | None = None) 
     hub = EventHub()
     store.db.add_listener(hub.publish)
     live = LiveRuns(store, interviewer or ScriptedInterviewer(), settings=LiveSettings(time_scale=config.time_scale))
-    app[STATE] = AppState(config=config, store=store, hub=hub, live=live)
+    workers = SpeechWorkers(
+        processes=config.speech_processes,
+        recognizer=config.recognizer,
+        synthesizer=config.synthesizer,
+        inprocess=config.speech_inprocess,
+    )
+    voice = VoiceServices(workers, Recordings(config.data_dir / "recordings"))
+    live.on_run_finished.append(voice.recordings.finish)
+    app[STATE] = AppState(config=config, store=store, hub=hub, live=live, voice=voice)
     table = all_routes()
     table.add_to(app.router)
     app[routes_meta.OPENAPI] = table.document(title="vivavoce", version=routes_meta.VERSION)
@@ -69,6 +87,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     if state.config.database_url is None:
         state.config.data_dir.mkdir(parents=True, exist_ok=True)
     await state.store.open()
+    configure_host_addresses(state.config.ice_host_addresses or None)
     recovered = await state.live.recover()
     if recovered:
         log.info("resumed %d run(s) in progress", recovered)
@@ -78,6 +97,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(asyncio.CancelledError):
         await sweeper
     await state.live.close()
+    await state.voice.close()
     await state.store.close()
 
 

@@ -33,6 +33,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--public-url", help="base URL for join links (env VIVAVOCE_PUBLIC_URL)")
     serve.add_argument("--join-window-s", type=float, help="seconds a run can wait for its first join (default 86400)")
     serve.add_argument("--time-scale", type=float, help="multiply all runtime durations (testing; default 1)")
+    serve.add_argument(
+        "--ice-server",
+        action="append",
+        dest="ice_servers",
+        metavar="URL",
+        help="STUN/TURN server URL for voice (repeatable; default none; env VIVAVOCE_ICE_SERVERS)",
+    )
+    serve.add_argument(
+        "--ice-host-address",
+        action="append",
+        dest="ice_host_addresses",
+        metavar="IP",
+        help="address to offer as a WebRTC host candidate (repeatable; e.g. 127.0.0.1 for local "
+        "browsers; env VIVAVOCE_ICE_HOST_ADDRESSES)",
+    )
+    serve.add_argument("--speech-processes", type=int, help="worker processes for speech engines (default 1)")
     serve.add_argument("--log-level", default="INFO")
     keys = sub.add_parser("keys", help="manage API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -51,6 +67,9 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         public_url=getattr(args, "public_url", None),
         join_window_s=getattr(args, "join_window_s", None),
         time_scale=getattr(args, "time_scale", None),
+        ice_servers=tuple(args.ice_servers) if getattr(args, "ice_servers", None) else None,
+        ice_host_addresses=tuple(args.ice_host_addresses) if getattr(args, "ice_host_addresses", None) else None,
+        speech_processes=getattr(args, "speech_processes", None),
     )
 
 

@@ -21,6 +21,15 @@ class ServerConfig:
     max_frame_bytes: int = 1024 * 1024  # websocket frames above this close the socket (1009)
     max_content_bytes: int = 32 * 1024  # a participant message above this gets an error frame
     sqlite_synchronous: str = "FULL"
+    # voice
+    ice_servers: tuple[str, ...] = ()  # STUN/TURN URLs; none by default (a public STUN stalls offline)
+    ice_host_addresses: tuple[str, ...] = ()  # host candidate addresses; empty = aioice's default
+    voice_connect_timeout_s: float = 15.0  # an offer whose peer does not connect by then is dropped
+    speech_processes: int = 1  # worker processes for recognition and synthesis
+    speech_inprocess: bool = False  # run speech engines in threads of this process instead
+    vad: str = "webrtc"
+    recognizer: str = "pocketsphinx"
+    synthesizer: str = "espeak"
     # Multiplies every runtime duration (timeouts, join window, sweeps, heartbeats).
     # 1.0 in production; tests use a small value so timeouts fire in milliseconds.
     time_scale: float = 1.0
@@ -56,6 +65,12 @@ class ServerConfig:
             values["join_window_s"] = float(env["VIVAVOCE_JOIN_WINDOW_S"])
         if "VIVAVOCE_TIME_SCALE" in env:
             values["time_scale"] = float(env["VIVAVOCE_TIME_SCALE"])
+        if "VIVAVOCE_ICE_SERVERS" in env:
+            values["ice_servers"] = tuple(u for u in env["VIVAVOCE_ICE_SERVERS"].split(",") if u)
+        if "VIVAVOCE_ICE_HOST_ADDRESSES" in env:
+            values["ice_host_addresses"] = tuple(a for a in env["VIVAVOCE_ICE_HOST_ADDRESSES"].split(",") if a)
+        if "VIVAVOCE_SPEECH_PROCESSES" in env:
+            values["speech_processes"] = int(env["VIVAVOCE_SPEECH_PROCESSES"])
         if "VIVAVOCE_SQLITE_SYNCHRONOUS" in env:
             values["sqlite_synchronous"] = env["VIVAVOCE_SQLITE_SYNCHRONOUS"]
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -321,15 +321,15 @@ class RunController:
     async def _end_run(self, reason: EndReason) -> Run | None:
         run = await self.store.runs.end_run(self.run_id, reason, self.clock())
         self.finished = True
+        self._on_finished(self)  # before anything below can be cancelled along with the link's tasks
         link, self.link, self.session = self.link, None, None
+        for task in list(self._tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
         if link is not None and run is not None:
             frame = {"type": "run.ended", "status": run.status.value, "reason": reason.value}
             await _quietly(link.send(frame))
             await _quietly(link.close(1000, "run ended"))
-        for task in list(self._tasks):
-            if task is not asyncio.current_task():
-                task.cancel()
-        self._on_finished(self)
         return run
 
     # --- the interviewer -------------------------------------------------------------------
@@ -431,6 +431,7 @@ class LiveRuns:
         self.settings = settings
         self.clock = clock
         self.controllers: dict[str, RunController] = {}
+        self.on_run_finished: list[Callable[[str], None]] = []  # e.g. close the run's recorder
         self._lock = asyncio.Lock()
 
     async def controller(self, run: Run) -> RunController | None:
@@ -475,6 +476,8 @@ class LiveRuns:
     def _finished(self, ctl: RunController) -> None:
         if self.controllers.get(ctl.run_id) is ctl:
             del self.controllers[ctl.run_id]
+        for hook in self.on_run_finished:
+            hook(ctl.run_id)
 
     async def end(self, run: Run, reason: EndReason) -> Run | None:
         """End a run whether or not it is live. None if it had already ended."""

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from api.config import ServerConfig
 from api.live import LiveRuns
+from api.voice import VoiceServices
 from runtime.events import EventHub
 from runtime.storage import Store
 
@@ -18,6 +19,7 @@ class AppState:
     store: Store
     hub: EventHub
     live: LiveRuns
+    voice: VoiceServices
 
     def join_url(self, token: str) -> str:
         return f"{self.config.base_url}/join/{token}"

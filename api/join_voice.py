@@ -1,0 +1,107 @@
+"""Joining by voice: WebRTC signalling for the participant page, and the run's recording.
+
+``POST /join/{token}/offer`` takes ``{sdp, type}`` and answers with the full
+SDP (non-trickle ICE: candidates are gathered before answering; with no ICE
+servers configured that takes milliseconds). The session starts when the
+peer connection is up, so a participant whose network never connects leaves
+no session behind.
+
+Recordings: one stereo file per run (participant left, assistant right),
+placed on the run's clock, so sessions of the same run land in the same file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+from aiortc import RTCIceServer
+
+from api.errors import read_json
+from api.join import TOKEN, _current
+from api.live import RunController
+from api.openapi import Param, RouteTable
+from api.params import path_id
+from api.state import ORG_ID, STATE, AppState
+from api.voice import VoiceLink
+from media.webrtc import InvalidOffer, parse_offer
+from runtime.errors import Conflict, InvalidRequest, NotFound
+from runtime.types import ChannelType
+
+log = logging.getLogger("vivavoce.voice")
+
+routes = RouteTable()
+
+
+def ice_servers(state: AppState) -> list[RTCIceServer]:
+    return [RTCIceServer(urls=url) for url in state.config.ice_servers]
+
+
+@routes.route("POST", "/join/{token}/offer", summary="WebRTC signalling: the participant's SDP offer, answered",
+              tag="participant", auth=False, errors=(404, 409), params=(TOKEN,))  # fmt: skip
+async def join_offer(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    run = await state.store.runs.run_by_token(request.match_info["token"])
+    if run is None:
+        raise NotFound("This interview link is not valid.", param="token")
+    try:
+        offer = parse_offer(await read_json(request))
+    except InvalidOffer as exc:
+        raise InvalidRequest(str(exc), param="sdp") from None
+    run = await _current(state, run)
+    if run.status.is_terminal:
+        reason = run.end_reason.value if run.end_reason else "ended"
+        raise Conflict(f"This interview has ended ({reason}).")
+    channel = await state.store.catalog.get_channel(run.org_id, run.channel_id) if run.channel_id else None
+    if channel is None or channel.type is not ChannelType.WEBRTC_VOICE:
+        raise Conflict("This interview is not a voice interview; join it over the chat websocket.")
+    controller = await state.live.controller(run)
+    if controller is None:
+        raise Conflict("This interview has ended.")
+    voice = state.voice
+    await voice.ready()
+    link = VoiceLink(
+        ice_servers=ice_servers(state), workers=voice.workers, settings=channel.settings, vad=state.config.vad
+    )
+    try:
+        answer = await link.peer.accept(offer)
+    except InvalidOffer as exc:
+        await link.close(1000, "bad offer")
+        raise InvalidRequest(str(exc), param="sdp") from None
+    voice.spawn(_start_session(state, link, controller, record=channel.settings.recording))
+    return web.json_response({"sdp": answer.sdp, "type": answer.type})
+
+
+async def _start_session(state: AppState, link: VoiceLink, controller: RunController, *, record: bool) -> None:
+    try:
+        connected = await asyncio.wait_for(link.peer.wait_connected(), state.config.voice_connect_timeout_s)
+    except TimeoutError:
+        connected = False
+    if not connected:
+        log.info("voice peer for run %s never connected", controller.run_id)
+        await link.close(1000, "never connected")
+        return
+    link.connected_at = link.peer.connected_at
+    link.controller = controller
+    session = await controller.attach(link)
+    if session is None:
+        await link.close(1000, "run ended")
+        return
+    if record:
+        run = await state.store.runs.get_run(controller.run_id)
+        link.recorder = state.voice.recordings.recorder(run)
+
+
+@routes.route("GET", "/v1/runs/{id}/recording", summary="Run's stereo recording (participant left, assistant right)",
+              tag="runs", content_types=("audio/wav",), errors=(404, 409),
+              params=(Param("id", "Run id", where="path"),))  # fmt: skip
+async def get_recording(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    run = await state.store.runs.get_run(path_id(request, "run"), org_id=request[ORG_ID])
+    path = state.voice.recordings.path(run.id)
+    if not path.exists():
+        raise NotFound(f"Run {run.id} has no recording", param="id")
+    if run.id in state.voice.recordings.open:
+        raise Conflict(f"Run {run.id} is still being recorded; fetch the recording when it has ended")
+    return web.FileResponse(path, headers={"Content-Type": "audio/wav"})

@@ -1,0 +1,390 @@
+"""Voice sessions: a WebRTC peer as a participant link, with the listening and speaking pipeline.
+
+Inbound: 20 ms frames of 16 kHz audio → VAD → :class:`~runtime.endpointing.Endpointer`
+→ speech events for the conversation, and the audio of each segment streamed to
+a recogniser in a worker process while the participant speaks, so that only
+the tail is left to decode when they stop.
+
+Outbound: each assistant message is synthesised in a worker (in chunks),
+upsampled to 48 kHz and queued on the peer's paced :class:`SpeechTrack`; when
+it has been played (or cut by a barge-in) the controller gets a
+:class:`~api.live.PlaybackReport` with its latency breakdown.
+
+Latency anchors (docs/latency.md): for the first message after an answer,
+T0 = end of the last voiced frame, and the six stages telescope exactly to
+T_out - T0: eos (T0 → decision), eos_wait (decision → turn committed),
+transcriber (committed → final transcript), llm (transcript → reply text),
+tts (text → first samples), initial_wait (first samples → first frame sent).
+
+Races it guards against: inbound frames arrive in a sync callback; every
+decision is put on one queue and handled by one task, in order, so a
+``SpeechEnded`` is never processed before the ``SpeechStarted`` it closes,
+and the recogniser sees its audio in order. A playback finishing after the
+link was replaced or closed reports to a controller that ignores stale links.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from aiortc import RTCIceServer
+
+from api.live import PlaybackReport, RunController
+from media.audio import FRAME_SAMPLES, PCM, SAMPLE_RATE
+from media.recording import Recorder
+from media.resample import Upsampler
+from media.speech_track import Playback, SpeechTrack
+from media.vad import create_vad
+from media.webrtc import VoicePeer
+from media.workers import RecognitionStream, SpeechWorkers
+from runtime.endpointing import (
+    Endpointer,
+    EndpointSettings,
+    Interrupting,
+    Noise,
+    SpeechEnded,
+    SpeechStarted,
+    State,
+)
+from runtime.serialize import message_json
+from runtime.types import ChannelSettings, LatencyBreakdown, Message, Run, SessionType, UtteranceKind
+
+log = logging.getLogger("vivavoce.voice")
+
+PREROLL_FRAMES = 15  # 300 ms of audio before the first voiced frame goes to the recogniser too
+PARTIAL_EVERY_FRAMES = 15  # ask for a partial caption every 300 ms of speech
+
+
+def _ms(seconds: float) -> float:
+    return round(max(seconds, 0.0) * 1000.0, 3)
+
+
+@dataclass
+class AnswerTiming:
+    """The anchors of one participant answer, for the reply's latency breakdown."""
+
+    t0: float  # end of the last voiced frame
+    decided_at: float  # end-of-speech decision
+    committed_at: float  # turn handed on (after any hold)
+    transcript_at: float  # final transcript ready
+
+
+class Recordings:
+    """Open recorders of live runs, and where every run's file lives."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.open: dict[str, Recorder] = {}
+
+    def path(self, run_id: str) -> Path:
+        return self.directory / f"{run_id}.wav"
+
+    def recorder(self, run: Run) -> Recorder:
+        if run.id not in self.open:
+            assert run.started_at is not None
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self.open[run.id] = Recorder(self.path(run.id), origin=run.started_at)
+        return self.open[run.id]
+
+    def finish(self, run_id: str) -> None:
+        recorder = self.open.pop(run_id, None)
+        if recorder is not None:
+            recorder.close()
+
+    def close_all(self) -> None:
+        for run_id in list(self.open):
+            self.finish(run_id)
+
+
+class VoiceServices:
+    """What voice sessions share in one server: speech workers, recorders, and signalling tasks."""
+
+    def __init__(self, workers: SpeechWorkers, recordings: Recordings) -> None:
+        self.workers = workers
+        self.recordings = recordings
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._started: asyncio.Task[None] | None = None
+
+    async def ready(self) -> SpeechWorkers:
+        """The speech workers, started on first use: a chat-only server never pays for them."""
+        if self._started is None:
+            self._started = asyncio.create_task(self.workers.start())
+        await asyncio.shield(self._started)
+        return self.workers
+
+    def spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.recordings.close_all()
+        if self._started is not None:
+            await self.workers.close()
+
+
+def cut_to_played(text: str, fraction: float) -> str:
+    """The words of ``text`` that were heard, estimated from the fraction of audio played."""
+    words = text.split()
+    keep = round(len(words) * min(max(fraction, 0.0), 1.0))
+    return " ".join(words[:keep])
+
+
+class VoiceLink:
+    session_type = SessionType.VOICE
+    plays_audio = True
+
+    def __init__(
+        self,
+        *,
+        workers: SpeechWorkers,
+        settings: ChannelSettings,
+        ice_servers: list[RTCIceServer] | None = None,
+        vad: str = "webrtc",
+        recorder: Recorder | None = None,
+    ) -> None:
+        self.peer = VoicePeer(
+            ice_servers=ice_servers,
+            on_audio_frame=self.on_audio_frame,
+            on_closed=self._on_peer_closed,
+            speech=SpeechTrack(on_frame_sent=self._on_frame_sent),
+        )
+        self.workers = workers
+        self.recorder = recorder
+        self.controller: RunController | None = None
+        self.connected_at: float | None = None
+        self.endpointer = Endpointer(
+            EndpointSettings(eos_silence_ms=settings.eos_silence_ms, min_interruption_ms=settings.min_interruption_ms)
+        )
+        self.vad = create_vad(vad)
+        self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._preroll: deque[PCM] = deque(maxlen=PREROLL_FRAMES)
+        self._recognition: RecognitionStream | None = None
+        self._segment_frames = 0
+        self._answer: AnswerTiming | None = None
+        self._playbacks: dict[str, tuple[Playback, Message, float, AnswerTiming | None]] = {}
+        self._last_playback_end = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._worker = asyncio.create_task(self._handle_events(), name="voice-events")
+        self.closed = False
+
+    # --- ParticipantLink ----------------------------------------------------------------
+
+    @property
+    def rtt(self) -> float | None:
+        return self.peer.rtt
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        if kind == "typing":
+            self.peer.send_event({"type": "state", "state": "thinking" if frame.get("active") else "listening"})
+        elif kind == "message.ack":
+            message = frame["message"]
+            self.peer.send_event({"type": "caption", "role": "user", "final": True, "text": message["content"]})
+        elif kind in ("session.ready", "run.ended", "error"):
+            self.peer.send_event(frame)
+
+    async def deliver(self, message: Message, run_started_at: float | None) -> None:
+        now = time.time()
+        anchor = None
+        if self._answer is not None and message.kind is not UtteranceKind.GREETING:
+            anchor, self._answer = self._answer, None
+        playback = Playback(message.id, message.content, on_finished=self._on_playback_finished)
+        self._playbacks[message.id] = (playback, message, now, anchor)
+        self.peer.speech.play(playback)
+        self.peer.send_event({"type": "message", "message": message_json(message, run_started_at)})
+        self.peer.send_event({"type": "state", "state": "speaking"})
+        self._spawn(self._synthesize(playback))
+
+    async def stop_playback(self) -> list[PlaybackReport]:
+        stopped = self.peer.speech.stop()
+        reports = [self._report(p) for p in stopped if p.id in self._playbacks]
+        for p in stopped:
+            self._playbacks.pop(p.id, None)
+        self.peer.send_event({"type": "state", "state": "listening"})
+        return reports
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.recorder = None
+        current = asyncio.current_task()  # close() may run inside one of our own tasks (the run just ended)
+        for task in [self._worker, *self._tasks]:
+            if task is not current:
+                task.cancel()
+        if self._recognition is not None:
+            await _quietly(self._recognition.close())
+        await self.peer.close()
+
+    def _on_peer_closed(self, reason: str) -> None:
+        """ICE failure, page closed, or the participant's track ended: the session ends (not the run)."""
+        log.info("voice peer closed: %s", reason)
+        if self.controller is not None:
+            self._spawn(self.controller.detach(self))
+        self._spawn(self.close(1000, reason))
+
+    def _on_frame_sent(self, pcm48: PCM, sent_at: float) -> None:
+        if self.recorder is not None:
+            self.recorder.add("assistant", pcm48, sent_at, rate=48_000)
+
+    # --- speaking -------------------------------------------------------------------------
+
+    async def _synthesize(self, playback: Playback) -> None:
+        upsampler: Upsampler | None = None
+        try:
+            async for pcm, rate in self.workers.synthesize(playback.text):
+                if upsampler is None:
+                    upsampler = Upsampler(rate, 48_000)
+                playback.append(upsampler.process(pcm))
+            if upsampler is not None:
+                playback.append(upsampler.flush())
+        except Exception:
+            log.exception("synthesis failed for %s", playback.id)
+        finally:
+            playback.complete()
+
+    def _on_playback_finished(self, playback: Playback) -> None:
+        """From the track, on the event loop: report a fully played message to the controller."""
+        if playback.id not in self._playbacks or self.controller is None:
+            return
+        report = self._report(playback)
+        del self._playbacks[playback.id]
+        self._last_playback_end = playback.finished_at or time.time()
+        if not self._playbacks:
+            self.peer.send_event({"type": "state", "state": "listening"})
+        self._spawn(self.controller.playback_done(self, report))
+
+    def _report(self, playback: Playback) -> PlaybackReport:
+        _, message, text_ready_at, anchor = self._playbacks[playback.id]
+        ended_at = playback.finished_at or time.time()
+        content = cut_to_played(message.content, playback.played_fraction) if playback.interrupted else message.content
+        return PlaybackReport(
+            message_id=message.id,
+            started_at=playback.first_frame_at,
+            ended_at=ended_at,
+            content=content,
+            interrupted=playback.interrupted,
+            latency=self._latency(message, playback, text_ready_at, anchor),
+        )
+
+    def _latency(
+        self, message: Message, p: Playback, text_ready_at: float, anchor: AnswerTiming | None
+    ) -> LatencyBreakdown | None:
+        if p.first_frame_at is None or p.samples_ready_at is None:
+            return None
+        network = None if self.rtt is None else round(self.rtt * 500.0, 3)
+        if anchor is not None:
+            return LatencyBreakdown(
+                network=network,
+                eos=_ms(anchor.decided_at - anchor.t0),
+                eos_wait=_ms(anchor.committed_at - anchor.decided_at),
+                transcriber=_ms(anchor.transcript_at - anchor.committed_at),
+                llm=_ms(text_ready_at - anchor.transcript_at),
+                tts=_ms(p.samples_ready_at - text_ready_at),
+                initial_wait=_ms(p.first_frame_at - p.samples_ready_at),
+            )
+        if message.kind is UtteranceKind.GREETING and self.connected_at is not None:
+            return LatencyBreakdown(network=network, initial_wait=_ms(p.first_frame_at - self.connected_at))
+        # queued behind earlier speech, or prompted by a timer: the wait starts when it could have played
+        start = max(text_ready_at, self._last_playback_end)
+        tts = max(p.samples_ready_at - start, 0.0)
+        return LatencyBreakdown(network=network, tts=_ms(tts), initial_wait=_ms(p.first_frame_at - start - tts))
+
+    # --- listening ------------------------------------------------------------------------
+
+    def on_audio_frame(self, pcm: PCM, end_at: float) -> None:
+        """Inbound 20 ms frame (sync, on the event loop): cheap work only; the rest goes to the queue."""
+        if self.recorder is not None:
+            self.recorder.add("participant", pcm, end_at - len(pcm) / SAMPLE_RATE)
+        probability = self.vad.speech_probability(pcm) if len(pcm) == FRAME_SAMPLES else 0.0
+        before = self.endpointer.state
+        decisions = self.endpointer.frame(end_at, probability)
+        if before is State.QUIET and self.endpointer.state is not State.QUIET:
+            self._events.put_nowait(("segment", [*self._preroll, pcm]))
+        elif before is not State.QUIET:
+            self._events.put_nowait(("audio", pcm))
+        self._preroll.append(pcm)
+        for decision in decisions:
+            self._events.put_nowait(("decision", decision))
+
+    async def _handle_events(self) -> None:
+        while True:
+            kind, payload = await self._events.get()
+            try:
+                await self._handle(kind, payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("voice event %s failed", kind)
+
+    async def _handle(self, kind: str, payload: Any) -> None:
+        if kind == "segment":
+            if self._recognition is None:
+                self._recognition = self.workers.recognition()
+            await self._recognition.start()
+            self._segment_frames = 0
+            await self._recognition.feed(np.concatenate(payload))
+        elif kind == "audio":
+            if self._recognition is not None:
+                await self._recognition.feed(payload)
+                self._segment_frames += 1
+                if self._segment_frames % PARTIAL_EVERY_FRAMES == 0:
+                    partial = await self._recognition.partial()
+                    if partial:
+                        self.peer.send_event({"type": "caption", "role": "user", "final": False, "text": partial})
+        elif kind == "decision":
+            await self._decide(payload)
+
+    async def _decide(self, decision: Any) -> None:
+        ctl = self.controller
+        if isinstance(decision, SpeechStarted):
+            if ctl is not None:
+                await ctl.speech(self, "started")
+        elif isinstance(decision, Interrupting):
+            if ctl is not None:
+                await ctl.speech(self, "interrupting")
+        elif isinstance(decision, Noise):
+            if self._recognition is not None:
+                await self._recognition.finish()  # discard
+        elif isinstance(decision, SpeechEnded):
+            committed_at = time.time()
+            text = await self._recognition.finish() if self._recognition is not None else ""
+            transcript_at = time.time()
+            if ctl is None:
+                return
+            await ctl.speech(self, "ended")
+            if not text.strip():
+                return
+            self._answer = AnswerTiming(decision.last_voiced_at, decision.decided_at, committed_at, transcript_at)
+            stored = await ctl.participant_message(
+                self,
+                text,
+                client_id=None,
+                received_at=transcript_at,
+                spoken=(decision.onset_at, decision.last_voiced_at),
+            )
+            if stored is not None:
+                self.peer.send_event({"type": "caption", "role": "user", "final": True, "text": stored.content})
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+async def _quietly(awaitable: Any) -> None:
+    try:
+        await awaitable
+    except Exception as exc:
+        log.debug("ignored during close: %r", exc)

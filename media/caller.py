@@ -1,0 +1,208 @@
+"""A simulated voice participant: a real aiortc peer that joins through the public signalling endpoint.
+
+Used by the tests and by ``vivavoce loadtest``: it speaks PCM utterances in
+real time, hears the interviewer (frame energy, with timestamps), and follows
+the ``events`` data channel (state, captions, messages), so a caller can
+measure what a participant feels: from the end of its own speech to the first
+audible reply frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import aiohttp
+import numpy as np
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from av import AudioFrame
+
+from media.audio import PCM
+from media.resample import Upsampler
+
+RATE = 48_000
+FRAME = 960  # 20 ms at 48 kHz
+AUDIBLE_RMS = 200.0  # int16 RMS above which a received frame counts as interviewer speech
+
+
+class CallerTrack(MediaStreamTrack):
+    """The caller's microphone: queued utterances in real time, silence otherwise."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queue: deque[tuple[PCM, asyncio.Future[float]]] = deque()
+        self._current: tuple[PCM, asyncio.Future[float]] | None = None
+        self._offset = 0
+        self._start: float | None = None
+        self._pts = 0
+
+    def say(self, pcm16k: PCM) -> asyncio.Future[float]:
+        """Queue an utterance (16 kHz mono); the future resolves with the wall time its last frame was sent."""
+        up = Upsampler(16_000, RATE)
+        pcm48 = np.concatenate([up.process(pcm16k), up.flush()])
+        done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._queue.append((pcm48, done))
+        return done
+
+    async def recv(self) -> AudioFrame:
+        if self._start is None:
+            self._start = time.monotonic()
+        else:
+            self._pts += FRAME
+            wait = self._start + self._pts / RATE - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        samples = np.zeros(FRAME, dtype=np.int16)
+        if self._current is None and self._queue:
+            self._current, self._offset = self._queue.popleft(), 0
+        if self._current is not None:
+            pcm, done = self._current
+            chunk = pcm[self._offset : self._offset + FRAME]
+            samples[: len(chunk)] = chunk
+            self._offset += FRAME
+            if self._offset >= len(pcm):
+                self._current = None
+                if not done.done():
+                    done.set_result(time.time())
+        frame = AudioFrame(format="s16", layout="mono", samples=FRAME)
+        frame.planes[0].update(samples.tobytes())
+        frame.pts = self._pts
+        frame.sample_rate = RATE
+        frame.time_base = Fraction(1, RATE)
+        return frame
+
+
+@dataclass
+class Heard:
+    """What the caller heard: per 20 ms frame, when it arrived and whether it was audible."""
+
+    times: list[float] = field(default_factory=list)
+    audible: list[bool] = field(default_factory=list)
+
+    def first_audible_after(self, t: float) -> float | None:
+        for at, loud in zip(self.times, self.audible, strict=True):
+            if at > t and loud:
+                return at
+        return None
+
+    def last_audible(self) -> float | None:
+        for at, loud in zip(reversed(self.times), reversed(self.audible), strict=True):
+            if loud:
+                return at
+        return None
+
+
+class VoiceCaller:
+    def __init__(self, *, ice_servers: list[Any] | None = None) -> None:
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers or [])))
+        self.mic = CallerTrack()
+        self.heard = Heard()
+        self.events: list[dict[str, Any]] = []
+        self._changed = asyncio.Condition()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.channel = self.pc.createDataChannel("events")
+        self.channel.on("message", self._on_message)
+        self.pc.addTrack(self.mic)
+        self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._notify)
+
+    async def join(self, http: aiohttp.ClientSession, join_url: str, *, timeout: float = 10.0) -> None:
+        """Offer through ``POST {join_url}/offer`` and wait until connected."""
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        offer = {"sdp": self.pc.localDescription.sdp, "type": self.pc.localDescription.type}
+        async with http.post(join_url + "/offer", json=offer, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            body = await resp.json()
+            if resp.status != 200:
+                raise ConnectionError(f"offer refused: {resp.status} {body}")
+        await self.pc.setRemoteDescription(RTCSessionDescription(body["sdp"], body["type"]))
+        await self.wait_for(lambda: self.pc.connectionState == "connected", timeout)
+
+    def say(self, pcm16k: PCM) -> asyncio.Future[float]:
+        return self.mic.say(pcm16k)
+
+    async def wait_event(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float, *, after: int = 0
+    ) -> dict[str, Any]:
+        """The first event (from index ``after``) matching ``predicate``."""
+        found: list[dict[str, Any]] = []
+
+        def check() -> bool:
+            for ev in self.events[after:]:
+                if predicate(ev):
+                    found.append(ev)
+                    return True
+            return False
+
+        await self.wait_for(check, timeout)
+        return found[0]
+
+    async def heard_after(self, t: float, timeout: float) -> float:
+        """Wait for the first audible frame received after wall time ``t``; return when it arrived."""
+
+        async def poll() -> float:
+            while (at := self.heard.first_audible_after(t)) is None:
+                await asyncio.sleep(0.02)
+            return at
+
+        return await asyncio.wait_for(poll(), timeout)
+
+    async def wait_for(self, check: Callable[[], bool], timeout: float) -> None:
+        async def wait() -> None:
+            async with self._changed:
+                await self._changed.wait_for(check)
+
+        await asyncio.wait_for(wait(), timeout)
+
+    async def close(self) -> None:
+        await self.pc.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _on_message(self, data: str | bytes) -> None:
+        try:
+            event = json.loads(data)
+        except (TypeError, ValueError):
+            return
+        if isinstance(event, dict):
+            if event.get("type") == "ping":
+                self.channel.send(json.dumps({"type": "pong", "t": event.get("t")}))
+                return
+            self.events.append(event)
+            self._notify()
+
+    def _notify(self) -> None:
+        async def notify() -> None:
+            async with self._changed:
+                self._changed.notify_all()
+
+        self._spawn(notify())
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        self._spawn(self._listen(track))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _listen(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if not isinstance(frame, AudioFrame):
+                continue
+            samples = frame.to_ndarray().astype(np.float32)
+            rms = float(np.sqrt(np.mean(samples * samples))) if samples.size else 0.0
+            self.heard.times.append(time.time())
+            self.heard.audible.append(rms > AUDIBLE_RMS)

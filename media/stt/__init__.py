@@ -1,0 +1,32 @@
+"""Speech-to-text recognizers, by name.
+
+Engines are imported lazily, so importing :mod:`media.stt` does not load PocketSphinx.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from media.stt.base import Recognizer
+
+__all__ = ["DEFAULT_RECOGNIZER", "RECOGNIZERS", "Recognizer", "create_recognizer"]
+
+#: name -> "module:class"; imported on first use.
+RECOGNIZERS: dict[str, str] = {
+    "pocketsphinx": "media.stt.pocketsphinx:PocketsphinxRecognizer",
+}
+
+DEFAULT_RECOGNIZER = "pocketsphinx"
+
+
+def create_recognizer(name: str = DEFAULT_RECOGNIZER, **options: Any) -> Recognizer:
+    """A new recognizer (one per stream); ``options`` go to the engine's keyword-only constructor."""
+    try:
+        target = RECOGNIZERS[name]
+    except KeyError:
+        raise ValueError(f"unknown recognizer {name!r}; known: {', '.join(sorted(RECOGNIZERS))}") from None
+    module_name, _, class_name = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    recognizer: Recognizer = cls(**options)
+    return recognizer

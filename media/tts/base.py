@@ -1,0 +1,19 @@
+"""Text-to-speech, in chunks: the first audio is ready before the whole reply is synthesised."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+
+from media.audio import PCM
+
+
+class Synthesizer(abc.ABC):
+    """CPU-heavy: drivers call it from a worker, never the event loop."""
+
+    name: str
+    sample_rate: int
+
+    @abc.abstractmethod
+    def synthesize(self, text: str) -> Iterator[PCM]:
+        """Yield mono int16 chunks at :attr:`sample_rate` as they are produced."""

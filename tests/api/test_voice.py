@@ -1,0 +1,162 @@
+"""Voice interviews end to end: a real aiortc caller speaks fixture answers to a real server in real time.
+
+WER threshold: the embedded recogniser (pocketsphinx, general en-us model) on
+the eSpeak fixtures averages ≈0.12 WER (see tests/media/test_stt.py); the
+interview transcript must stay ≤ 0.35 over all answers.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from media.caller import VoiceCaller
+from media.stt.wer import word_error_rate
+from tests.conftest import UNIT, Server, ServerFactory
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "answers"
+MANIFEST = {a["id"]: a for a in json.loads((FIXTURES / "answers.json").read_text())}
+STAGES = ("eos", "eos_wait", "transcriber", "llm", "tts", "initial_wait")
+
+VOICE_BLUEPRINT = {
+    "name": "Voice test",
+    "greeting": "Hello.",
+    "questions": [
+        {"id": "work", "text": "What do you do?", "max_probes": 0},
+        {"id": "home", "text": "Where do you live?", "max_probes": 0},
+    ],
+    "closing": "Thank you, goodbye.",
+}
+
+
+def fixture(answer_id: str) -> np.ndarray:
+    pcm, rate = sf.read(FIXTURES / MANIFEST[answer_id]["file"], dtype="int16")
+    assert rate == 16_000
+    return pcm
+
+
+@pytest.fixture
+async def voice_server(server_factory: ServerFactory) -> Server:
+    server = await server_factory(ice_host_addresses=("127.0.0.1",))
+    server.extra["blueprint_id"] = await server.create_blueprint(VOICE_BLUEPRINT)
+    status, channel = await server.request(
+        "POST", "/v1/channels", json={"type": "webrtc_voice", "name": "voice", "settings": {"recording": True}}
+    )
+    assert status == 201
+    server.extra["voice_channel"] = channel["id"]
+    return server
+
+
+async def join(server: Server, run: dict[str, Any]) -> VoiceCaller:
+    caller = VoiceCaller()
+    await caller.join(server.http, run["join_url"], timeout=10 * UNIT)
+    return caller
+
+
+def is_message(kind: str, question_id: str | None = None) -> Any:
+    def match(ev: dict[str, Any]) -> bool:
+        m = ev.get("message", {})
+        return ev.get("type") == "message" and m.get("kind") == kind and (question_id in (None, m.get("question_id")))
+
+    return match
+
+
+async def wait_listening(caller: VoiceCaller, after: int) -> None:
+    await caller.wait_event(lambda ev: ev.get("type") == "state" and ev.get("state") == "listening", 20 * UNIT,
+                            after=after)  # fmt: skip
+
+
+async def test_voice_interview_completes_with_transcript_breakdowns_and_recording(voice_server: Server) -> None:
+    server = voice_server
+    run = await server.create_run(channel_id=server.extra["voice_channel"])
+    caller = await join(server, run)
+    try:
+        n = len(caller.events)
+        await caller.wait_event(is_message("question", "work"), 20 * UNIT)
+        for answer_id, next_message in (("job", is_message("question", "home")), ("home", is_message("closing"))):
+            await wait_listening(caller, n)
+            n = len(caller.events)
+            spoken_until = await caller.say(fixture(answer_id))
+            await caller.wait_event(next_message, 30 * UNIT, after=n)
+            heard_at = await caller.heard_after(spoken_until, 10 * UNIT)
+            assert heard_at - spoken_until < 5.0  # voice to voice, loosely: figures live in bench/voice.py
+            n = len(caller.events)
+        await caller.wait_event(lambda ev: ev.get("type") == "run.ended", 30 * UNIT)
+    finally:
+        await caller.close()
+
+    done = await server.wait_status(run["id"], "completed", timeout=10)
+    assert done["end_reason"] == "completed"
+    done = await server.get_run(run["id"], "transcript", "sessions")
+    transcript = done["transcript"]
+    users = [m for m in transcript if m["role"] == "user"]
+    said = " ".join(MANIFEST[a]["text"] for a in ("job", "home"))
+    heard = " ".join(m["content"] for m in users)
+    assert word_error_rate(said, heard) <= 0.35, heard
+    assert [s["type"] for s in done["sessions"]] == ["voice"]
+
+    # the six stages add up to the measured latency: first reply frame - end of the participant's speech
+    checked = 0
+    for before, message in itertools.pairwise(transcript):
+        lat = message["latency_breakdown"]
+        if message["role"] != "assistant" or before["role"] != "user" or lat is None or lat["eos"] is None:
+            continue
+        measured = (message["start_offset_s"] - before["end_offset_s"]) * 1000
+        assert abs(sum(lat[s] for s in STAGES) - measured) <= 2.0, (lat, measured)
+        assert lat["eos"] >= 480  # the default 500 ms silence window, in 20 ms frames
+        checked += 1
+    assert checked == 2
+    assert done["latency"]["eos"]["count"] == 2
+
+    # the recording: stereo, participant left, assistant right, aligned with the transcript
+    async with server.http.get(f"{server.url}/v1/runs/{run['id']}/recording", headers=server.auth) as resp:
+        assert resp.status == 200
+        audio, rate = sf.read(io.BytesIO(await resp.read()), dtype="float32")
+    assert audio.ndim == 2 and audio.shape[1] == 2
+    assert abs(len(audio) / rate - done["duration_s"]) < 1.0
+    previous_end = {0: -1.0, 1: -1.0}
+    for message in transcript:
+        lane = 0 if message["role"] == "user" else 1
+        start = message["start_offset_s"]
+        onset = first_sound(audio[:, lane], rate, start - 0.1, start + 0.5)
+        assert onset is not None and onset <= start + 0.1, (message["content"], start, onset)
+        if previous_end[lane] < start - 0.4:  # after a pause the lane is silent until just before the start
+            assert first_sound(audio[:, lane], rate, start - 0.35, start - 0.1) is None, (message["content"], start)
+        previous_end[lane] = message["end_offset_s"]
+
+
+def first_sound(lane: np.ndarray, rate: int, start: float, stop: float) -> float | None:
+    """Start of the first 10 ms block with sound between ``start`` and ``stop`` seconds."""
+    block = rate // 100
+    for i in range(max(int(start * rate), 0), min(int(stop * rate), len(lane)) - block, block):
+        if np.sqrt(np.mean(lane[i : i + block] ** 2)) > 0.01:
+            return i / rate
+    return None
+
+
+async def test_bad_offers_are_400_and_unknown_tokens_404(voice_server: Server) -> None:
+    server = voice_server
+    run = await server.create_run(channel_id=server.extra["voice_channel"])
+    for body in ({"sdp": "v=0\r\nnonsense", "type": "offer"}, {"type": "offer"}, {"sdp": "x", "type": "answer"}, []):
+        async with server.http.post(run["join_url"] + "/offer", json=body) as resp:
+            assert resp.status == 400
+            err = await resp.json()
+            assert err["error"]["type"] == "invalid_request" and err["error"]["message"]
+    async with server.http.post(run["join_url"] + "/offer", data=b"{not json") as resp:
+        assert resp.status == 400
+    async with server.http.post(server.url + "/join/nope/offer", json={"sdp": "v=0", "type": "offer"}) as resp:
+        assert resp.status == 404
+    chat_run = await server.create_run()
+    caller = VoiceCaller()
+    try:
+        with pytest.raises(ConnectionError, match="409"):
+            await caller.join(server.http, chat_run["join_url"], timeout=10 * UNIT)
+    finally:
+        await caller.close()
