@@ -170,6 +170,8 @@ class RunController:
             if link is not self.link or self._closed:
                 return
             now = self.clock()
+            for report in await link.stop_playback():  # cut short by the hang-up: keep what was heard
+                await self._record_playback(report)
             self.link = None
             if self.session is not None:
                 await self.store.runs.end_session(self.session.id, SessionEndReason.PARTICIPANT_LEFT, now)

@@ -187,7 +187,8 @@ class VoiceLink:
     async def send(self, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
         if kind == "typing":
-            self.peer.send_event({"type": "state", "state": "thinking" if frame.get("active") else "listening"})
+            if frame.get("active"):  # when composing ends, speaking follows: no state change to announce
+                self.peer.send_event({"type": "state", "state": "thinking"})
         elif kind == "message.ack":
             message = frame["message"]
             self.peer.send_event({"type": "caption", "role": "user", "final": True, "text": message["content"]})
@@ -230,9 +231,12 @@ class VoiceLink:
     def _on_peer_closed(self, reason: str) -> None:
         """ICE failure, page closed, or the participant's track ended: the session ends (not the run)."""
         log.info("voice peer closed: %s", reason)
+        self._spawn(self._hang_up(reason))
+
+    async def _hang_up(self, reason: str) -> None:
         if self.controller is not None:
-            self._spawn(self.controller.detach(self))
-        self._spawn(self.close(1000, reason))
+            await self.controller.detach(self)  # first: close() cancels every other task of this link
+        await self.close(1000, reason)
 
     def _on_frame_sent(self, pcm48: PCM, sent_at: float) -> None:
         if self.recorder is not None:

@@ -37,8 +37,9 @@ class CallerTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self) -> None:
+    def __init__(self, *, mute: bool = False) -> None:
         super().__init__()
+        self.mute = mute  # send no audio at all (not even silence): a broken microphone
         self._queue: deque[tuple[PCM, asyncio.Future[float]]] = deque()
         self._current: tuple[PCM, asyncio.Future[float]] | None = None
         self._offset = 0
@@ -54,6 +55,8 @@ class CallerTrack(MediaStreamTrack):
         return done
 
     async def recv(self) -> AudioFrame:
+        if self.mute:
+            await asyncio.Event().wait()  # never: no RTP leaves this peer
         if self._start is None:
             self._start = time.monotonic()
         else:
@@ -102,9 +105,9 @@ class Heard:
 
 
 class VoiceCaller:
-    def __init__(self, *, ice_servers: list[Any] | None = None) -> None:
+    def __init__(self, *, ice_servers: list[Any] | None = None, mute: bool = False) -> None:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers or [])))
-        self.mic = CallerTrack()
+        self.mic = CallerTrack(mute=mute)
         self.heard = Heard()
         self.events: list[dict[str, Any]] = []
         self._changed = asyncio.Condition()

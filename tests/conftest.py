@@ -25,6 +25,7 @@ from api.app import create_app
 from api.bootstrap import bootstrap
 from api.config import ServerConfig
 from api.state import STATE, AppState
+from runtime.interviewer import Interviewer
 
 UNIT = float(os.environ.get("VIVAVOCE_TEST_UNIT", "1.0"))
 
@@ -202,12 +203,12 @@ async def server_factory(tmp_path: Path) -> AsyncIterator[ServerFactory]:
     """Start servers on free ports; ``time_scale`` etc. are ServerConfig fields."""
     servers: list[Server] = []
 
-    async def start(*, api_key: str | None = None, **options: Any) -> Server:
+    async def start(*, api_key: str | None = None, interviewer: Interviewer | None = None, **options: Any) -> Server:
         """A new server; pass the ``data_dir`` and ``api_key`` of a stopped one to restart it."""
         options.setdefault("data_dir", tmp_path / f"data{len(servers)}")
         options.setdefault("heartbeat_s", 5.0)
         config = ServerConfig(host="127.0.0.1", port=0, **options)
-        app = create_app(config)
+        app = create_app(config, interviewer=interviewer)
         runner = web.AppRunner(app, shutdown_timeout=1)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

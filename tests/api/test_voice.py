@@ -7,9 +7,11 @@ interview transcript must stay ≤ 0.35 over all answers.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import itertools
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,8 @@ import soundfile as sf
 
 from media.caller import VoiceCaller
 from media.stt.wer import word_error_rate
-from tests.conftest import UNIT, Server, ServerFactory
+from runtime.interviewer import Purpose, ReplyPart, ReplyRequest, ScriptedInterviewer
+from tests.conftest import UNIT, Server, ServerFactory, eventually
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "answers"
 MANIFEST = {a["id"]: a for a in json.loads((FIXTURES / "answers.json").read_text())}
@@ -160,3 +163,151 @@ async def test_bad_offers_are_400_and_unknown_tokens_404(voice_server: Server) -
             await caller.join(server.http, chat_run["join_url"], timeout=10 * UNIT)
     finally:
         await caller.close()
+
+
+async def voice_run(server: Server, **settings: Any) -> dict[str, Any]:
+    status, channel = await server.request(
+        "POST", "/v1/channels", json={"type": "webrtc_voice", "name": "voice", "settings": settings}
+    )
+    assert status == 201
+    return await server.create_run(channel_id=channel["id"])
+
+
+async def test_barge_in_stops_the_interviewer_and_cuts_the_stored_message(server_factory: ServerFactory) -> None:
+    server = await server_factory(ice_host_addresses=("127.0.0.1",))
+    long_greeting = (
+        "Hello and welcome. Thank you very much for taking the time to talk with me today about your work, "
+        "your home and the way you spend an ordinary day, from morning until evening."
+    )
+    server.extra["blueprint_id"] = await server.create_blueprint({**VOICE_BLUEPRINT, "greeting": long_greeting})
+    run = await voice_run(server, min_interruption_ms=400)
+    caller = await join(server, run)
+    try:
+        first_audio = await caller.heard_after(0, 20 * UNIT)
+        await asyncio.sleep(1.0)
+        spoken_until = await caller.say(fixture("job"))  # talks over the greeting
+        await caller.wait_event(is_message("question", "home"), 20 * UNIT)  # taken as the answer
+    finally:
+        await caller.close()
+    done = await server.get_run(run["id"], "transcript")
+    greeting = done["transcript"][0]
+    assert greeting["kind"] == "greeting" and greeting["is_interrupted"] is True
+    assert 0 < len(greeting["content"]) < len(long_greeting) and long_greeting.startswith(greeting["content"][:-1])
+    user = next(m for m in done["transcript"] if m["role"] == "user")
+    # playback stopped once the participant had spoken min_interruption_ms, long before the greeting's end
+    stopped_after_onset = greeting["end_offset_s"] - user["start_offset_s"]
+    assert 0.3 <= stopped_after_onset <= 0.4 + 0.3 * UNIT, stopped_after_onset
+    last_heard = caller.heard.last_audible()
+    assert last_heard is not None and first_audio < last_heard < spoken_until
+
+
+class SlowInterviewer(ScriptedInterviewer):
+    async def reply(self, request: ReplyRequest) -> AsyncIterator[ReplyPart]:
+        if request.purpose is Purpose.ANSWER:
+            await asyncio.sleep(1.5)
+        async for part in super().reply(request):
+            yield part
+
+
+async def test_a_slow_reply_is_preceded_by_a_spoken_filler(server_factory: ServerFactory) -> None:
+    server = await server_factory(ice_host_addresses=("127.0.0.1",), interviewer=SlowInterviewer())
+    server.extra["blueprint_id"] = await server.create_blueprint(VOICE_BLUEPRINT)
+    run = await voice_run(server, filler_after_ms=300)
+    caller = await join(server, run)
+    try:
+        await caller.wait_event(is_message("question", "work"), 20 * UNIT)
+        await wait_listening(caller, 0)
+        n = len(caller.events)
+        await caller.say(fixture("job"))
+        filler = await caller.wait_event(is_message("filler"), 20 * UNIT, after=n)
+        await caller.wait_event(is_message("question", "home"), 20 * UNIT, after=n)
+        await wait_listening(caller, len(caller.events))
+    finally:
+        await caller.close()
+    assert filler["message"]["is_filler"] is True
+    transcript = (await server.get_run(run["id"], "transcript"))["transcript"]
+    kinds = [m["kind"] for m in transcript]
+    assert kinds.index("filler") < kinds.index("question", 2)
+    stored = next(m for m in transcript if m["kind"] == "filler")
+    assert stored["is_filler"] is True and stored["latency_breakdown"]["eos"] is not None
+
+
+async def test_idle_timeout_by_voice_with_a_spoken_reminder(server_factory: ServerFactory) -> None:
+    server = await server_factory(ice_host_addresses=("127.0.0.1",), time_scale=0.4)
+    server.extra["blueprint_id"] = await server.create_blueprint(VOICE_BLUEPRINT)
+    run = await voice_run(server, idle_timeout_s=10)  # reminder 2 s, end 4 s after the question has been played
+    caller = await join(server, run)
+    try:
+        await caller.wait_event(is_message("reminder", "work"), 30 * UNIT)
+        ended = await caller.wait_event(lambda ev: ev.get("type") == "run.ended", 30 * UNIT)
+    finally:
+        await caller.close()
+    assert ended["reason"] == "idle_timeout"
+    done = await server.get_run(run["id"], "transcript")
+    assert done["end_reason"] == "idle_timeout"
+    reminder = next(m for m in done["transcript"] if m["kind"] == "reminder")
+    assert reminder["is_interrupted"] is False and reminder["end_offset_s"] > reminder["start_offset_s"]
+
+
+async def test_a_peer_that_never_sends_audio_times_out_without_hanging(server_factory: ServerFactory) -> None:
+    server = await server_factory(ice_host_addresses=("127.0.0.1",), time_scale=0.4)
+    server.extra["blueprint_id"] = await server.create_blueprint(VOICE_BLUEPRINT)
+    run = await voice_run(server, idle_timeout_s=10)
+    caller = VoiceCaller(mute=True)
+    try:
+        await caller.join(server.http, run["join_url"], timeout=10 * UNIT)
+        ended = await caller.wait_event(lambda ev: ev.get("type") == "run.ended", 30 * UNIT)
+    finally:
+        await caller.close()
+    assert ended["reason"] == "idle_timeout"
+    done = await server.get_run(run["id"], "sessions", "transcript")
+    assert [m["role"] for m in done["transcript"]].count("user") == 0
+    assert done["sessions"][0]["status"] == "ended"
+
+
+async def test_max_duration_by_voice_speaks_the_closing(server_factory: ServerFactory) -> None:
+    server = await server_factory(ice_host_addresses=("127.0.0.1",), time_scale=0.5)
+    server.extra["blueprint_id"] = await server.create_blueprint(VOICE_BLUEPRINT)
+    run = await voice_run(server, max_duration_s=10, idle_timeout_s=3600)  # 5 s of real time
+    caller = await join(server, run)
+    try:
+        closing = await caller.wait_event(is_message("closing"), 30 * UNIT)
+        ended = await caller.wait_event(lambda ev: ev.get("type") == "run.ended", 30 * UNIT)
+    finally:
+        await caller.close()
+    assert "time" in closing["message"]["content"] and ended["reason"] == "max_duration"
+    done = await server.get_run(run["id"], "transcript")
+    spoken = next(m for m in done["transcript"] if m["kind"] == "closing")
+    assert spoken["end_offset_s"] - spoken["start_offset_s"] > 1.0  # it was played, not just stored
+
+
+async def test_reconnect_resumes_at_the_same_question(voice_server: Server) -> None:
+    server = voice_server
+    run = await server.create_run(channel_id=server.extra["voice_channel"])
+    caller = await join(server, run)
+    try:
+        await caller.wait_event(is_message("question", "work"), 20 * UNIT)
+        await wait_listening(caller, 0)
+        n = len(caller.events)
+        await caller.say(fixture("job"))
+        await caller.wait_event(is_message("question", "home"), 20 * UNIT, after=n)
+    finally:
+        await caller.close()  # the page is closed mid-interview
+
+    async def session_ended() -> bool:
+        return (await server.get_run(run["id"], "sessions"))["sessions"][0]["status"] == "ended"
+
+    await eventually(session_ended, 10)
+    again = await join(server, run)
+    try:
+        resumed = await again.wait_event(is_message("resume", "home"), 20 * UNIT)
+        assert "Where do you live?" in resumed["message"]["content"]
+        await wait_listening(again, 0)
+        n = len(again.events)
+        await again.say(fixture("home"))
+        await again.wait_event(lambda ev: ev.get("type") == "run.ended", 30 * UNIT, after=n)
+    finally:
+        await again.close()
+    done = await server.get_run(run["id"], "sessions", "responses")
+    assert done["status"] == "completed" and len(done["sessions"]) == 2
+    assert all(r["answer"] for r in done["responses"])
