@@ -15,6 +15,7 @@ from api.auth import auth_middleware
 from api.config import ServerConfig
 from api.errors import error_middleware, error_response
 from api.live import LiveRuns, LiveSettings
+from api.loop_lag import LoopLagMonitor
 from api.openapi import RouteTable
 from api.state import STATE, AppState
 from api.voice import Recordings, VoiceServices
@@ -68,7 +69,7 @@ def create_app(config: ServerConfig, *, interviewer: Interviewer | None = None) 
     )
     voice = VoiceServices(workers, Recordings(config.data_dir / "recordings"))
     live.on_run_finished.append(voice.recordings.finish)
-    app[STATE] = AppState(config=config, store=store, hub=hub, live=live, voice=voice)
+    app[STATE] = AppState(config=config, store=store, hub=hub, live=live, voice=voice, loop_lag=LoopLagMonitor())
     table = all_routes()
     table.add_to(app.router)
     app[routes_meta.OPENAPI] = table.document(title="vivavoce", version=routes_meta.VERSION)
@@ -92,7 +93,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     if recovered:
         log.info("resumed %d run(s) in progress", recovered)
     sweeper = asyncio.create_task(_sweep(state), name="join-expiry-sweeper")
+    state.loop_lag.start()
     yield
+    await state.loop_lag.stop()
     sweeper.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await sweeper

@@ -18,8 +18,16 @@ OPENAPI = web.AppKey("vivavoce_openapi", dict)
     "GET", "/healthz", summary="Liveness and the number of live runs", tag="meta", response=HealthOut, auth=False
 )
 async def healthz(request: web.Request) -> web.Response:
-    live = len(request.app[STATE].live.controllers)
-    return web.json_response({"status": "ok", "version": VERSION, "live_runs": live})
+    state = request.app[STATE]
+    if "reset_lag" in request.query:  # benchmarks: measure lag over one load level only
+        state.loop_lag.reset()
+    body = {
+        "status": "ok",
+        "version": VERSION,
+        "live_runs": len(state.live.controllers),
+        "loop_lag_ms": state.loop_lag.summary_ms(),
+    }
+    return web.json_response(body)
 
 
 @routes.route("GET", "/openapi.json", summary="This document (OpenAPI 3.1)", tag="meta", auth=False)

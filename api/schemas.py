@@ -266,6 +266,7 @@ class HealthOut(BaseModel):
     status: Literal["ok"]
     version: str
     live_runs: int
+    loop_lag_ms: dict[str, float | None] = Field(description="Event-loop lag over the last minute: p50, p99, max")
 
 
 class KeyOut(BaseModel):

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from api.config import ServerConfig
 from api.live import LiveRuns
+from api.loop_lag import LoopLagMonitor
 from api.voice import VoiceServices
 from runtime.events import EventHub
 from runtime.storage import Store
@@ -20,6 +21,7 @@ class AppState:
     hub: EventHub
     live: LiveRuns
     voice: VoiceServices
+    loop_lag: LoopLagMonitor
 
     def join_url(self, token: str) -> str:
         return f"{self.config.base_url}/join/{token}"
