@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from api.openapi import RouteTable
+from api.openapi import Param, RouteTable
 from api.schemas import HealthOut
 from api.state import STATE
 
@@ -14,9 +14,8 @@ VERSION = "0.1.0"
 OPENAPI = web.AppKey("vivavoce_openapi", dict)
 
 
-@routes.route(
-    "GET", "/healthz", summary="Liveness and the number of live runs", tag="meta", response=HealthOut, auth=False
-)
+@routes.route("GET", "/healthz", summary="Liveness, live runs, and event-loop lag", tag="meta", response=HealthOut,
+              auth=False, params=(Param("reset_lag", "Start a new lag measurement (for benchmarks)"),))  # fmt: skip
 async def healthz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     if "reset_lag" in request.query:  # benchmarks: measure lag over one load level only
