@@ -1,0 +1,312 @@
+"""Voice benchmark: N concurrent aiortc callers against one vivavoce server process, beside the raw aiortc ceiling.
+
+    .venv/bin/python bench/voice.py --callers 10 [--json out.json]
+
+Three processes: the server (``vivavoce serve``, speech engines in its worker
+process), the callers (real aiortc peers speaking fixture answers in real
+time), and, before the load, the raw ceiling: N loopback aiortc peer pairs
+that only send and decode audio, no pipeline. Printed:
+
+* per-stage p50/p95 of the server's stored latency breakdowns (answers only);
+* client-measured voice-to-voice latency: the end of the caller's speech (its
+  last frame minus the fixture's trailing silence) → the first audible reply
+  frame it receives;
+* runtime-owned time per reply: initial_wait + transcriber (the recogniser's
+  tail after end of speech) + tts;
+* the server's event-loop lag p99 (from /healthz) during the load;
+* CPU and memory per voice session of the server's main process, and voice
+  sessions per core against raw aiortc peers per core measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+FIXTURES = ROOT / "fixtures" / "answers"
+BLUEPRINT = {
+    "name": "Voice benchmark",
+    "greeting": "Hello.",
+    "questions": [
+        {"id": "work", "text": "What do you do?", "max_probes": 0},
+        {"id": "home", "text": "Where do you live?", "max_probes": 0},
+        {"id": "food", "text": "What did you eat?", "max_probes": 0},
+    ],
+    "closing": "Thank you, goodbye.",
+}
+ANSWERS = ("job", "home", "breakfast")
+STAGES = ("eos", "eos_wait", "transcriber", "llm", "tts", "initial_wait")
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def pct(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 1) if values else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- the raw ceiling: loopback peer pairs that only send and decode audio ------------------------
+
+
+async def raw_pairs(n: int, seconds: float) -> dict[str, float]:
+    from aiortc import RTCConfiguration, RTCPeerConnection
+    from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
+
+    from media.webrtc import configure_host_addresses
+
+    configure_host_addresses(["127.0.0.1"])
+    pcs: list[Any] = []
+    frames = [0]
+
+    async def drain(track: Any) -> None:
+        while True:
+            try:
+                await track.recv()
+            except MediaStreamError:
+                return
+            frames[0] += 1
+
+    async def pair() -> None:
+        a = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        b = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pcs.extend((a, b))
+        for pc in (a, b):
+            pc.addTrack(AudioStreamTrack())  # both directions, like a call
+            pc.on("track", lambda t: asyncio.ensure_future(drain(t)))
+        await a.setLocalDescription(await a.createOffer())
+        await b.setRemoteDescription(a.localDescription)
+        await b.setLocalDescription(await b.createAnswer())
+        await a.setRemoteDescription(b.localDescription)
+
+    await asyncio.gather(*(pair() for _ in range(n)))
+    await asyncio.sleep(2.0)  # connect and settle
+    cpu0, f0, t0 = cpu_seconds(os.getpid()), frames[0], time.monotonic()
+    await asyncio.sleep(seconds)
+    cpu, got, wall = cpu_seconds(os.getpid()) - cpu0, frames[0] - f0, time.monotonic() - t0
+    await asyncio.gather(*(pc.close() for pc in pcs))
+    expected = 2 * n * wall / 0.02
+    return {
+        "pairs": n,
+        "cpu_core_fraction": cpu / wall,
+        "cpu_per_peer": cpu / wall / (2 * n),
+        "frames_received_ratio": got / expected,
+    }
+
+
+# --- the callers ---------------------------------------------------------------------------------
+
+
+async def callers(url: str, key: str, channel: str, blueprint: str, n: int, stagger: float) -> dict[str, Any]:
+    import aiohttp
+    import soundfile as sf
+
+    from media.caller import VoiceCaller
+    from media.webrtc import configure_host_addresses
+
+    configure_host_addresses(["127.0.0.1"])
+    audio = {a: sf.read(FIXTURES / f"{a}.wav", dtype="int16")[0] for a in ANSWERS}
+    manifest = {a["id"]: a for a in json.loads((FIXTURES / "answers.json").read_text())}
+    # each fixture ends with silence: the participant stopped speaking that long before its last frame
+    trailing = {a: manifest[a]["duration_s"] - manifest[a]["speech_end_s"] for a in ANSWERS}
+    results: list[dict[str, Any]] = []
+
+    async def one(i: int, http: aiohttp.ClientSession) -> None:
+        await asyncio.sleep(i * stagger)
+        headers = {"Authorization": f"Bearer {key}"}
+        async with http.post(f"{url}/v1/runs", json={"blueprint_id": blueprint, "channel_id": channel},
+                             headers=headers) as resp:  # fmt: skip
+            run = await resp.json()
+        caller = VoiceCaller()
+        record: dict[str, Any] = {"run_id": run["id"], "v2v": [], "error": None}
+        try:
+            t = time.monotonic()
+            await caller.join(http, run["join_url"], timeout=20)
+            record["join_s"] = time.monotonic() - t
+            await caller.wait_event(lambda ev: ev.get("type") == "message", 30)
+            for answer in ANSWERS:
+                await quiet(caller)
+                spoken_until = await caller.say(audio[answer])
+                heard = await caller.heard_after(spoken_until, 30)
+                record["v2v"].append(heard - (spoken_until - trailing[answer]))
+            await caller.wait_event(lambda ev: ev.get("type") == "run.ended", 60)
+        except Exception as exc:
+            record["error"] = repr(exc)
+        finally:
+            await caller.close()
+        results.append(record)
+
+    async def quiet(caller: Any) -> None:
+        """Wait until the interviewer has spoken and then been silent for 0.6 s (it finished its turn)."""
+        while (last := caller.heard.last_audible()) is None or last > time.time() - 0.6:
+            await asyncio.sleep(0.05)
+
+    async with aiohttp.ClientSession() as http:
+        await asyncio.gather(*(one(i, http) for i in range(n)))
+    return {"callers": results}
+
+
+# --- orchestration -------------------------------------------------------------------------------
+
+
+def start_server(data: Path, port: int) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "serve", "--data-dir", str(data), "--port", str(port),
+         "--ice-host-address", "127.0.0.1", "--log-level", "WARNING"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    info: dict[str, str] = {}
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if m := re.search(r"API key \(shown once, store it now\): (\S+)", line):
+            info["key"] = m.group(1)
+        if line.startswith("Demo interview"):
+            return proc, info
+    raise RuntimeError("server did not start")
+
+
+def run_child(args: list[str], timeout: float) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, __file__, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+async def api(url: str, key: str, method: str, path: str, body: Any = None) -> Any:
+    import aiohttp
+
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as http,
+        http.request(method, url + path, json=body) as resp,
+    ):
+        return await resp.json()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--callers", type=int, default=10)
+    parser.add_argument("--stagger", type=float, default=0.3, help="seconds between caller starts")
+    parser.add_argument("--raw-seconds", type=float, default=10.0)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--child", choices=("raw", "callers"), help=argparse.SUPPRESS)
+    parser.add_argument("--child-args", default="{}", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child == "raw":
+        opts = json.loads(args.child_args)
+        print(json.dumps(asyncio.run(raw_pairs(opts["n"], opts["seconds"]))))
+        return 0
+    if args.child == "callers":
+        print(json.dumps(asyncio.run(callers(**json.loads(args.child_args)))))
+        return 0
+
+    n = args.callers
+    raw = run_child(["--child", "raw", "--child-args", json.dumps({"n": n, "seconds": args.raw_seconds})], 120)
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        proc, info = start_server(Path(tmp), port)
+        try:
+            key = info["key"]
+            bp = asyncio.run(api(url, key, "POST", "/v1/blueprints", BLUEPRINT))
+            asyncio.run(api(url, key, "POST", f"/v1/blueprints/{bp['id']}/publish"))
+            channel = asyncio.run(api(url, key, "POST", "/v1/channels", {"type": "webrtc_voice", "name": "bench"}))
+            rss0 = rss_mb(proc.pid)
+            asyncio.run(api(url, key, "GET", "/healthz?reset_lag=1"))
+            cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+            child = {"url": url, "key": key, "channel": channel["id"], "blueprint": bp["id"], "n": n,
+                     "stagger": args.stagger}  # fmt: skip
+            load = run_child(["--child", "callers", "--child-args", json.dumps(child)], 600)
+            wall, cpu = time.monotonic() - t0, cpu_seconds(proc.pid) - cpu0
+            peak_rss = rss_mb(proc.pid)
+            health = asyncio.run(api(url, key, "GET", "/healthz"))
+            runs = [asyncio.run(api(url, key, "GET", f"/v1/runs/{c['run_id']}?expand=transcript"))
+                    for c in load["callers"]]  # fmt: skip
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+    stages: dict[str, list[float]] = {s: [] for s in STAGES}
+    owned: list[float] = []
+    for run in runs:
+        for m in run.get("transcript", []):
+            lat = m.get("latency_breakdown") or {}
+            if m["role"] == "assistant" and lat.get("eos") is not None:
+                for s in STAGES:
+                    stages[s].append(lat[s])
+                owned.append(lat["initial_wait"] + lat["transcriber"] + lat["tts"])
+    v2v = [x * 1000 for c in load["callers"] for x in c["v2v"]]
+    errors = [c["error"] for c in load["callers"] if c["error"]]
+    completed = sum(1 for r in runs if r.get("status") == "completed")
+    busy = sum(len(c["v2v"]) for c in load["callers"])  # rough: sessions were live for most of the window
+    cpu_per_session = cpu / wall / n
+    sessions_per_core = 1 / cpu_per_session if cpu_per_session else float("inf")
+    raw_peers_per_core = 1 / raw["cpu_per_peer"]
+    result = {
+        "machine": f"{os.cpu_count()} cores, {os.uname().sysname} {os.uname().release}",
+        "callers": n,
+        "completed": completed,
+        "errors": errors,
+        "stages_ms": {s: {"p50": pct(v, 50), "p95": pct(v, 95), "n": len(v)} for s, v in stages.items()},
+        "voice_to_voice_ms": {"p50": pct(v2v, 50), "p95": pct(v2v, 95), "n": len(v2v)},
+        "runtime_owned_ms": {"p50": pct(owned, 50), "p95": pct(owned, 95)},
+        "loop_lag_ms": health.get("loop_lag_ms"),
+        "server_cpu_core_fraction": round(cpu / wall, 3),
+        "server_cpu_per_session": round(cpu_per_session, 4),
+        "server_rss_mb": {
+            "idle": round(rss0, 1),
+            "loaded": round(peak_rss, 1),
+            "per_session": round((peak_rss - rss0) / n, 2),
+        },
+        "voice_sessions_per_core": round(sessions_per_core, 1),
+        "raw_aiortc": {k: round(v, 4) for k, v in raw.items()},
+        "raw_peers_per_core": round(raw_peers_per_core, 1),
+        "ratio_vs_raw": round(sessions_per_core / raw_peers_per_core, 2),
+        "answers_measured": busy,
+    }
+    print(json.dumps(result, indent=2))
+    targets = [
+        ("voice-to-voice p50 <= 650 ms", (result["voice_to_voice_ms"]["p50"] or 1e9) <= 650),
+        ("voice-to-voice p95 <= 900 ms", (result["voice_to_voice_ms"]["p95"] or 1e9) <= 900),
+        ("runtime-owned p95 <= 100 ms", (result["runtime_owned_ms"]["p95"] or 1e9) <= 100),
+        ("sessions per core >= 1.0x raw aiortc", result["ratio_vs_raw"] >= 1.0),
+        ("every run completed", completed == n and not errors),
+    ]
+    for name, ok in targets:
+        print(f"{'PASS' if ok else 'MISS'}  {name}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
