@@ -14,6 +14,7 @@ from aiohttp import web
 from api.app import create_app
 from api.bootstrap import bootstrap
 from api.config import ServerConfig
+from api.loadtest import cli as loadtest_cli
 from api.state import STATE
 from runtime.storage import Store
 
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     create = keys_sub.add_parser("create", help="create an API key and print it once")
     _common(create)
     create.add_argument("--org", help="organization id (default: the one created on first start)")
+    loadtest_cli.add_parser(sub)
     return parser
 
 
@@ -118,6 +120,8 @@ async def create_key(config: ServerConfig, org_id: str | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "loadtest":
+        return loadtest_cli.run(args)
     if args.command == "serve":
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         config = _config(args)

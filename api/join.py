@@ -14,6 +14,7 @@ disconnected, which ends the session (not the run).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import json
 import re
@@ -65,8 +66,10 @@ class ChatLink:
         return self._rtt
 
     async def send(self, frame: dict[str, Any]) -> None:
+        """Send a frame; a participant who has just gone is not an error (the session ends on its own)."""
         if not self.ws.closed:
-            await self.ws.send_str(json.dumps(frame, separators=(",", ":")))
+            with contextlib.suppress(ConnectionError):
+                await self.ws.send_str(json.dumps(frame, separators=(",", ":")))
 
     async def deliver(self, message: Message, run_started_at: float | None) -> None:
         await self.send({"type": "message", "message": message_json(message, run_started_at)})
