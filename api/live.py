@@ -36,6 +36,7 @@ from runtime.conversation import Action, Compose, Conversation, Deliver, EndRun,
 from runtime.interviewer import Delta, Interviewer, TurnEnd, Utterance
 from runtime.serialize import message_json
 from runtime.storage import NewMessage, Store
+from runtime.storage.runs import unanswered
 from runtime.types import (
     BlueprintContent,
     ChannelSettings,
@@ -434,46 +435,65 @@ class LiveRuns:
         self.clock = clock
         self.controllers: dict[str, RunController] = {}
         self.on_run_finished: list[Callable[[str], None]] = []  # e.g. close the run's recorder
-        self._lock = asyncio.Lock()
+        self._creating: dict[str, asyncio.Future[RunController | None]] = {}
 
     async def controller(self, run: Run) -> RunController | None:
-        """The controller for ``run``, created (and restored from storage) if needed."""
-        async with self._lock:
-            existing = self.controllers.get(run.id)
-            if existing is not None:
-                return existing
-            run = await self.store.runs.get_run(run.id)
-            if run.status.is_terminal:
-                return None
-            version, channel_settings, voice = run.blueprint_version, ChannelSettings(), False
-            bp = await self.store.catalog.get_blueprint(run.org_id, run.blueprint_id, version)
-            if run.channel_id is not None:
-                channel = await self.store.catalog.get_channel(run.org_id, run.channel_id)
-                channel_settings, voice = channel.settings, channel.type is ChannelType.WEBRTC_VOICE
-            transcript = await self.store.runs.list_messages(run.id)
-            pending = [Input(m.content, m.ended_at) for m in await self.store.runs.unanswered_messages(run.id)]
-            conv = Conversation.restore(
-                bp.content,
-                timing_for(channel_settings, self.settings.time_scale, voice=voice),
-                position=run.position,
-                started_at=run.started_at,
-                idle_since=run.idle_since,
-                pending=pending,
-                last_seen=await self.store.runs.last_seen(run.id),
-            )
-            ctl = RunController(
-                self.store,
-                self.interviewer,
-                run,
-                bp.content,
-                conv,
-                transcript,
-                clock=self.clock,
-                on_finished=self._finished,
-                settings=self.settings,
-            )
+        """The controller for ``run``, created (and restored from storage) if needed.
+
+        Two joins of the same run at once share one creation; joins of
+        different runs do not wait for each other.
+        """
+        existing = self.controllers.get(run.id)
+        if existing is not None:
+            return existing
+        creating = self._creating.get(run.id)
+        if creating is not None:
+            return await asyncio.shield(creating)
+        creating = asyncio.get_running_loop().create_future()
+        self._creating[run.id] = creating
+        try:
+            ctl = await self._create(run.id)
+        except BaseException as exc:
+            creating.set_exception(exc)
+            creating.exception()  # retrieved: a failed creation is reported to its first caller only
+            raise
+        finally:
+            del self._creating[run.id]
+        creating.set_result(ctl)
+        if ctl is not None:
             self.controllers[run.id] = ctl
-            return ctl
+        return ctl
+
+    async def _create(self, run_id: str) -> RunController | None:
+        run = await self.store.runs.get_run(run_id)
+        if run.status.is_terminal:
+            return None
+        channel_settings, voice = ChannelSettings(), False
+        bp = await self.store.catalog.get_blueprint(run.org_id, run.blueprint_id, run.blueprint_version)
+        if run.channel_id is not None:
+            channel = await self.store.catalog.get_channel(run.org_id, run.channel_id)
+            channel_settings, voice = channel.settings, channel.type is ChannelType.WEBRTC_VOICE
+        transcript = await self.store.runs.list_messages(run.id)
+        conv = Conversation.restore(
+            bp.content,
+            timing_for(channel_settings, self.settings.time_scale, voice=voice),
+            position=run.position,
+            started_at=run.started_at,
+            idle_since=run.idle_since,
+            pending=[Input(m.content, m.ended_at) for m in unanswered(transcript)],
+            last_seen=await self.store.runs.last_seen(run.id),
+        )
+        return RunController(
+            self.store,
+            self.interviewer,
+            run,
+            bp.content,
+            conv,
+            transcript,
+            clock=self.clock,
+            on_finished=self._finished,
+            settings=self.settings,
+        )
 
     def _finished(self, ctl: RunController) -> None:
         if self.controllers.get(ctl.run_id) is ctl:

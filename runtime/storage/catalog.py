@@ -11,7 +11,7 @@ from runtime.errors import Conflict, NotFound
 from runtime.ids import hash_secret, new_api_key, new_id
 from runtime.serialize import blueprint_content_json, channel_settings_json
 from runtime.storage import schema as t
-from runtime.storage.database import Database
+from runtime.storage.database import Database, Transaction
 from runtime.types import (
     JSON,
     Blueprint,
@@ -57,15 +57,19 @@ class Catalog:
 
     async def create_organization(self, name: str) -> str:
         org_id = new_id("organization")
-        async with self.db.write() as tx:
-            await tx.conn.execute(t.organizations.insert().values(id=org_id, name=name, created_at=time.time()))
+
+        def write(tx: Transaction) -> None:
+            tx.conn.execute(t.organizations.insert().values(id=org_id, name=name, created_at=time.time()))
+
+        await self.db.write(write)
         return org_id
 
     async def create_api_key(self, org_id: str) -> str:
         """Create a key and return the secret; only its hash is stored."""
         secret = new_api_key()
-        async with self.db.write() as tx:
-            await tx.conn.execute(
+
+        def write(tx: Transaction) -> None:
+            tx.conn.execute(
                 t.api_keys.insert().values(
                     id=new_id("api_key"),
                     org_id=org_id,
@@ -74,6 +78,8 @@ class Catalog:
                     created_at=time.time(),
                 )
             )
+
+        await self.db.write(write)
         return secret
 
     async def org_for_key(self, secret: str) -> str | None:
@@ -89,22 +95,25 @@ class Catalog:
         return None if row is None else row.value
 
     async def set_setting(self, key: str, value: Any) -> None:
-        async with self.db.write() as tx:
-            await tx.conn.execute(t.settings_kv.delete().where(t.settings_kv.c.key == key))
-            await tx.conn.execute(t.settings_kv.insert().values(key=key, value=value))
+        def write(tx: Transaction) -> None:
+            tx.conn.execute(t.settings_kv.delete().where(t.settings_kv.c.key == key))
+            tx.conn.execute(t.settings_kv.insert().values(key=key, value=value))
+
+        await self.db.write(write)
 
     # --- blueprints -----------------------------------------------------------------
 
     async def create_blueprint(self, org_id: str, content: BlueprintContent) -> Blueprint:
         now = time.time()
         bp_id = new_id("blueprint", now=now)
-        async with self.db.write() as tx:
-            await tx.conn.execute(
+
+        def write(tx: Transaction) -> None:
+            tx.conn.execute(
                 t.blueprints.insert().values(
                     id=bp_id, org_id=org_id, latest_version=1, published_version=None, created_at=now, updated_at=now
                 )
             )
-            await tx.conn.execute(
+            tx.conn.execute(
                 t.blueprint_versions.insert().values(
                     blueprint_id=bp_id,
                     version=1,
@@ -113,15 +122,18 @@ class Catalog:
                     created_at=now,
                 )
             )
+
+        await self.db.write(write)
         return await self.get_blueprint(org_id, bp_id)
 
     async def update_blueprint(self, org_id: str, bp_id: str, content: BlueprintContent) -> Blueprint:
         """Edit the draft; if the latest version is published, start a new draft version."""
         bp = await self.get_blueprint(org_id, bp_id)
         now = time.time()
-        async with self.db.write() as tx:
+
+        def write(tx: Transaction) -> None:
             if bp.status is BlueprintStatus.DRAFT:
-                await tx.conn.execute(
+                tx.conn.execute(
                     update(t.blueprint_versions)
                     .where(
                         and_(t.blueprint_versions.c.blueprint_id == bp_id, t.blueprint_versions.c.version == bp.version)
@@ -129,7 +141,7 @@ class Catalog:
                     .values(content=blueprint_content_json(content))
                 )
             else:
-                await tx.conn.execute(
+                tx.conn.execute(
                     t.blueprint_versions.insert().values(
                         blueprint_id=bp_id,
                         version=bp.version + 1,
@@ -138,10 +150,12 @@ class Catalog:
                         created_at=now,
                     )
                 )
-                await tx.conn.execute(
+                tx.conn.execute(
                     update(t.blueprints).where(t.blueprints.c.id == bp_id).values(latest_version=bp.version + 1)
                 )
-            await tx.conn.execute(update(t.blueprints).where(t.blueprints.c.id == bp_id).values(updated_at=now))
+            tx.conn.execute(update(t.blueprints).where(t.blueprints.c.id == bp_id).values(updated_at=now))
+
+        await self.db.write(write)
         return await self.get_blueprint(org_id, bp_id)
 
     async def publish_blueprint(self, org_id: str, bp_id: str) -> Blueprint:
@@ -150,17 +164,20 @@ class Catalog:
         if bp.status is BlueprintStatus.PUBLISHED:
             return bp
         now = time.time()
-        async with self.db.write() as tx:
-            await tx.conn.execute(
+
+        def write(tx: Transaction) -> None:
+            tx.conn.execute(
                 update(t.blueprint_versions)
                 .where(and_(t.blueprint_versions.c.blueprint_id == bp_id, t.blueprint_versions.c.version == bp.version))
                 .values(status=BlueprintStatus.PUBLISHED.value, published_at=now)
             )
-            await tx.conn.execute(
+            tx.conn.execute(
                 update(t.blueprints)
                 .where(t.blueprints.c.id == bp_id)
                 .values(published_version=bp.version, updated_at=now)
             )
+
+        await self.db.write(write)
         return await self.get_blueprint(org_id, bp_id)
 
     async def get_blueprint(self, org_id: str, bp_id: str, version: int | None = None) -> Blueprint:
@@ -215,8 +232,9 @@ class Catalog:
     ) -> Channel:
         now = time.time()
         ch = Channel(new_id("channel", now=now), org_id, type, name, settings, metadata, now)
-        async with self.db.write() as tx:
-            await tx.conn.execute(
+
+        def write(tx: Transaction) -> None:
+            tx.conn.execute(
                 t.channels.insert().values(
                     id=ch.id,
                     org_id=org_id,
@@ -227,6 +245,8 @@ class Catalog:
                     created_at=now,
                 )
             )
+
+        await self.db.write(write)
         return ch
 
     async def get_channel(self, org_id: str, channel_id: str) -> Channel:

@@ -1,37 +1,69 @@
-"""The database handle: one async engine, serialized writes, and after-commit notification.
+"""The database handle: reads on the async engine, writes batched by one writer thread, and after-commit notification.
 
 Durability rule: an event or message reaches a listener (websocket, SSE) only
-after the transaction holding it has committed. :meth:`Database.write` collects
-the events a transaction creates and hands them to listeners after ``COMMIT``.
+after the transaction holding it has committed. Each write is a plain
+function of a :class:`Transaction`; :meth:`Database.write` hands it to the
+writer thread and resolves once it is committed, after the events it created
+have been announced.
 
-SQLite runs in WAL mode. ``synchronous`` defaults to ``FULL`` (a commit survives
-power loss); ``NORMAL`` is faster and still survives a killed process.
-Writes go through one asyncio lock, so SQLite never answers "database is locked"
-to a second writer in this process, and per-run sequence numbers stay gapless.
+Why a writer thread (measured, see docs/benchmarks.md): with async writes,
+each statement of a transaction was a round trip through aiosqlite's thread
+and back through the event loop, and a busy loop made every hop wait, while
+the write lock was held: at a few hundred chat sessions the lock was
+saturated and turns took seconds. Here a whole transaction runs in the
+writer thread without touching the loop, and all writes that queued up
+meanwhile share one transaction and one ``COMMIT`` (group commit); each runs
+in its own savepoint, so one failing write does not undo the others.
+
+SQLite runs in WAL mode: readers (the async engine, over aiosqlite) never
+wait for the writer. ``synchronous`` defaults to ``FULL`` (a commit survives
+power loss); ``NORMAL`` survives a killed process. Per-run sequence numbers
+stay gapless because only the writer thread writes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import queue
+import threading
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import Connection, create_engine, event
+from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from runtime.storage.schema import metadata
 from runtime.types import Event
 
 EventListener = Callable[[Event], None]
+T = TypeVar("T")
+
+MAX_BATCH = 500  # writes per group commit
 
 
 class Transaction:
-    """A write transaction: the connection, plus the events it will announce after commit."""
+    """A write in progress: the (sync) connection, plus the events it will announce after commit."""
 
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.events: list[Event] = []
+
+
+@dataclass
+class _Job:
+    fn: Callable[[Transaction], Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+    events: list[Event]
+    result: Any = None
+    error: BaseException | None = None
+
+
+def _sync_url(url: str) -> str:
+    return url.replace("+aiosqlite", "", 1)
 
 
 class Database:
@@ -40,25 +72,44 @@ class Database:
             raise ValueError(f"unknown SQLite synchronous mode {synchronous!r}")
         self.url = url
         self.engine: AsyncEngine = create_async_engine(url)
-        self._write_lock = asyncio.Lock()
+        self.sync_engine: Engine = create_engine(_sync_url(url))
         self._listeners: list[EventListener] = []
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self.commits = 0  # group commits so far (and writes, below): for benchmarks
+        self.writes = 0
         if self.engine.dialect.name == "sqlite":
             mode = synchronous.upper()
+            for engine in (self.engine.sync_engine, self.sync_engine):
 
-            @event.listens_for(self.engine.sync_engine, "connect")
-            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-                cur = dbapi_conn.cursor()
-                cur.execute("PRAGMA journal_mode=WAL")
-                cur.execute(f"PRAGMA synchronous={mode}")
-                cur.execute("PRAGMA foreign_keys=ON")
-                cur.execute("PRAGMA busy_timeout=10000")
-                cur.close()
+                @event.listens_for(engine, "connect")
+                def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+                    cur = dbapi_conn.cursor()
+                    cur.execute("PRAGMA journal_mode=WAL")
+                    cur.execute(f"PRAGMA synchronous={mode}")
+                    cur.execute("PRAGMA foreign_keys=ON")
+                    cur.execute("PRAGMA busy_timeout=10000")
+                    cur.close()
+
+            # pysqlite's own transaction handling breaks SAVEPOINT: take it over (SQLAlchemy's documented recipe)
+            @event.listens_for(self.sync_engine, "connect")
+            def _autocommit_driver(dbapi_conn: Any, _record: Any) -> None:
+                dbapi_conn.isolation_level = None
+
+            @event.listens_for(self.sync_engine, "begin")
+            def _begin(conn: Connection) -> None:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     async def create_schema(self) -> None:
         async with self.engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
 
     async def close(self) -> None:
+        if self._writer is not None:
+            self._jobs.put(None)
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
+        self.sync_engine.dispose()
         await self.engine.dispose()
 
     def add_listener(self, listener: EventListener) -> None:
@@ -67,18 +118,77 @@ class Database:
     def remove_listener(self, listener: EventListener) -> None:
         self._listeners.remove(listener)
 
-    @asynccontextmanager
-    async def write(self) -> AsyncIterator[Transaction]:
-        async with self._write_lock:
-            async with self.engine.begin() as conn:
-                tx = Transaction(conn)
-                yield tx
-            # committed: only now may anyone hear about it
-            for ev in tx.events:
+    # --- writes -----------------------------------------------------------------------------
+
+    async def write(self, fn: Callable[[Transaction], T]) -> T:
+        """Run ``fn`` in a write transaction; return its result once committed and announced."""
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_loop, name="vivavoce-db-writer", daemon=True)
+            self._writer.start()
+        loop = asyncio.get_running_loop()
+        job = _Job(fn, loop.create_future(), loop, [])
+        self._jobs.put(job)
+        result: T = await job.future
+        return result
+
+    def _write_loop(self) -> None:
+        with self.sync_engine.connect() as conn:
+            while True:
+                first = self._jobs.get()
+                if first is None:
+                    return
+                batch = [first]
+                while len(batch) < MAX_BATCH:
+                    try:
+                        job = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if job is None:
+                        self._jobs.put(None)  # finish this batch, then stop
+                        break
+                    batch.append(job)
+                self._run_batch(conn, batch)
+
+    def _run_batch(self, conn: Connection, batch: list[_Job]) -> None:
+        try:
+            with conn.begin():
+                for job in batch:
+                    tx = Transaction(conn)
+                    try:
+                        with conn.begin_nested():
+                            job.result = job.fn(tx)
+                        job.events = tx.events
+                    except Exception as exc:  # this write is rolled back to its savepoint; the others go on
+                        job.error = exc
+        except Exception as exc:  # the commit itself failed: nothing in the batch happened
+            for job in batch:
+                job.error = job.error or exc
+                job.events = []
+        self.commits += 1
+        self.writes += len(batch)
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
+        for job in batch:
+            by_loop.setdefault(job.loop, []).append(job)
+        for loop, jobs in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
+                loop.call_soon_threadsafe(self._complete, jobs)
+
+    def _complete(self, jobs: list[_Job]) -> None:
+        """On the event loop, after COMMIT: announce the events, then wake the writers, in commit order."""
+        for job in jobs:
+            for ev in job.events:
                 for listener in list(self._listeners):
                     listener(ev)
+            if job.future.done():
+                continue
+            if job.error is not None:
+                job.future.set_exception(job.error)
+            else:
+                job.future.set_result(job.result)
 
-    @asynccontextmanager
+    # --- reads ------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         async with self.engine.connect() as conn:
             yield conn

@@ -107,6 +107,17 @@ def _position_json(pos: Position) -> JSON:
     return {"question_index": pos.question_index, "probes_used": pos.probes_used, "reminded": pos.reminded}
 
 
+def unanswered(messages: list[Message]) -> list[Message]:
+    """Participant messages after the last assistant message: answers still owed a reply."""
+    tail: list[Message] = []
+    for msg in reversed(messages):
+        if msg.role is MessageRole.ASSISTANT:
+            break
+        if msg.role is MessageRole.USER:
+            tail.append(msg)
+    return list(reversed(tail))
+
+
 @dataclass(frozen=True)
 class RunFilter:
     blueprint_id: str | None = None
@@ -135,12 +146,10 @@ class RunStore:
 
     # --- events -------------------------------------------------------------------
 
-    async def _emit(self, tx: Transaction, run_id: str, type: EventType, data: JSON, now: float) -> Event:
-        seq = (await tx.conn.execute(select(t.runs.c.last_seq).where(t.runs.c.id == run_id))).scalar_one() + 1
-        await tx.conn.execute(update(t.runs).where(t.runs.c.id == run_id).values(last_seq=seq))
-        await tx.conn.execute(
-            t.events.insert().values(run_id=run_id, seq=seq, type=type.value, created_at=now, data=data)
-        )
+    def _emit(self, tx: Transaction, run_id: str, type: EventType, data: JSON, now: float) -> Event:
+        seq = (tx.conn.execute(select(t.runs.c.last_seq).where(t.runs.c.id == run_id))).scalar_one() + 1
+        tx.conn.execute(update(t.runs).where(t.runs.c.id == run_id).values(last_seq=seq))
+        tx.conn.execute(t.events.insert().values(run_id=run_id, seq=seq, type=type.value, created_at=now, data=data))
         ev = Event(run_id, seq, type, now, data)
         tx.events.append(ev)
         return ev
@@ -171,8 +180,9 @@ class RunStore:
     ) -> Run:
         now = time.time()
         run_id = new_id("run", now=now)
-        async with self.db.write() as tx:
-            await tx.conn.execute(
+
+        def write(tx: Transaction) -> Any:
+            tx.conn.execute(
                 t.runs.insert().values(
                     id=run_id,
                     org_id=org_id,
@@ -197,16 +207,18 @@ class RunStore:
                 )
             )
             if metadata:
-                await tx.conn.execute(
+                tx.conn.execute(
                     t.run_metadata.insert(), [{"run_id": run_id, "key": k, "value": v} for k, v in metadata.items()]
                 )
-            await self._emit(
+            self._emit(
                 tx,
                 run_id,
                 EventType.RUN_CREATED,
                 {"run_id": run_id, "status": RunStatus.PENDING.value, "blueprint_id": blueprint_id},
                 now,
             )
+
+        await self.db.write(write)
         return await self.get_run(run_id)
 
     async def get_run(self, run_id: str, *, org_id: str | None = None) -> Run:
@@ -259,76 +271,86 @@ class RunStore:
             return [r.id for r in await conn.execute(query)]
 
     async def save_state(self, run_id: str, position: Position, idle_since: float | None) -> None:
-        async with self.db.write() as tx:
-            await tx.conn.execute(
+        def write(tx: Transaction) -> Any:
+            tx.conn.execute(
                 update(t.runs)
                 .where(t.runs.c.id == run_id)
                 .values(position=_position_json(position), idle_since=idle_since)
             )
 
+        await self.db.write(write)
+
     async def end_run(self, run_id: str, reason: EndReason, now: float | None = None) -> Run | None:
         """End the run and any live session. Returns None if the run had already ended."""
         now = time.time() if now is None else now
         status = reason.run_status
-        async with self.db.write() as tx:
-            row = (await tx.conn.execute(select(t.runs).where(t.runs.c.id == run_id))).first()
+
+        def write(tx: Transaction) -> Any:
+            row = (tx.conn.execute(select(t.runs).where(t.runs.c.id == run_id))).first()
             if row is None or RunStatus(row.status).is_terminal:
                 return None
-            await self._end_sessions(tx, run_id, SessionEndReason.RUN_ENDED, now)
-            await tx.conn.execute(
+            self._end_sessions(tx, run_id, SessionEndReason.RUN_ENDED, now)
+            tx.conn.execute(
                 update(t.runs)
                 .where(t.runs.c.id == run_id)
                 .values(status=status.value, end_reason=reason.value, ended_at=now, idle_since=None)
             )
-            run = _run((await tx.conn.execute(select(t.runs).where(t.runs.c.id == run_id))).one())
-            await self._emit(tx, run_id, EventType.for_terminal(status), run_event_json(run), now)
-        return run
+            run = _run((tx.conn.execute(select(t.runs).where(t.runs.c.id == run_id))).one())
+            self._emit(tx, run_id, EventType.for_terminal(status), run_event_json(run), now)
+            return run
+
+        return await self.db.write(write)  # type: ignore[no-any-return]
 
     # --- sessions -----------------------------------------------------------------------
 
     async def start_session(self, run_id: str, type: SessionType, now: float) -> tuple[Run, Session] | None:
         """Open a session (ending any live one as replaced); None if the run has ended."""
-        async with self.db.write() as tx:
-            row = (await tx.conn.execute(select(t.runs).where(t.runs.c.id == run_id))).first()
+
+        def write(tx: Transaction) -> Any:
+            row = (tx.conn.execute(select(t.runs).where(t.runs.c.id == run_id))).first()
             if row is None or RunStatus(row.status).is_terminal:
                 return None
-            await self._end_sessions(tx, run_id, SessionEndReason.REPLACED, now)
+            self._end_sessions(tx, run_id, SessionEndReason.REPLACED, now)
             if row.status == RunStatus.PENDING.value:
-                await tx.conn.execute(
+                tx.conn.execute(
                     update(t.runs)
                     .where(t.runs.c.id == run_id)
                     .values(status=RunStatus.IN_PROGRESS.value, started_at=now)
                 )
-                run = _run((await tx.conn.execute(select(t.runs).where(t.runs.c.id == run_id))).one())
-                await self._emit(tx, run_id, EventType.RUN_STARTED, run_event_json(run), now)
+                run = _run((tx.conn.execute(select(t.runs).where(t.runs.c.id == run_id))).one())
+                self._emit(tx, run_id, EventType.RUN_STARTED, run_event_json(run), now)
             session = Session(new_id("session", now=now), run_id, type, SessionStatus.ACTIVE, now, None, None)
-            await tx.conn.execute(
+            tx.conn.execute(
                 t.sessions.insert().values(
                     id=session.id, run_id=run_id, type=type.value, status=session.status.value, started_at=now
                 )
             )
-            await self._emit(tx, run_id, EventType.SESSION_STARTED, {"session": session_json(session)}, now)
-            run = _run((await tx.conn.execute(select(t.runs).where(t.runs.c.id == run_id))).one())
-        return run, session
+            self._emit(tx, run_id, EventType.SESSION_STARTED, {"session": session_json(session)}, now)
+            run = _run((tx.conn.execute(select(t.runs).where(t.runs.c.id == run_id))).one())
+            return run, session
+
+        return await self.db.write(write)  # type: ignore[no-any-return]
 
     async def end_session(self, session_id: str, reason: SessionEndReason, now: float) -> None:
-        async with self.db.write() as tx:
-            row = (await tx.conn.execute(select(t.sessions).where(t.sessions.c.id == session_id))).first()
+        def write(tx: Transaction) -> Any:
+            row = (tx.conn.execute(select(t.sessions).where(t.sessions.c.id == session_id))).first()
             if row is not None and row.status == SessionStatus.ACTIVE.value:
-                await self._close_session(tx, _session(row), reason, now)
+                self._close_session(tx, _session(row), reason, now)
 
-    async def _end_sessions(self, tx: Transaction, run_id: str, reason: SessionEndReason, now: float) -> None:
-        rows = await tx.conn.execute(
+        await self.db.write(write)
+
+    def _end_sessions(self, tx: Transaction, run_id: str, reason: SessionEndReason, now: float) -> None:
+        rows = tx.conn.execute(
             select(t.sessions).where(
                 and_(t.sessions.c.run_id == run_id, t.sessions.c.status == SessionStatus.ACTIVE.value)
             )
         )
         for row in list(rows):
-            await self._close_session(tx, _session(row), reason, now)
+            self._close_session(tx, _session(row), reason, now)
 
-    async def _close_session(self, tx: Transaction, session: Session, reason: SessionEndReason, now: float) -> None:
+    def _close_session(self, tx: Transaction, session: Session, reason: SessionEndReason, now: float) -> None:
         ended_at = max(now, session.started_at)
-        await tx.conn.execute(
+        tx.conn.execute(
             update(t.sessions)
             .where(t.sessions.c.id == session.id)
             .values(status=SessionStatus.ENDED.value, ended_at=ended_at, end_reason=reason.value)
@@ -336,23 +358,24 @@ class RunStore:
         closed = Session(
             session.id, session.run_id, session.type, SessionStatus.ENDED, session.started_at, ended_at, reason
         )
-        await self._emit(tx, session.run_id, EventType.SESSION_ENDED, {"session": session_json(closed)}, now)
+        self._emit(tx, session.run_id, EventType.SESSION_ENDED, {"session": session_json(closed)}, now)
 
     async def close_orphaned_sessions(self) -> int:
         """After a crash: end sessions left active, at the last moment they were seen alive."""
-        async with self.db.write() as tx:
-            rows = list(
-                await tx.conn.execute(select(t.sessions).where(t.sessions.c.status == SessionStatus.ACTIVE.value))
-            )
+
+        def write(tx: Transaction) -> Any:
+            rows = list(tx.conn.execute(select(t.sessions).where(t.sessions.c.status == SessionStatus.ACTIVE.value)))
             for row in rows:
                 session = _session(row)
                 last = (
-                    await tx.conn.execute(
+                    tx.conn.execute(
                         select(func.max(t.messages.c.ended_at)).where(t.messages.c.session_id == session.id)
                     )
                 ).scalar()
-                await self._close_session(tx, session, SessionEndReason.SERVER_RESTART, last or session.started_at)
-        return len(rows)
+                self._close_session(tx, session, SessionEndReason.SERVER_RESTART, last or session.started_at)
+            return len(rows)
+
+        return await self.db.write(write)  # type: ignore[no-any-return]
 
     async def list_sessions(self, run_id: str) -> list[Session]:
         async with self.db.read() as conn:
@@ -376,10 +399,11 @@ class RunStore:
         A message whose ``client_id`` was already stored for this run is not stored
         again: the participant retried after a dropped connection.
         """
-        async with self.db.write() as tx:
+
+        def write(tx: Transaction) -> Any:
             if new.client_id is not None:
                 row = (
-                    await tx.conn.execute(
+                    tx.conn.execute(
                         select(t.messages).where(
                             and_(t.messages.c.run_id == run_id, t.messages.c.client_id == new.client_id)
                         )
@@ -402,7 +426,7 @@ class RunStore:
                 latency=new.latency,
                 client_id=new.client_id,
             )
-            await tx.conn.execute(
+            tx.conn.execute(
                 t.messages.insert().values(
                     id=msg.id,
                     run_id=run_id,
@@ -422,13 +446,13 @@ class RunStore:
             values: dict[str, Any] = {}
             if position is not None:
                 values.update(position=_position_json(position), idle_since=idle_since)
-            started_at = (await tx.conn.execute(select(t.runs.c.started_at).where(t.runs.c.id == run_id))).scalar()
+            started_at = (tx.conn.execute(select(t.runs.c.started_at).where(t.runs.c.id == run_id))).scalar()
             if values:
-                await tx.conn.execute(update(t.runs).where(t.runs.c.id == run_id).values(**values))
-            await self._emit(
-                tx, run_id, EventType.MESSAGE_CREATED, {"message": message_json(msg, started_at)}, new.ended_at
-            )
-        return msg, True
+                tx.conn.execute(update(t.runs).where(t.runs.c.id == run_id).values(**values))
+            self._emit(tx, run_id, EventType.MESSAGE_CREATED, {"message": message_json(msg, started_at)}, new.ended_at)
+            return msg, True
+
+        return await self.db.write(write)  # type: ignore[no-any-return]
 
     async def update_message(
         self,
@@ -452,29 +476,21 @@ class RunStore:
             values["is_interrupted"] = is_interrupted
         if latency is not None:
             values["latency"] = latency.as_dict()
-        async with self.db.write() as tx:
-            await tx.conn.execute(update(t.messages).where(t.messages.c.id == message_id).values(**values))
-            msg = _message((await tx.conn.execute(select(t.messages).where(t.messages.c.id == message_id))).one())
-            started = (await tx.conn.execute(select(t.runs.c.started_at).where(t.runs.c.id == msg.run_id))).scalar()
+
+        def write(tx: Transaction) -> Any:
+            tx.conn.execute(update(t.messages).where(t.messages.c.id == message_id).values(**values))
+            msg = _message((tx.conn.execute(select(t.messages).where(t.messages.c.id == message_id))).one())
+            started = (tx.conn.execute(select(t.runs.c.started_at).where(t.runs.c.id == msg.run_id))).scalar()
             now = max(msg.ended_at, msg.started_at)
-            await self._emit(tx, msg.run_id, EventType.MESSAGE_UPDATED, {"message": message_json(msg, started)}, now)
-        return msg
+            self._emit(tx, msg.run_id, EventType.MESSAGE_UPDATED, {"message": message_json(msg, started)}, now)
+            return msg
+
+        return await self.db.write(write)  # type: ignore[no-any-return]
 
     async def list_messages(self, run_id: str) -> list[Message]:
         async with self.db.read() as conn:
             rows = await conn.execute(select(t.messages).where(t.messages.c.run_id == run_id).order_by(t.messages.c.pk))
             return [_message(r) for r in rows]
-
-    async def unanswered_messages(self, run_id: str) -> list[Message]:
-        """Participant messages after the last assistant message: answers still owed a reply."""
-        messages = await self.list_messages(run_id)
-        tail: list[Message] = []
-        for msg in reversed(messages):
-            if msg.role is MessageRole.ASSISTANT:
-                break
-            if msg.role is MessageRole.USER:
-                tail.append(msg)
-        return list(reversed(tail))
 
     async def last_seen(self, run_id: str) -> float | None:
         """The last moment the participant was known to be there (message or session)."""
