@@ -152,7 +152,7 @@ class RunController:
                 await _quietly(previous.send({"type": "error", "code": "replaced", "message": _REPLACED}))
                 await _quietly(previous.close(CLOSE_REPLACED, "replaced"))
                 await self._apply(self.conv.disconnect(now))
-            messages = await self.store.runs.list_messages(self.run_id)
+            messages = await self.store.runs.list_messages(self.run_id) if self.transcript else []
             await link.send(
                 {
                     "type": "session.ready",
@@ -285,7 +285,8 @@ class RunController:
             elif isinstance(action, Deliver):
                 queue.extend(await self._deliver(action))
             elif isinstance(action, Persist):
-                await self.store.runs.save_state(self.run_id, action.position, action.idle_since)
+                if not any(isinstance(later, Persist) for later in queue):  # only the latest state matters
+                    await self.store.runs.save_state(self.run_id, action.position, action.idle_since)
             elif isinstance(action, EndRun):
                 ended = await self._end_run(action.reason)
             elif isinstance(action, StopPlayback):
@@ -469,25 +470,26 @@ class LiveRuns:
         if run.status.is_terminal:
             return None
         channel_settings, voice = ChannelSettings(), False
-        bp = await self.store.catalog.get_blueprint(run.org_id, run.blueprint_id, run.blueprint_version)
+        content = await self.store.catalog.pinned_content(run.org_id, run.blueprint_id, run.blueprint_version)
         if run.channel_id is not None:
             channel = await self.store.catalog.get_channel(run.org_id, run.channel_id)
             channel_settings, voice = channel.settings, channel.type is ChannelType.WEBRTC_VOICE
-        transcript = await self.store.runs.list_messages(run.id)
+        started = run.started_at is not None  # a run not yet joined has no messages or sessions to read
+        transcript = await self.store.runs.list_messages(run.id) if started else []
         conv = Conversation.restore(
-            bp.content,
+            content,
             timing_for(channel_settings, self.settings.time_scale, voice=voice),
             position=run.position,
             started_at=run.started_at,
             idle_since=run.idle_since,
             pending=[Input(m.content, m.ended_at) for m in unanswered(transcript)],
-            last_seen=await self.store.runs.last_seen(run.id),
+            last_seen=await self.store.runs.last_seen(run.id) if started else None,
         )
         return RunController(
             self.store,
             self.interviewer,
             run,
-            bp.content,
+            content,
             conv,
             transcript,
             clock=self.clock,

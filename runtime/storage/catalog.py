@@ -52,6 +52,19 @@ def _channel(row: Any) -> Channel:
 class Catalog:
     def __init__(self, db: Database) -> None:
         self.db = db
+        # Published blueprint versions and channels never change: every join would read them again.
+        self._pinned: dict[tuple[str, str, int], BlueprintContent] = {}
+        self._channels: dict[tuple[str, str], Channel] = {}
+
+    async def pinned_content(self, org_id: str, bp_id: str, version: int) -> BlueprintContent:
+        """A published (frozen) version's content; cached."""
+        key = (org_id, bp_id, version)
+        if key not in self._pinned:
+            bp = await self.get_blueprint(org_id, bp_id, version)
+            if bp.status is not BlueprintStatus.PUBLISHED:
+                return bp.content  # a draft can still change: not cached
+            self._pinned[key] = bp.content
+        return self._pinned[key]
 
     # --- organizations and keys ---------------------------------------------------
 
@@ -250,6 +263,9 @@ class Catalog:
         return ch
 
     async def get_channel(self, org_id: str, channel_id: str) -> Channel:
+        cached = self._channels.get((org_id, channel_id))
+        if cached is not None:
+            return cached
         async with self.db.read() as conn:
             row = (
                 await conn.execute(
@@ -258,7 +274,8 @@ class Catalog:
             ).first()
         if row is None:
             raise NotFound(f"No channel {channel_id!r}", param="channel_id")
-        return _channel(row)
+        channel = self._channels[(org_id, channel_id)] = _channel(row)
+        return channel
 
     async def list_channels(self, org_id: str, *, limit: int, starting_after: str | None) -> tuple[list[Channel], bool]:
         query = select(t.channels).where(t.channels.c.org_id == org_id)

@@ -147,8 +147,22 @@ class RunStore:
     # --- events -------------------------------------------------------------------
 
     def _emit(self, tx: Transaction, run_id: str, type: EventType, data: JSON, now: float) -> Event:
-        seq = (tx.conn.execute(select(t.runs.c.last_seq).where(t.runs.c.id == run_id))).scalar_one() + 1
-        tx.conn.execute(update(t.runs).where(t.runs.c.id == run_id).values(last_seq=seq))
+        seq, _ = self._next_seq(tx, run_id)
+        return self._insert_event(tx, run_id, seq, type, data, now)
+
+    @staticmethod
+    def _next_seq(tx: Transaction, run_id: str, **run_values: Any) -> tuple[int, float | None]:
+        """Take the run's next event number (updating ``run_values`` too); returns it with the run's start."""
+        row = tx.conn.execute(
+            update(t.runs)
+            .where(t.runs.c.id == run_id)
+            .values(last_seq=t.runs.c.last_seq + 1, **run_values)
+            .returning(t.runs.c.last_seq, t.runs.c.started_at)
+        ).one()
+        return int(row.last_seq), row.started_at
+
+    @staticmethod
+    def _insert_event(tx: Transaction, run_id: str, seq: int, type: EventType, data: JSON, now: float) -> Event:
         tx.conn.execute(t.events.insert().values(run_id=run_id, seq=seq, type=type.value, created_at=now, data=data))
         ev = Event(run_id, seq, type, now, data)
         tx.events.append(ev)
@@ -446,10 +460,9 @@ class RunStore:
             values: dict[str, Any] = {}
             if position is not None:
                 values.update(position=_position_json(position), idle_since=idle_since)
-            started_at = (tx.conn.execute(select(t.runs.c.started_at).where(t.runs.c.id == run_id))).scalar()
-            if values:
-                tx.conn.execute(update(t.runs).where(t.runs.c.id == run_id).values(**values))
-            self._emit(tx, run_id, EventType.MESSAGE_CREATED, {"message": message_json(msg, started_at)}, new.ended_at)
+            seq, started_at = self._next_seq(tx, run_id, **values)
+            data = {"message": message_json(msg, started_at)}
+            self._insert_event(tx, run_id, seq, EventType.MESSAGE_CREATED, data, new.ended_at)
             return msg, True
 
         return await self.db.write(write)  # type: ignore[no-any-return]
@@ -480,9 +493,11 @@ class RunStore:
         def write(tx: Transaction) -> Any:
             tx.conn.execute(update(t.messages).where(t.messages.c.id == message_id).values(**values))
             msg = _message((tx.conn.execute(select(t.messages).where(t.messages.c.id == message_id))).one())
-            started = (tx.conn.execute(select(t.runs.c.started_at).where(t.runs.c.id == msg.run_id))).scalar()
+            seq, started = self._next_seq(tx, msg.run_id)
             now = max(msg.ended_at, msg.started_at)
-            self._emit(tx, msg.run_id, EventType.MESSAGE_UPDATED, {"message": message_json(msg, started)}, now)
+            self._insert_event(
+                tx, msg.run_id, seq, EventType.MESSAGE_UPDATED, {"message": message_json(msg, started)}, now
+            )
             return msg
 
         return await self.db.write(write)  # type: ignore[no-any-return]
