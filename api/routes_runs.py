@@ -40,7 +40,7 @@ def _expansions(request: web.Request) -> set[str]:
 async def render_run(state: AppState, run: Run, expand: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
     store = state.store
     body = run_json(run, join_url=state.join_url(run.join_token))
-    messages = await store.runs.list_messages(run.id)
+    messages = await store.runs.list_messages(run.id) if run.started_at is not None else []  # unjoined: none
     body["latency"] = latency_summary(messages)
     if not expand:
         return body
