@@ -67,7 +67,12 @@ def create_app(config: ServerConfig, *, interviewer: Interviewer | None = None) 
         synthesizer=config.synthesizer,
         inprocess=config.speech_inprocess,
     )
-    voice = VoiceServices(workers, Recordings(config.data_dir / "recordings"))
+    synthesis = None
+    if config.synthesis_inprocess and not config.speech_inprocess:
+        synthesis = SpeechWorkers(
+            processes=1, inprocess=True, recognizer=config.recognizer, synthesizer=config.synthesizer, warm=False
+        )
+    voice = VoiceServices(workers, Recordings(config.data_dir / "recordings"), synthesis)
     live.on_run_finished.append(voice.recordings.finish)
     app[STATE] = AppState(config=config, store=store, hub=hub, live=live, voice=voice, loop_lag=LoopLagMonitor())
     table = all_routes()

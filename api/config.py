@@ -27,6 +27,7 @@ class ServerConfig:
     voice_connect_timeout_s: float = 15.0  # an offer whose peer does not connect by then is dropped
     speech_processes: int = 1  # worker processes for recognition and synthesis
     speech_inprocess: bool = False  # run speech engines in threads of this process instead
+    synthesis_inprocess: bool = True  # synthesis in threads here (eSpeak releases the GIL), recognition in workers
     vad: str = "webrtc"
     recognizer: str = "pocketsphinx"
     synthesizer: str = "espeak"

@@ -62,7 +62,11 @@ async def join_offer(request: web.Request) -> web.Response:
     voice = state.voice
     await voice.ready()
     link = VoiceLink(
-        ice_servers=ice_servers(state), workers=voice.workers, settings=channel.settings, vad=state.config.vad
+        ice_servers=ice_servers(state),
+        workers=voice.workers,
+        synthesis=voice.synthesis,
+        settings=channel.settings,
+        vad=state.config.vad,
     )
     try:
         answer = await link.peer.accept(offer)

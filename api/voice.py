@@ -104,10 +104,18 @@ class Recordings:
 
 
 class VoiceServices:
-    """What voice sessions share in one server: speech workers, recorders, and signalling tasks."""
+    """What voice sessions share in one server: speech workers, recorders, and signalling tasks.
 
-    def __init__(self, workers: SpeechWorkers, recordings: Recordings) -> None:
+    Recognition runs in worker processes (pocketsphinx holds the GIL while it
+    decodes: ~0.35 s of CPU per second of speech). Synthesis runs in threads of
+    this process by default: eSpeak NG releases the GIL inside its C call and
+    needs ~0.3 % of real time, and a worker busy decoding would otherwise make
+    every reply wait behind recognition (measured: tts p50 850 ms at 10 callers).
+    """
+
+    def __init__(self, workers: SpeechWorkers, recordings: Recordings, synthesis: SpeechWorkers | None = None) -> None:
         self.workers = workers
+        self.synthesis = synthesis or workers
         self.recordings = recordings
         self._tasks: set[asyncio.Task[None]] = set()
         self._started: asyncio.Task[None] | None = None
@@ -115,7 +123,7 @@ class VoiceServices:
     async def ready(self) -> SpeechWorkers:
         """The speech workers, started on first use: a chat-only server never pays for them."""
         if self._started is None:
-            self._started = asyncio.create_task(self.workers.start())
+            self._started = asyncio.create_task(self._start())
         await asyncio.shield(self._started)
         return self.workers
 
@@ -124,6 +132,11 @@ class VoiceServices:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _start(self) -> None:
+        await self.workers.start()
+        if self.synthesis is not self.workers:
+            await self.synthesis.start()
+
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
@@ -131,6 +144,8 @@ class VoiceServices:
         self.recordings.close_all()
         if self._started is not None:
             await self.workers.close()
+            if self.synthesis is not self.workers:
+                await self.synthesis.close()
 
 
 def cut_to_played(text: str, fraction: float) -> str:
@@ -148,6 +163,7 @@ class VoiceLink:
         self,
         *,
         workers: SpeechWorkers,
+        synthesis: SpeechWorkers,
         settings: ChannelSettings,
         ice_servers: list[RTCIceServer] | None = None,
         vad: str = "webrtc",
@@ -160,6 +176,7 @@ class VoiceLink:
             speech=SpeechTrack(on_frame_sent=self._on_frame_sent),
         )
         self.workers = workers
+        self.synthesis = synthesis
         self.recorder = recorder
         self.controller: RunController | None = None
         self.connected_at: float | None = None
@@ -247,7 +264,7 @@ class VoiceLink:
     async def _synthesize(self, playback: Playback) -> None:
         upsampler: Upsampler | None = None
         try:
-            async for pcm, rate in self.workers.synthesize(playback.text):
+            async for pcm, rate in self.synthesis.synthesize(playback.text):
                 if upsampler is None:
                     upsampler = Upsampler(rate, 48_000)
                 playback.append(upsampler.process(pcm))
