@@ -329,6 +329,8 @@ class LevelResult:
     rss_open_mb: float = 0.0
     rss_per_session_kb: float = 0.0
     server_cpu_pct: float = 0.0
+    server_cpu_s: float = 0.0  # server process CPU (user+sys) during the interview phase
+    cpu_ms_per_turn: float | None = None  # server_cpu_s per caller-measured turn
     healthz_idle_ms: dict[str, Any] = field(default_factory=dict)
     healthz_loaded_ms: dict[str, Any] = field(default_factory=dict)
     client_cpu_pct: list[float] = field(default_factory=list)
@@ -456,6 +458,8 @@ async def run_level(server: ServerProc, target: str, n: int, args: argparse.Name
     turns = [t["latency_ms"] for s in sessions for t in s["turns"] if t["latency_ms"] is not None]
     res.turn_ms = summarize(turns)
     res.turns = len(turns)
+    res.server_cpu_s = round(server_cpu, 3)
+    res.cpu_ms_per_turn = round(1000 * server_cpu / res.turns, 3) if res.turns else None
     ready_sessions = sum(1 for s in sessions if s["join_ms"] is not None)
     res.frames = sum(s["frames_in"] + s["frames_out"] for s in sessions) - 3 * ready_sessions  # before GO
     if res.phase_s > 0:
@@ -553,7 +557,7 @@ async def orchestrate(args: argparse.Namespace) -> int:
                 print(
                     f"  N={n:5d} {target:8s} ready {r.ready} ok {r.completed} failed {r.failed} "
                     f"turn p50/p99 {fmt(r.turn_ms.get('p50'))}/{fmt(r.turn_ms.get('p99'))} ms, "
-                    f"{r.frames_per_s} frames/s, {r.elapsed_s} s {r.note}"
+                    f"{r.frames_per_s} frames/s, CPU {fmt(r.cpu_ms_per_turn, 2)} ms/turn, {r.elapsed_s} s {r.note}"
                     + (f" failures: {dict(list(r.failures.items())[:3])}" if r.failures else ""),
                     flush=True,
                 )
