@@ -2,7 +2,10 @@
 
 Uses the general en-us acoustic model, trigram LM (``en-us.lm.bin``) and CMU dictionary shipped in
 the ``pocketsphinx`` wheel: nothing is downloaded and nothing is tuned to the interview domain.
-The defaults below are the search settings tuned for speed (see PLACEHOLDER).
+The defaults below are the search settings tuned for speed (``bench/stt.py``, docs/benchmarks.md):
+narrower beams and per-frame caps cut CPU from ~0.32-0.43 to ~0.18 of real time at the same
+WER (0.083 on the fixtures); the flat second pass is kept, since dropping it costs 2 more errors
+in 48 words, and its ~90 ms runs while the end-of-speech silence window is still open.
 """
 
 from __future__ import annotations
@@ -26,6 +29,16 @@ def _normalize(hypstr: str) -> str:
     return " ".join(w for w in words if w and not w.startswith(("<", "[", "+")))
 
 
+def _peak_rms(pcm: PCM) -> float:
+    """The loudest 10 ms window's RMS (a click shorter than that barely counts)."""
+    window = SAMPLE_RATE // 100
+    usable = len(pcm) - len(pcm) % window
+    if usable == 0:
+        return float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) if len(pcm) else 0.0
+    blocks = pcm[:usable].astype(np.float64).reshape(-1, window)
+    return float(np.sqrt((blocks**2).mean(axis=1)).max())
+
+
 class PocketsphinxRecognizer(Recognizer):
     """One decoder per instance, reused across utterances (loading the model takes ~0.3 s CPU).
 
@@ -44,6 +57,8 @@ class PocketsphinxRecognizer(Recognizer):
     * ``lw`` [6.5]: language-model weight.
     * ``fwdflat`` [True]: second, flat-lexicon pass at the end of the utterance;
       ``bestpath`` [True]: third pass over the word lattice.
+    * ``noise_floor_dbfs``: constant low noise mixed in, so digital silence does not upset CMN;
+      ``min_level_dbfs``: an utterance whose loudest 10 ms stays below this is silence ("").
     * ``extra``: any other PocketSphinx configuration parameter, by name without the dash.
 
     ``hmm``, ``lm`` and ``dict`` default to the model bundled with the wheel
@@ -67,6 +82,7 @@ class PocketsphinxRecognizer(Recognizer):
         bestpath: bool = True,
         cmn_prime_s: float = 1.5,
         noise_floor_dbfs: float | None = -60.0,
+        min_level_dbfs: float = -50.0,
         hmm: str | None = None,
         lm: str | None = None,
         dictionary: str | None = None,
@@ -98,6 +114,10 @@ class PocketsphinxRecognizer(Recognizer):
             rms = 32768.0 * 10.0 ** (noise_floor_dbfs / 20.0)
             self._noise = np.random.default_rng(0).normal(0.0, rms, SAMPLE_RATE)
         self._position = 0  # samples fed in this utterance (indexes the noise loop)
+        # Below this peak level an utterance is silence: PocketSphinx would otherwise "hear" a word
+        # ("if", "the") in its own noise floor.
+        self._min_peak = 32768.0 * 10.0 ** (min_level_dbfs / 20.0)
+        self._peak = 0.0  # loudest 10 ms RMS heard in this utterance
         self._decoder = pocketsphinx.Decoder(config)
         self._in_utterance = False
         # Cold-start CMN priming: until this many samples have been heard, the current utterance's
@@ -114,13 +134,16 @@ class PocketsphinxRecognizer(Recognizer):
         self._in_utterance = True
         self._utterance = []
         self._position = 0
+        self._peak = 0.0
 
     def feed(self, pcm: PCM) -> str:
         if not self._in_utterance:
             raise RuntimeError("feed() before start()")
         if len(pcm) == 0:
             return self._hypothesis()
-        samples = self._with_noise_floor(np.asarray(pcm, dtype=np.int16))
+        raw = np.asarray(pcm, dtype=np.int16)
+        self._peak = max(self._peak, _peak_rms(raw))
+        samples = self._with_noise_floor(raw)
         if not self._primed:
             # Split at the priming boundary so the CMN estimate never depends on how audio was chunked.
             needed = self._prime_samples - self._heard
@@ -164,5 +187,7 @@ class PocketsphinxRecognizer(Recognizer):
         self._primed = True
 
     def _hypothesis(self) -> str:
+        if self._peak < self._min_peak:
+            return ""
         hyp = self._decoder.hyp()
         return _normalize(hyp.hypstr) if hyp is not None else ""

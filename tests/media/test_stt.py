@@ -1,0 +1,230 @@
+"""Speech-to-text: the PocketSphinx recognizer on the spoken fixtures, and the WER function.
+
+Thresholds come from measurements with the recognizer's default (tuned) settings, one instance
+decoding every fixture in manifest order in 20 ms chunks, as a stream would:
+
+* corpus WER measured 0.083 (4 word errors in 48 words); asserted ``<= WER_THRESHOLD`` = 0.20,
+  i.e. up to 9-10 errors, headroom for floating-point differences between machines.
+* Feeding 20 ms chunks, odd-sized chunks or the whole clip at once gives exactly the same final
+  transcript: PocketSphinx buffers partial frames, and the recognizer's noise floor and CMN priming
+  are indexed by sample position, so chunking cannot change them. The test asserts equality.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from media.audio import FRAME_SAMPLES, PCM, SAMPLE_RATE, silence
+from media.stt import DEFAULT_RECOGNIZER, RECOGNIZERS, create_recognizer
+from media.stt.base import Recognizer
+from media.stt.wer import corpus_word_error_rate, normalize_words, word_error_rate
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "answers"
+MANIFEST = FIXTURES / "answers.json"
+requires_fixtures = pytest.mark.skipif(
+    not MANIFEST.is_file(), reason=f"spoken fixtures not generated yet ({MANIFEST} missing)"
+)
+
+WER_THRESHOLD = 0.20
+
+
+@dataclass
+class Answer:
+    id: str
+    text: str
+    pcm: PCM
+    speech_start_s: float
+    speech_end_s: float
+
+
+@dataclass
+class Decoded:
+    answer: Answer
+    partials: list[tuple[float, str]]  # (seconds of audio fed, partial hypothesis)
+    final: str
+
+
+def load_answers() -> list[Answer]:
+    manifest: list[dict[str, Any]] = json.loads(MANIFEST.read_text())
+    answers = []
+    for entry in manifest:
+        pcm, rate = sf.read(FIXTURES / entry["file"], dtype="int16")
+        assert rate == SAMPLE_RATE and pcm.ndim == 1
+        answers.append(Answer(entry["id"], entry["text"], pcm, entry["speech_start_s"], entry["speech_end_s"]))
+    return answers
+
+
+def chunks(pcm: PCM, size: int) -> Iterator[PCM]:
+    for i in range(0, len(pcm), size):
+        yield pcm[i : i + size]
+
+
+def decode(recognizer: Recognizer, pcm: PCM, chunk: int = FRAME_SAMPLES) -> tuple[list[tuple[float, str]], str]:
+    """Feed ``pcm`` in chunks of ``chunk`` samples: (partials with the seconds fed so far, final transcript)."""
+    recognizer.start()
+    partials = []
+    fed = 0
+    for piece in chunks(pcm, chunk):
+        partial = recognizer.feed(piece)
+        fed += len(piece)
+        partials.append((fed / SAMPLE_RATE, partial))
+    return partials, recognizer.finish()
+
+
+@pytest.fixture(scope="module")
+def answers() -> list[Answer]:
+    return load_answers()
+
+
+@pytest.fixture(scope="module")
+def session(answers: list[Answer]) -> tuple[Recognizer, list[Decoded]]:
+    """One recognizer decodes every answer in turn, fed in 20 ms chunks (as one participant's stream)."""
+    recognizer = create_recognizer()
+    results = []
+    for answer in answers:
+        partials, final = decode(recognizer, answer.pcm)
+        results.append(Decoded(answer, partials, final))
+    return recognizer, results
+
+
+@requires_fixtures
+def test_wer_on_all_fixtures(session: tuple[Recognizer, list[Decoded]]) -> None:
+    _, results = session
+    pairs = [(d.answer.text, d.final) for d in results]
+    wer = corpus_word_error_rate(pairs)
+    report = "\n".join(f"{word_error_rate(r, h):.2f}  {r!r} -> {h!r}" for r, h in pairs)
+    assert wer <= WER_THRESHOLD, f"corpus WER {wer:.3f} > {WER_THRESHOLD}\n{report}"
+    for decoded in results:
+        assert decoded.final, f"empty transcript for {decoded.answer.id}"
+        assert decoded.final == " ".join(normalize_words(decoded.final)), "final must be lower-case words"
+
+
+@requires_fixtures
+def test_partials_during_long_utterances(session: tuple[Recognizer, list[Decoded]]) -> None:
+    long_answers = [d for d in session[1] if d.answer.speech_end_s - d.answer.speech_start_s >= 1.5]
+    assert long_answers, "no fixture with 1.5 s of speech"
+    for decoded in long_answers:
+        answer = decoded.answer
+        midpoint = (answer.speech_start_s + answer.speech_end_s) / 2
+        by_midpoint = [p for t, p in decoded.partials if t <= midpoint + 0.25 and p]
+        assert by_midpoint, f"no partial hypothesis by the middle of {answer.id}"
+        at_end = [p for t, p in decoded.partials if answer.speech_end_s <= t <= answer.speech_end_s + 0.1]
+        assert all(at_end), f"partial went empty at the end of {answer.id}"
+        # Partials grow as speech comes in: the last one has at least as many words as the first non-empty one.
+        assert len(at_end[-1].split()) >= len(by_midpoint[0].split())
+
+
+@requires_fixtures
+@pytest.mark.parametrize("index", [0, 3])
+def test_chunking_does_not_change_the_result(answers: list[Answer], index: int) -> None:
+    pcm = answers[index].pcm
+    finals = {size: decode(create_recognizer(), pcm, chunk=size)[1] for size in (FRAME_SAMPLES, 777, len(pcm))}
+    assert len(set(finals.values())) == 1, finals
+    assert finals[FRAME_SAMPLES]
+
+
+@requires_fixtures
+def test_one_instance_decodes_several_utterances(
+    session: tuple[Recognizer, list[Decoded]], answers: list[Answer]
+) -> None:
+    recognizer, _ = session  # has already decoded every fixture once
+    again = [decode(recognizer, answer.pcm)[1] for answer in answers[:3]]
+    for answer, final in zip(answers[:3], again, strict=True):
+        assert word_error_rate(answer.text, final) <= 0.5, (answer.text, final)
+    # An utterance abandoned half-way (start() again without finish()) does not leak into the next one.
+    recognizer.start()
+    recognizer.feed(answers[1].pcm[: len(answers[1].pcm) // 2])
+    assert decode(recognizer, answers[0].pcm)[1] == again[0]
+
+
+@requires_fixtures
+def test_silence_gives_an_empty_transcript() -> None:
+    recognizer = create_recognizer()
+    pcm, _ = sf.read(FIXTURES / "silence_2s.wav", dtype="int16")
+    assert decode(recognizer, np.asarray(pcm, dtype=np.int16))[1] == ""
+
+
+def test_empty_utterance() -> None:
+    recognizer = create_recognizer()
+    recognizer.start()
+    assert recognizer.feed(np.zeros(0, dtype=np.int16)) == ""
+    assert recognizer.finish() == ""
+    recognizer.start()
+    recognizer.feed(silence(0.1))
+    assert recognizer.finish() == ""
+
+
+def test_misuse_is_reported() -> None:
+    recognizer = create_recognizer()
+    with pytest.raises(RuntimeError, match="before start"):
+        recognizer.feed(silence(0.02))
+    with pytest.raises(RuntimeError, match="before start"):
+        recognizer.finish()
+    with pytest.raises(ValueError, match="cmn_prime_s"):
+        create_recognizer(cmn_prime_s=-1)
+
+
+def test_registry() -> None:
+    assert DEFAULT_RECOGNIZER in RECOGNIZERS
+    recognizer = create_recognizer()
+    assert isinstance(recognizer, Recognizer)
+    assert recognizer.name == DEFAULT_RECOGNIZER
+    with pytest.raises(ValueError, match=r"unknown recognizer 'whisper'.*pocketsphinx"):
+        create_recognizer("whisper")
+    with pytest.raises(TypeError):
+        create_recognizer(beam_width=3)
+
+
+def test_recognizer_is_imported_lazily() -> None:
+    code = "import sys, media.stt; print('pocketsphinx' in sys.modules)"
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False"]
+
+
+@pytest.mark.parametrize(
+    ("reference", "hypothesis", "expected"),
+    [
+        ("the cat sat on the mat", "the cat sat on the mat", 0.0),
+        ("the cat sat on the mat", "the cat sat on a mat", 1 / 6),  # one substitution
+        ("the cat sat on the mat", "the cat on the mat", 1 / 6),  # one deletion
+        ("the cat sat on the mat", "the cat sat on the red mat", 1 / 6),  # one insertion
+        ("a b c d", "a x c", 0.5),  # substitution + deletion
+        ("the cat sat", "the cat sat on the mat", 1.0),  # three insertions
+        ("hello world", "", 1.0),  # everything deleted
+        ("yes", "no no no", 3.0),  # can exceed 1
+        ("Hello, World!", "hello world", 0.0),  # case and punctuation ignored
+        ("I'm not sure.", "i'm not sure", 0.0),  # apostrophes inside words kept
+        ("I'm not sure", "i am not sure", 2 / 3),  # ... so contractions differ from their expansion
+        ("well-known", "well known", 0.0),  # hyphen splits words
+        ("  spaced   out  ", "spaced out", 0.0),
+        ("", "", 0.0),
+        ("", "anything", 1.0),
+        ("...", "", 0.0),  # only punctuation: no words
+    ],
+)
+def test_word_error_rate(reference: str, hypothesis: str, expected: float) -> None:
+    assert word_error_rate(reference, hypothesis) == pytest.approx(expected)
+
+
+def test_word_error_rate_is_levenshtein_not_position_matching() -> None:
+    # A single leading insertion must cost one edit, not shift every later word into a substitution.
+    reference = "one two three four five six seven eight nine ten"
+    assert word_error_rate(reference, "zero " + reference) == pytest.approx(0.1)
+    assert word_error_rate(reference, reference.replace("one ", "")) == pytest.approx(0.1)
+
+
+def test_corpus_word_error_rate_weights_by_words() -> None:
+    pairs = [("a b c d e f g h i j", "a b c d e f g h i j"), ("yes", "no")]
+    assert corpus_word_error_rate(pairs) == pytest.approx(1 / 11)
+    assert corpus_word_error_rate([]) == 0.0
