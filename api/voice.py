@@ -19,7 +19,10 @@ tts (text → first samples), initial_wait (first samples → first frame sent).
 Races it guards against: inbound frames arrive in a sync callback; every
 decision is put on one queue and handled by one task, in order, so a
 ``SpeechEnded`` is never processed before the ``SpeechStarted`` it closes,
-and the recogniser sees its audio in order. A playback finishing after the
+and the recogniser sees its audio in order. Recognition is finished early when a
+pause reaches ``finalize_after_ms`` (so the transcript is ready when the silence
+window closes); if the participant resumes, the early result is dropped and the
+answer's audio is decoded again before new audio is fed. A playback finishing after the
 link was replaced or closed reports to a controller that ignores stale links.
 """
 
@@ -49,6 +52,8 @@ from runtime.endpointing import (
     EndpointSettings,
     Interrupting,
     Noise,
+    Pausing,
+    Resumed,
     SpeechEnded,
     SpeechStarted,
     State,
@@ -60,6 +65,7 @@ log = logging.getLogger("vivavoce.voice")
 
 PREROLL_FRAMES = 15  # 300 ms of audio before the first voiced frame goes to the recogniser too
 PARTIAL_EVERY_FRAMES = 15  # ask for a partial caption every 300 ms of speech
+MAX_SEGMENT_SAMPLES = 60 * SAMPLE_RATE  # audio kept for decoding an answer again after a pause
 
 
 def _ms(seconds: float) -> float:
@@ -188,6 +194,9 @@ class VoiceLink:
         self._preroll: deque[PCM] = deque(maxlen=PREROLL_FRAMES)
         self._recognition: RecognitionStream | None = None
         self._segment_frames = 0
+        self._segment_audio: list[PCM] = []  # kept to decode again if the participant resumes
+        self._segment_samples = 0
+        self._early: asyncio.Task[str] | None = None  # recognition finished during a pause
         self._answer: AnswerTiming | None = None
         self._playbacks: dict[str, tuple[Playback, Message, float, AnswerTiming | None]] = {}
         self._last_playback_end = 0.0
@@ -241,6 +250,8 @@ class VoiceLink:
         for task in [self._worker, *self._tasks]:
             if task is not current:
                 task.cancel()
+        if self._early is not None:
+            self._early.cancel()
         if self._recognition is not None:
             await _quietly(self._recognition.close())
         await self.peer.close()
@@ -355,9 +366,14 @@ class VoiceLink:
                 self._recognition = self.workers.recognition()
             await self._recognition.start()
             self._segment_frames = 0
-            await self._recognition.feed(np.concatenate(payload))
+            first = np.concatenate(payload)
+            self._segment_audio, self._segment_samples = [first], len(first)
+            await self._recognition.feed(first)
         elif kind == "audio":
-            if self._recognition is not None:
+            if self._segment_samples < MAX_SEGMENT_SAMPLES:
+                self._segment_audio.append(payload)
+                self._segment_samples += len(payload)
+            if self._recognition is not None and self._early is None:
                 await self._recognition.feed(payload)
                 self._segment_frames += 1
                 if self._segment_frames % PARTIAL_EVERY_FRAMES == 0:
@@ -375,12 +391,19 @@ class VoiceLink:
         elif isinstance(decision, Interrupting):
             if ctl is not None:
                 await ctl.speech(self, "interrupting")
+        elif isinstance(decision, Pausing):
+            if self._recognition is not None and self._early is None:
+                self._early = asyncio.create_task(self._recognition.finish(), name="voice-early-finish")
+                self._early.add_done_callback(_retrieve)
+        elif isinstance(decision, Resumed):
+            if self._recognition is not None and self._early is not None:
+                await self._take_back_early_finish(self._recognition)
         elif isinstance(decision, Noise):
             if self._recognition is not None:
                 await self._recognition.finish()  # discard
         elif isinstance(decision, SpeechEnded):
             committed_at = time.time()
-            text = await self._recognition.finish() if self._recognition is not None else ""
+            text = await self._final_transcript()
             transcript_at = time.time()
             if ctl is None:
                 return
@@ -398,10 +421,38 @@ class VoiceLink:
             if stored is not None:
                 self.peer.send_event({"type": "caption", "role": "user", "final": True, "text": stored.content})
 
+    async def _final_transcript(self) -> str:
+        """The early result if the pause became the end of the answer, else finish now."""
+        early, self._early = self._early, None
+        self._segment_audio, self._segment_samples = [], 0
+        if early is not None:
+            return await early
+        return await self._recognition.finish() if self._recognition is not None else ""
+
+    async def _take_back_early_finish(self, recognition: RecognitionStream) -> None:
+        """The participant spoke again: decode the whole answer so far again as one utterance.
+
+        PocketSphinx cannot reopen an utterance, so the audio kept since the segment began
+        (capped at MAX_SEGMENT_SAMPLES) is fed again; this costs ~0.2 s of CPU per 1 s of
+        speech, and only for pauses between finalize_after_ms and the silence window.
+        """
+        early, self._early = self._early, None
+        if early is not None:
+            await _quietly(early)
+        await recognition.start()
+        if self._segment_audio:
+            await recognition.feed(np.concatenate(self._segment_audio))
+
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a task's failure as seen (it is awaited, or dropped when the link closes)."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _quietly(awaitable: Any) -> None:

@@ -10,6 +10,10 @@ Decisions and the latency anchors they carry:
   shorter bursts (a cough, a click, a door) end as :class:`Noise` and are not turns.
 * :class:`Interrupting` once the segment reaches ``min_interruption_ms`` of
   voiced audio: the driver's cue to stop the interviewer if it is speaking.
+* :class:`Pausing` after ``finalize_after_ms`` of silence inside speech (shorter than the
+  window): the driver's cue to finish recognition early, so the transcript is ready when the
+  window closes; :class:`Resumed` if the participant speaks again before it does, so the driver
+  takes the early result back and goes on with the same answer.
 * :class:`SpeechEnded` after ``eos_silence_ms`` of silence. ``last_voiced_at``
   is T0 of the latency breakdown (the end of the last voiced frame) and
   ``decided_at`` is the end-of-speech decision, so ``eos = decided_at - T0``.
@@ -40,6 +44,8 @@ class EndpointSettings:
     min_speech_ms: float = 200.0
     min_interruption_ms: float = 400.0
     threshold: float = 0.5  # speech probability above which a frame counts as voiced
+    # Silence after which recognition is finished speculatively; None (or >= the window) never.
+    finalize_after_ms: float | None = 200.0
 
 
 @dataclass(frozen=True)
@@ -62,12 +68,23 @@ class SpeechEnded:
 
 
 @dataclass(frozen=True)
+class Pausing:
+    last_voiced_at: float
+    decided_at: float
+
+
+@dataclass(frozen=True)
+class Resumed:
+    at: float
+
+
+@dataclass(frozen=True)
 class Noise:
     onset_at: float
     ended_at: float
 
 
-Decision = SpeechStarted | Interrupting | SpeechEnded | Noise
+Decision = SpeechStarted | Interrupting | Pausing | Resumed | SpeechEnded | Noise
 
 
 class Endpointer:
@@ -79,6 +96,7 @@ class Endpointer:
         self._voiced_ms = 0.0
         self._silence_ms = 0.0
         self._interrupting = False
+        self._pausing = False
 
     def frame(self, end_at: float, probability: float) -> list[Decision]:
         """Feed the verdict for the 20 ms frame that ended at ``end_at``."""
@@ -94,6 +112,9 @@ class Endpointer:
             else:
                 return out
         if voiced:
+            if self._pausing:
+                self._pausing = False
+                out.append(Resumed(end_at))
             self._voiced_ms += FRAME_S * 1000
             self._silence_ms = 0.0
             self._last_voiced = end_at
@@ -110,10 +131,20 @@ class Endpointer:
             out.append(Noise(self._onset, self._last_voiced))
         elif self.state is State.SPEECH and self._silence_ms >= s.eos_silence_ms:
             self.state = State.QUIET
+            self._pausing = False
             out.append(SpeechEnded(self._onset, self._last_voiced, end_at))
+        elif (
+            self.state is State.SPEECH
+            and not self._pausing
+            and s.finalize_after_ms is not None
+            and self._silence_ms >= s.finalize_after_ms
+        ):
+            self._pausing = True
+            out.append(Pausing(self._last_voiced, end_at))
         return out
 
     def reset(self) -> None:
         self.state = State.QUIET
+        self._pausing = False
         self._silence_ms = 0.0
         self._voiced_ms = 0.0

@@ -311,3 +311,28 @@ async def test_reconnect_resumes_at_the_same_question(voice_server: Server) -> N
     done = await server.get_run(run["id"], "sessions", "responses")
     assert done["status"] == "completed" and len(done["sessions"]) == 2
     assert all(r["answer"] for r in done["responses"])
+
+
+async def test_a_pause_inside_an_answer_keeps_one_answer_with_all_its_words(voice_server: Server) -> None:
+    """A 300 ms pause outlasts the early-finish point (200 ms) but not the 500 ms window:
+    the recogniser's early result is taken back and the whole answer is decoded as one."""
+    server = voice_server
+    job, home = MANIFEST["job"], MANIFEST["home"]
+    first = fixture("job")[: int(job["speech_end_s"] * 16_000)]
+    second = fixture("home")[int(home["speech_start_s"] * 16_000) :]
+    paused = np.concatenate([first, np.zeros(int(0.3 * 16_000), dtype=np.int16), second])
+    run = await server.create_run(channel_id=server.extra["voice_channel"])
+    caller = await join(server, run)
+    try:
+        await caller.wait_event(is_message("question", "work"), 20 * UNIT)
+        await wait_listening(caller, 0)
+        n = len(caller.events)
+        await caller.say(paused)
+        await caller.wait_event(is_message("question", "home"), 30 * UNIT, after=n)
+    finally:
+        await caller.close()
+    done = await server.get_run(run["id"], "transcript")
+    users = [m for m in done["transcript"] if m["role"] == "user"]
+    assert len(users) == 1, users
+    heard = users[0]["content"]
+    assert word_error_rate(f"{job['text']} {home['text']}", heard) <= 0.35, heard

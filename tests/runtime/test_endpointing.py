@@ -8,6 +8,8 @@ from runtime.endpointing import (
     EndpointSettings,
     Interrupting,
     Noise,
+    Pausing,
+    Resumed,
     SpeechEnded,
     SpeechStarted,
 )
@@ -24,7 +26,8 @@ def run(pattern: str, settings: EndpointSettings | None = None, start: float = 1
 
 def test_an_answer_ends_after_the_silence_window_with_t0_at_the_last_voiced_frame() -> None:
     decisions = run("." * 5 + "#" * 50 + "." * 30)
-    started, interrupting, ended = decisions
+    started, interrupting, pausing, ended = decisions
+    assert isinstance(pausing, Pausing)
     assert isinstance(started, SpeechStarted) and isinstance(interrupting, Interrupting)
     assert isinstance(ended, SpeechEnded)
     assert abs(ended.onset_at - (100.0 + 5 * FRAME_S)) < 1e-9
@@ -57,3 +60,30 @@ def test_eos_window_is_a_setting() -> None:
     assert ended == []
     ended = [d for d in run("#" * 20 + "." * 40, settings) if isinstance(d, SpeechEnded)]
     assert len(ended) == 1 and abs(ended[0].decided_at - ended[0].last_voiced_at - 0.8) < 1e-9
+
+
+def test_a_pause_in_speech_is_announced_before_the_window_closes() -> None:
+    decisions = run("#" * 20 + "." * 30, EndpointSettings(eos_silence_ms=500, finalize_after_ms=200))
+    kinds = [type(d) for d in decisions]
+    assert kinds == [SpeechStarted, Interrupting, Pausing, SpeechEnded]
+    pausing, ended = decisions[2], decisions[3]
+    assert isinstance(pausing, Pausing) and isinstance(ended, SpeechEnded)
+    assert pausing.last_voiced_at == ended.last_voiced_at
+    assert abs(pausing.decided_at - pausing.last_voiced_at - 0.2) < 1e-9
+
+
+def test_speaking_again_after_a_pause_resumes_the_same_answer() -> None:
+    decisions = run("#" * 20 + "." * 15 + "#" * 10 + "." * 30, EndpointSettings(finalize_after_ms=200))
+    kinds = [type(d) for d in decisions]
+    assert kinds == [SpeechStarted, Interrupting, Pausing, Resumed, Pausing, SpeechEnded]
+    resumed, ended = decisions[3], decisions[5]
+    assert isinstance(resumed, Resumed) and isinstance(ended, SpeechEnded)
+    assert abs(resumed.at - (100.0 + 36 * FRAME_S)) < 1e-9
+    assert abs(ended.last_voiced_at - (100.0 + 45 * FRAME_S)) < 1e-9
+
+
+def test_no_early_finish_for_noise_or_when_disabled() -> None:
+    assert not any(isinstance(d, Pausing) for d in run("...###" + "." * 30))
+    for never in (None, 500.0, 800.0):
+        decisions = run("#" * 20 + "." * 30, EndpointSettings(finalize_after_ms=never))
+        assert not any(isinstance(d, Pausing) for d in decisions)
