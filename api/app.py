@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from api import join, join_voice, routes_catalog, routes_events, routes_meta, routes_runs
+from api import console, join, join_voice, routes_catalog, routes_events, routes_meta, routes_runs
 from api.auth import auth_middleware
 from api.config import ServerConfig
 from api.errors import error_middleware, error_response
@@ -34,6 +34,7 @@ TABLES = (
     routes_events.routes,
     join.routes,
     join_voice.routes,
+    console.routes,
 )
 
 

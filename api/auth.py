@@ -3,6 +3,14 @@
 Every ``/v1`` handler runs with ``request[ORG_ID]`` set; storage queries are
 scoped by it, so another organization's object is indistinguishable from a
 missing one (404).
+
+The researcher console (:mod:`api.console`) signs in by storing the key in an
+HttpOnly, SameSite=Strict cookie, and its pages call the same ``/v1`` API with
+that cookie. A key in a header always wins over the cookie. Because browsers
+attach cookies on their own, a cookie-authenticated request with a method that
+changes state must also carry the ``X-Requested-With`` header: a page on another
+site can only add a custom header through a CORS preflight, which this server
+never grants, so a forged form or ``fetch`` is refused with 403.
 """
 
 from __future__ import annotations
@@ -14,6 +22,10 @@ from aiohttp import web
 from api.errors import error_response
 from api.state import ORG_ID, STATE
 
+CONSOLE_COOKIE = "vivavoce_console"
+CSRF_HEADER = "X-Requested-With"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
 
 def presented_key(request: web.Request) -> str | None:
     header = request.headers.get("Authorization", "")
@@ -24,15 +36,28 @@ def presented_key(request: web.Request) -> str | None:
     return key or None
 
 
+def cookie_key(request: web.Request) -> str | None:
+    """The key the console stored in its sign-in cookie, if any."""
+    return request.cookies.get(CONSOLE_COOKIE, "").strip() or None
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     if not request.path.startswith("/v1/"):
         return await handler(request)  # type: ignore[no-any-return]
     key = presented_key(request)
+    from_cookie = False
+    if key is None:
+        key = cookie_key(request)
+        from_cookie = key is not None
     if key is None:
         return error_response(401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>'")
     org_id = await request.app[STATE].store.catalog.org_for_key(key)
     if org_id is None:
         return error_response(401, "unauthorized", "unknown API key")
+    if from_cookie and request.method not in SAFE_METHODS and not request.headers.get(CSRF_HEADER, "").strip():
+        return error_response(
+            403, "forbidden", f"requests authenticated by the console cookie must send the {CSRF_HEADER} header"
+        )
     request[ORG_ID] = org_id
     return await handler(request)  # type: ignore[no-any-return]
