@@ -1,5 +1,8 @@
 """Joining by voice: WebRTC signalling for the participant page, and the run's recording.
 
+``GET /join/{token}/info`` tells the participant page how to join: chat or
+voice, the run's status (and end reason), and the ICE servers to use.
+
 ``POST /join/{token}/offer`` takes ``{sdp, type}`` and answers with the full
 SDP (non-trickle ICE: candidates are gathered before answering; with no ICE
 servers configured that takes milliseconds). The session starts when the
@@ -27,7 +30,7 @@ from api.state import ORG_ID, STATE, AppState
 from api.voice import VoiceLink
 from media.webrtc import InvalidOffer, parse_offer
 from runtime.errors import Conflict, InvalidRequest, NotFound
-from runtime.types import ChannelType
+from runtime.types import ChannelType, EndReason
 
 log = logging.getLogger("vivavoce.voice")
 
@@ -36,6 +39,27 @@ routes = RouteTable()
 
 def ice_servers(state: AppState) -> list[RTCIceServer]:
     return [RTCIceServer(urls=url) for url in state.config.ice_servers]
+
+
+@routes.route("GET", "/join/{token}/info", summary="How the join page connects: chat or voice, run status, ICE servers",
+              tag="participant", auth=False, errors=(404,), params=(TOKEN,))  # fmt: skip
+async def join_info(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    run = await state.store.runs.run_by_token(request.match_info["token"])
+    if run is None:
+        raise NotFound("This interview link is not valid.", param="token")
+    run = await _current(state, run)
+    channel = await state.store.catalog.get_channel(run.org_id, run.channel_id) if run.channel_id else None
+    voice = channel is not None and channel.type is ChannelType.WEBRTC_VOICE
+    end_reason = run.end_reason or (EndReason.ERROR if run.status.is_terminal else None)
+    body = {
+        "mode": "voice" if voice else "chat",
+        "status": run.status.value,
+        "end_reason": end_reason.value if end_reason else None,
+        "recording": bool(voice and channel is not None and channel.settings.recording),
+        "ice_servers": [{"urls": url} for url in state.config.ice_servers] if voice else [],
+    }
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 
 @routes.route("POST", "/join/{token}/offer", summary="WebRTC signalling: the participant's SDP offer, answered",

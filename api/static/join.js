@@ -1,9 +1,10 @@
-// Participant chat client for vivavoce. Protocol: docs/protocol.md.
-// Dependency-free ES2020; exposes no globals.
+// Participant client for vivavoce: chat over a websocket, or voice over WebRTC.
+// Protocol: docs/protocol.md. Dependency-free ES2020; exposes no globals.
 (() => {
   "use strict";
 
   const WS_PATH = document.body.dataset.wsPath || "";
+  const JOIN_PATH = WS_PATH.replace(/\/ws$/, ""); // /join/{token}
   const STORAGE_KEY = "vivavoce:pending:" + WS_PATH;
   const BACKOFF_MIN_MS = 500, BACKOFF_MAX_MS = 8000, TYPING_EVERY_MS = 2000;
   const PING_EVERY_MS = 25000, STALE_AFTER_MS = 60000; // keepalive / dead-connection detection
@@ -25,6 +26,7 @@
     end: $("end"), endText: $("end-text"), replaced: $("replaced"), takeover: $("takeover"),
     notice: $("notice"), noticeText: $("notice-text"), noticeClose: $("notice-close"),
     form: $("composer"), input: $("input"), send: $("send"), counter: $("counter"),
+    chat: $("chat"), footer: $("chat-footer"),
   };
 
   const encoder = new TextEncoder();
@@ -333,7 +335,9 @@
     sendFrame({ type: "ping", t: Date.now() });
   }
 
-  function start() {
+  function startChat() {
+    ui.chat.hidden = false;
+    ui.footer.hidden = false;
     ui.form.addEventListener("submit", (e) => { e.preventDefault(); submitAnswer(); });
     ui.input.addEventListener("keydown", onInputKeydown);
     ui.input.addEventListener("input", onInput);
@@ -342,8 +346,414 @@
     window.addEventListener("online", () => { if (state.retryTimer) { state.attempt = 0; connect(); } });
     state.heartbeat = setInterval(checkHeartbeat, PING_EVERY_MS);
     updateComposer();
-    if (!WS_PATH) { setStatus("This link is not valid."); return; }
     connect();
+  }
+
+  // ---- how to join: GET /join/{token}/info says chat or voice, and the run's status ----
+  const TERMINAL = new Set(["completed", "cancelled", "failed"]);
+
+  async function fetchInfo() {
+    const response = await fetch(JOIN_PATH + "/info", { cache: "no-store", headers: { Accept: "application/json" } });
+    if (response.status === 404) return { invalid: true };
+    if (!response.ok) throw new Error("HTTP " + response.status);
+    return response.json();
+  }
+
+  async function loadInfo(attempt) {
+    try {
+      return await fetchInfo();
+    } catch (_) {
+      const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** attempt) * (0.75 + Math.random() * 0.5);
+      setStatus("Reconnecting…");
+      await new Promise((resolve) => setTimeout(resolve, delay));
+      return loadInfo(attempt + 1);
+    }
+  }
+
+  async function start() {
+    if (!WS_PATH) { setStatus("This link is not valid."); return; }
+    const info = await loadInfo(0);
+    if (info.invalid) { setStatus("This interview link is not valid."); return; }
+    if (info.mode === "voice") { startVoice(info); return; }
+    startChat();
+  }
+
+  // =====================================================================================
+  // Voice: microphone → RTCPeerConnection → POST {join}/offer; events on the "events" data channel.
+  // =====================================================================================
+  const GATHER_TIMEOUT_MS = 3000, CONNECT_TIMEOUT_MS = 20000, METER_EVERY_MS = 100;
+  const VOICE_STATE_TEXT = {
+    connecting: "Connecting…",
+    listening: "The interviewer is listening",
+    thinking: "The interviewer is thinking…",
+    speaking: "The interviewer is speaking",
+  };
+  const VOICE_ERRORS = {
+    NotAllowedError: ["Microphone blocked",
+      "This page is not allowed to use your microphone. Allow microphone access for this site "
+      + "(usually with the icon next to the address bar), then press Try again."],
+    NotFoundError: ["No microphone found",
+      "We could not find a microphone. Connect a microphone or a headset, then press Try again."],
+    NotReadableError: ["Microphone unavailable",
+      "Your microphone could not be started. It may be in use by another app: close it, then press Try again."],
+    InsecureContext: ["Microphone unavailable",
+      "Your browser only allows the microphone on a secure (https) page. Please open the link you were given."],
+    Unsupported: ["Browser not supported",
+      "This browser cannot make voice calls. Please open the link in a recent Chrome, Edge, Firefox or Safari."],
+    ConnectionFailed: ["Could not connect",
+      "We could not connect you to the interviewer. Check your internet connection, then press Try again."],
+    ConnectionLost: ["Connection lost",
+      "The connection to the interviewer was lost. Press Try again to continue where you left off."],
+    Replaced: ["Opened elsewhere",
+      "This interview was opened in another window or tab. Press Try again to continue here instead."],
+  };
+  const ERROR_ALIASES = {
+    PermissionDeniedError: "NotAllowedError", SecurityError: "NotAllowedError",
+    DevicesNotFoundError: "NotFoundError", OverconstrainedError: "NotFoundError",
+    TrackStartError: "NotReadableError", AbortError: "NotReadableError",
+  };
+  const HANGUP_TEXT = "You left the interview. Thank you for your time.";
+  const HANGUP_HINT = "Hung up by mistake? Reload this page soon to continue the interview.";
+
+  const vui = {
+    main: $("voice"), start: $("voice-start"), startButton: $("voice-start-button"), recording: $("voice-recording"),
+    error: $("voice-error"), errorTitle: $("voice-error-title"), errorText: $("voice-error-text"),
+    retry: $("voice-retry"), call: $("voice-call"), stateBox: document.querySelector(".call__state"),
+    state: $("voice-state"), level: $("voice-level"), muted: $("voice-muted"), captions: $("voice-captions"),
+    partial: $("voice-partial"), mute: $("voice-mute"), hangup: $("voice-hangup"), audio: $("voice-audio"),
+  };
+
+  const voice = {
+    info: null, stream: null, track: null, pc: null, channel: null, audioCtx: null, analyser: null,
+    meterTimer: 0, connectTimer: 0, generation: 0, level: 0, state: "connecting",
+    busy: false, muted: false, ended: false, left: false, seen: new Set(),
+  };
+
+  function voiceError(name, message) {
+    const err = new Error(message || name);
+    err.name = name;
+    return err;
+  }
+
+  function startVoice(info) {
+    voice.info = info;
+    vui.main.hidden = false;
+    vui.recording.hidden = !info.recording;
+    vui.startButton.addEventListener("click", onStartPressed);
+    vui.retry.addEventListener("click", onStartPressed);
+    vui.mute.addEventListener("click", toggleMute);
+    vui.hangup.addEventListener("click", hangUp);
+    window.addEventListener("pagehide", () => { if (!voice.ended) teardownVoice(); });
+    if (TERMINAL.has(info.status)) { voiceEnded(info.end_reason, info.status); return; }
+    setStatus("Ready when you are");
+  }
+
+  // Everything that needs a user gesture happens synchronously here, before the first await.
+  function onStartPressed() {
+    if (voice.busy || voice.ended) return;
+    voice.busy = true;
+    vui.startButton.disabled = vui.retry.disabled = true;
+    const Ctx = window.AudioContext || window.webkitAudioContext;
+    if (Ctx && !voice.audioCtx) {
+      try { voice.audioCtx = new Ctx(); } catch (_) { voice.audioCtx = null; }
+    }
+    if (voice.audioCtx && voice.audioCtx.state === "suspended") voice.audioCtx.resume().catch(() => {});
+    vui.audio.play().catch(() => {}); // unlock playback on browsers that need a gesture
+    let mic = Promise.resolve();
+    if (!voice.track || voice.track.readyState !== "live") mic = openMic(); // getUserMedia inside the click
+    mic.then(() => { startMeter(); return connectPeer(); })
+      .catch((err) => { if (!voice.ended) showVoiceError(err); })
+      .finally(() => { voice.busy = false; vui.startButton.disabled = vui.retry.disabled = false; });
+  }
+
+  function openMic() {
+    const media = navigator.mediaDevices;
+    if (!media || !media.getUserMedia) {
+      return Promise.reject(voiceError(window.isSecureContext === false ? "InsecureContext" : "Unsupported"));
+    }
+    setStatus("Waiting for your microphone…");
+    const constraints = { audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true }, video: false };
+    return media.getUserMedia(constraints).then((stream) => {
+      stopMic();
+      voice.stream = stream;
+      voice.track = stream.getAudioTracks()[0];
+      if (!voice.track) throw voiceError("NotFoundError");
+      voice.track.enabled = !voice.muted;
+      voice.track.addEventListener("ended", () => {
+        if (voice.ended || voice.left) return;
+        closePeer();
+        showVoiceError(voiceError("NotReadableError"));
+      });
+    });
+  }
+
+  function stopMic() {
+    if (voice.stream) for (const track of voice.stream.getTracks()) track.stop();
+    voice.stream = voice.track = null;
+    stopMeter();
+  }
+
+  // ---- microphone level (WebAudio AnalyserNode) ----
+  function startMeter() {
+    stopMeter();
+    if (!voice.audioCtx || !voice.stream) return;
+    const source = voice.audioCtx.createMediaStreamSource(voice.stream);
+    const analyser = voice.audioCtx.createAnalyser();
+    analyser.fftSize = 1024;
+    source.connect(analyser);
+    voice.analyser = analyser;
+    const samples = new Float32Array(analyser.fftSize);
+    voice.meterTimer = setInterval(() => {
+      analyser.getFloatTimeDomainData(samples);
+      let sum = 0;
+      for (let i = 0; i < samples.length; i += 1) sum += samples[i] * samples[i];
+      const db = 20 * Math.log10(Math.sqrt(sum / samples.length) + 1e-9);
+      const level = Math.max(0, Math.min(1, (db + 60) / 60)); // -60 dBFS .. 0 dBFS
+      voice.level = Math.max(level, voice.level * 0.7); // fast attack, slow decay
+      if (voice.level < 0.01) voice.level = 0;
+      vui.level.value = voice.level;
+      vui.level.textContent = Math.round(voice.level * 100) + "%";
+    }, METER_EVERY_MS);
+  }
+
+  function stopMeter() {
+    clearInterval(voice.meterTimer);
+    voice.meterTimer = 0;
+    voice.analyser = null;
+    voice.level = 0;
+    vui.level.value = 0;
+  }
+
+  // ---- the peer connection ----
+  function waitForGathering(pc) {
+    if (pc.iceGatheringState === "complete") return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => { clearTimeout(timer); pc.removeEventListener("icegatheringstatechange", check); resolve(); };
+      const check = () => { if (pc.iceGatheringState === "complete") done(); };
+      const timer = setTimeout(done, GATHER_TIMEOUT_MS); // send what we have: the server can still reach us
+      pc.addEventListener("icegatheringstatechange", check);
+    });
+  }
+
+  async function connectPeer() {
+    closePeer();
+    if (!window.RTCPeerConnection) throw voiceError("Unsupported");
+    const generation = ++voice.generation;
+    const current = () => generation === voice.generation && !voice.ended && !voice.left;
+    hideVoiceError();
+    vui.start.hidden = true;
+    vui.call.hidden = false;
+    setVoiceState("connecting");
+    setStatus("Connecting…");
+    const pc = new RTCPeerConnection({ iceServers: voice.info.ice_servers || [] });
+    voice.pc = pc;
+    pc.addTransceiver(voice.track, { direction: "sendrecv", streams: [voice.stream] });
+    const channel = pc.createDataChannel("events");
+    voice.channel = channel;
+    channel.onmessage = (event) => { if (current()) onVoiceEvent(event.data); };
+    channel.onclose = () => { if (current()) onPeerLost(); };
+    pc.ontrack = (event) => {
+      vui.audio.srcObject = event.streams[0] || new MediaStream([event.track]);
+      vui.audio.play().catch(() => {});
+    };
+    pc.onconnectionstatechange = () => {
+      if (!current()) return;
+      const s = pc.connectionState;
+      if (s === "connected") { clearTimeout(voice.connectTimer); setStatus("Connected"); }
+      else if (s === "disconnected") setStatus("Connection unstable…");
+      else if (s === "failed" || s === "closed") onPeerLost();
+    };
+    await pc.setLocalDescription(await pc.createOffer());
+    await waitForGathering(pc);
+    if (!current()) return;
+    let response;
+    try {
+      response = await fetch(JOIN_PATH + "/offer", {
+        method: "POST",
+        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type }),
+      });
+    } catch (_) {
+      throw voiceError("ConnectionFailed");
+    }
+    const body = await response.json().catch(() => ({}));
+    if (!current()) return;
+    if (!response.ok) {
+      if (await checkRunEnded()) return;
+      const detail = body && body.error && typeof body.error.message === "string" ? body.error.message : "";
+      throw voiceError("ConnectionFailed", detail);
+    }
+    await pc.setRemoteDescription({ type: body.type, sdp: body.sdp });
+    voice.connectTimer = setTimeout(() => {
+      if (current() && pc.connectionState !== "connected") onPeerLost("ConnectionFailed");
+    }, CONNECT_TIMEOUT_MS);
+  }
+
+  function closePeer() {
+    voice.generation += 1; // late events of the old connection are ignored
+    clearTimeout(voice.connectTimer);
+    const { pc, channel } = voice;
+    voice.pc = voice.channel = null;
+    if (channel) { channel.onmessage = channel.onclose = null; try { channel.close(); } catch (_) { /* closed */ } }
+    if (pc) { pc.ontrack = pc.onconnectionstatechange = null; try { pc.close(); } catch (_) { /* closed */ } }
+    vui.audio.srcObject = null;
+    vui.partial.textContent = "";
+  }
+
+  async function checkRunEnded() {
+    try {
+      const info = await fetchInfo();
+      if (info && TERMINAL.has(info.status)) { voiceEnded(info.end_reason, info.status); return true; }
+    } catch (_) { /* offline: not known to have ended */ }
+    return false;
+  }
+
+  async function onPeerLost(name) {
+    if (voice.ended || voice.left) return;
+    const connected = voice.pc && voice.pc.connectionState === "connected";
+    closePeer();
+    if (await checkRunEnded()) return;
+    showVoiceError(voiceError(name || (connected ? "ConnectionLost" : "ConnectionFailed")));
+  }
+
+  // ---- events from the server ----
+  function sendEvent(event) {
+    const channel = voice.channel;
+    if (channel && channel.readyState === "open") channel.send(JSON.stringify(event));
+  }
+
+  function onVoiceEvent(data) {
+    let event;
+    try { event = JSON.parse(data); } catch (_) { return; }
+    if (!event || typeof event !== "object") return;
+    switch (event.type) {
+      case "ping": return sendEvent({ type: "pong", t: event.t });
+      case "session.ready": return onVoiceReady(event);
+      case "state": return setVoiceState(String(event.state || ""));
+      case "caption": return onCaption(event);
+      case "message": return addCaption(event.message || {});
+      case "run.ended": return voiceEnded(event.reason, event.status);
+      case "error": return onVoiceServerError(event);
+      default: return undefined; // pong and unknown types
+    }
+  }
+
+  function onVoiceReady(event) {
+    vui.captions.replaceChildren();
+    voice.seen.clear();
+    for (const message of event.messages || []) addCaption(message);
+    setStatus(event.resumed ? "Reconnected" : "Connected");
+    setVoiceState("listening");
+  }
+
+  function setVoiceState(name) {
+    if (!VOICE_STATE_TEXT[name]) return;
+    voice.state = name;
+    vui.stateBox.dataset.state = name;
+    vui.state.textContent = VOICE_STATE_TEXT[name];
+  }
+
+  function captionLine(role, text, final) {
+    const line = make("p", "caption caption--" + role + (final ? "" : " caption--partial"), "");
+    line.append(make("span", "caption__who", role === "user" ? "You: " : "Interviewer: "), make("span", "caption__text", text));
+    return line;
+  }
+
+  function appendCaption(role, text) {
+    const box = vui.captions;
+    const near = box.scrollHeight - box.scrollTop - box.clientHeight < 80;
+    box.append(captionLine(role, text, true));
+    if (near) box.scrollTop = box.scrollHeight;
+  }
+
+  function addCaption(message) {
+    if (message.role !== "assistant" && message.role !== "user") return;
+    if (message.id) {
+      if (voice.seen.has(message.id)) return;
+      voice.seen.add(message.id);
+    }
+    appendCaption(message.role, String(message.content || ""));
+  }
+
+  function onCaption(event) {
+    if (event.role !== "user") return;
+    const text = String(event.text || "");
+    if (!event.final) {
+      vui.partial.replaceChildren(...(text ? [captionLine("user", text + "…", false)] : []));
+      return;
+    }
+    vui.partial.replaceChildren();
+    const last = vui.captions.lastElementChild;
+    const lastText = last && last.classList.contains("caption--user") && last.querySelector(".caption__text");
+    if (lastText && lastText.textContent === text) return; // the same answer, confirmed twice
+    appendCaption("user", text);
+    if (voice.state === "listening") setVoiceState("thinking");
+  }
+
+  function onVoiceServerError(event) {
+    if (event.code === "replaced") {
+      closePeer();
+      showVoiceError(voiceError("Replaced"));
+      return;
+    }
+    if (typeof event.message === "string" && event.message) setStatus(event.message);
+  }
+
+  // ---- controls ----
+  function toggleMute() {
+    voice.muted = !voice.muted;
+    if (voice.track) voice.track.enabled = !voice.muted;
+    vui.mute.textContent = voice.muted ? "Unmute" : "Mute";
+    vui.mute.classList.toggle("button--active", voice.muted);
+    vui.muted.hidden = !voice.muted;
+    setStatus(voice.muted ? "Your microphone is muted" : "Your microphone is on");
+  }
+
+  function teardownVoice() {
+    closePeer();
+    stopMic();
+    if (voice.audioCtx) { voice.audioCtx.close().catch(() => {}); voice.audioCtx = null; }
+  }
+
+  function hangUp() {
+    if (voice.ended) return;
+    voice.left = true;
+    teardownVoice();
+    showVoiceEnd(HANGUP_TEXT, HANGUP_HINT);
+  }
+
+  function voiceEnded(reason, status) {
+    if (voice.ended) return;
+    teardownVoice();
+    showVoiceEnd(END_TEXT[reason] || END_TEXT[status] || "The interview is over. Thank you.", "");
+  }
+
+  function showVoiceEnd(text, hint) {
+    voice.ended = true;
+    vui.start.hidden = vui.error.hidden = true;
+    vui.call.hidden = !vui.captions.firstElementChild; // the captions stay, to read back
+    for (const live of vui.call.querySelectorAll(".call__state, .call__level, .call__controls")) live.hidden = true;
+    vui.main.prepend(ui.end); // the chat page's end screen, shared
+    ui.endText.textContent = hint ? text + " " + hint : text;
+    ui.end.hidden = false;
+    setStatus("Interview ended");
+    ui.end.focus();
+  }
+
+  function hideVoiceError() { vui.error.hidden = true; }
+
+  function showVoiceError(err) {
+    const name = ERROR_ALIASES[err && err.name] || (err && err.name);
+    const [title, text] = VOICE_ERRORS[name] || VOICE_ERRORS.ConnectionFailed;
+    const detail = name === "ConnectionFailed" && err.message && err.message !== name ? " (" + err.message + ")" : "";
+    vui.errorTitle.textContent = title;
+    vui.errorText.textContent = text + detail;
+    vui.retry.textContent = name === "Replaced" ? "Continue here" : "Try again";
+    vui.start.hidden = true;
+    vui.call.hidden = true;
+    vui.error.hidden = false;
+    setStatus(title);
+    vui.retry.focus();
   }
 
   start();

@@ -2,44 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-
+from tests.browser.conftest import requires_chromium, screenshot
 from tests.conftest import LONG_ANSWER, UNIT, Server
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-
-if not Path(CHROMIUM).exists() and os.environ.get("CI"):
-    raise RuntimeError("CI must run the browser tests, but Chromium is missing: .ci/run installs it")
-
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="Chromium is not installed (apt-get install chromium); .ci/run installs it"
-)
-
-
-@pytest.fixture
-async def page() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"],
-        )  # fmt: skip
-        context = await browser.new_context(viewport={"width": 420, "height": 820})
-        page = await context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        yield page
-        assert errors == [], errors
-        await browser.close()
+pytestmark = requires_chromium
 
 
 async def answer(page: Any, text: str) -> None:
@@ -66,8 +34,7 @@ async def test_chat_interview_completed_by_typing_in_the_page(server: Server, pa
     await end.wait_for(state="visible", timeout=timeout)
     assert "Thank you" in await page.inner_text("#end-text")
     assert await page.locator("#input").is_disabled()
-    ARTIFACTS.mkdir(exist_ok=True)
-    await page.screenshot(path=str(ARTIFACTS / "join-chat-completed.png"), full_page=True)
+    await screenshot(page, "join-chat-completed")
 
     done = await server.get_run(run["id"], "transcript")
     assert done["status"] == "completed"
