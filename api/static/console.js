@@ -127,7 +127,8 @@
     const select = document.getElementById("status-filter");
     select.value = status;
     document.getElementById("runs-view").hidden = false;
-    const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
+    const limit = params.get("limit") || String(PAGE_SIZE);
+    const query = new URLSearchParams({ limit });
     if (status) query.set("status", status);
     if (after) query.set("starting_after", after);
     const page = await api("/v1/runs?" + query.toString());
@@ -139,17 +140,21 @@
     }
     const first = document.getElementById("first-page");
     first.hidden = !after;
-    first.href = status ? `/console?status=${encodeURIComponent(status)}` : "/console";
+    const firstQuery = new URLSearchParams();
+    if (status) firstQuery.set("status", status);
+    if (params.has("limit")) firstQuery.set("limit", limit);
+    first.href = firstQuery.size ? `/console?${firstQuery}` : "/console";
     const next = document.getElementById("next-page");
     next.hidden = !page.has_more;
     if (page.has_more) {
-      const nextQuery = new URLSearchParams();
-      if (status) nextQuery.set("status", status);
+      const nextQuery = new URLSearchParams(firstQuery);
       nextQuery.set("starting_after", page.data[page.data.length - 1].id);
-      next.href = "/console?" + nextQuery.toString();
+      next.href = `/console?${nextQuery}`;
     }
     const count = page.data.length;
-    say(`${count} run${count === 1 ? "" : "s"} shown${status ? ` with status ${words(status)}` : ""}.`);
+    const shown = `${count} run${count === 1 ? "" : "s"} shown${status ? ` with status ${words(status)}` : ""}`;
+    document.getElementById("runs-count").textContent = `${shown}, newest first${page.has_more ? "; more on the next page" : ""}.`;
+    say("");
   }
 
   // --- one run ------------------------------------------------------------------------------------
@@ -221,7 +226,7 @@
     return seenQuestion ? "Outside a question" : "Opening";
   }
 
-  // The transcript grouped by question (consecutive messages with the same question_id), in order.
+  // The transcript grouped by question (consecutive messages of the same question), in order.
   function renderTranscript(run, audio) {
     const questions = new Map(((run.blueprint && run.blueprint.questions) || []).map((q) => [q.id, q]));
     const container = document.getElementById("transcript");
@@ -231,7 +236,8 @@
     let current;
     let seenQuestion = false;
     for (const message of run.transcript || []) {
-      const questionId = message.question_id ?? null;
+      // a participant's message answers the question asked before it (it carries no question_id itself)
+      const questionId = message.question_id ?? (message.role === "user" && list !== null ? current : null);
       if (list === null || questionId !== current) {
         current = questionId;
         const title = groupTitle(questionId, message, questions, seenQuestion);
