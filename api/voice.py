@@ -194,6 +194,8 @@ class VoiceLink:
         self._preroll: deque[PCM] = deque(maxlen=PREROLL_FRAMES)
         self._recognition: RecognitionStream | None = None
         self._segment_frames = 0
+        self._segment = 0  # counts segments, so a late partial caption of an old one is dropped
+        self._partial: asyncio.Task[None] | None = None  # at most one partial request in flight
         self._segment_audio: list[PCM] = []  # kept to decode again if the participant resumes
         self._segment_samples = 0
         self._early: asyncio.Task[str] | None = None  # recognition finished during a pause
@@ -250,8 +252,9 @@ class VoiceLink:
         for task in [self._worker, *self._tasks]:
             if task is not current:
                 task.cancel()
-        if self._early is not None:
-            self._early.cancel()
+        for pending in (self._early, self._partial):
+            if pending is not None:
+                pending.cancel()
         if self._recognition is not None:
             await _quietly(self._recognition.close())
         await self.peer.close()
@@ -366,6 +369,7 @@ class VoiceLink:
                 self._recognition = self.workers.recognition()
             await self._recognition.start()
             self._segment_frames = 0
+            self._segment += 1
             first = np.concatenate(payload)
             self._segment_audio, self._segment_samples = [first], len(first)
             await self._recognition.feed(first)
@@ -376,10 +380,8 @@ class VoiceLink:
             if self._recognition is not None and self._early is None:
                 await self._recognition.feed(payload)
                 self._segment_frames += 1
-                if self._segment_frames % PARTIAL_EVERY_FRAMES == 0:
-                    partial = await self._recognition.partial()
-                    if partial:
-                        self.peer.send_event({"type": "caption", "role": "user", "final": False, "text": partial})
+                if self._segment_frames % PARTIAL_EVERY_FRAMES == 0 and self._partial is None:
+                    self._partial = asyncio.create_task(self._caption(self._recognition, self._segment))
         elif kind == "decision":
             await self._decide(payload)
 
@@ -420,6 +422,18 @@ class VoiceLink:
             )
             if stored is not None:
                 self.peer.send_event({"type": "caption", "role": "user", "final": True, "text": stored.content})
+
+    async def _caption(self, recognition: RecognitionStream, segment: int) -> None:
+        """A partial caption, off the decision path: waiting for it would hold up the end of the turn
+        whenever the worker is behind."""
+        try:
+            partial = await recognition.partial()
+            if partial and segment == self._segment and self._early is None:
+                self.peer.send_event({"type": "caption", "role": "user", "final": False, "text": partial})
+        except Exception as exc:
+            log.debug("partial caption failed: %r", exc)
+        finally:
+            self._partial = None
 
     async def _final_transcript(self) -> str:
         """The early result if the pause became the end of the answer, else finish now."""

@@ -123,6 +123,8 @@ def parse_offer(body: object) -> RTCSessionDescription:
 
 # --- inbound audio ------------------------------------------------------------------------------
 
+MAX_CLOCK_JUMP_S = 1.0  # a frame this much later than its media time starts a new clock offset
+
 
 async def consume_audio(
     track: MediaStreamTrack,
@@ -132,9 +134,15 @@ async def consume_audio(
 ) -> None:
     """Read ``track`` until it ends; hand on every 20 ms of audio as 16 kHz mono ``(pcm320, end_at)``.
 
-    ``end_at`` is the wall-clock time the frame was received (for the newest
-    samples; earlier 20 ms frames cut from the same received frame are dated
-    back by their distance from its end). Received frames of any length are
+    ``end_at`` is the wall-clock time at which the frame's last sample was
+    spoken, on the sender's media clock: the RTP timestamp (``pts``) plus an
+    offset, the smallest ``received - media time`` seen so far, i.e. the frame
+    that travelled fastest. Frames that a jitter buffer or a busy loop hands on
+    in a bunch keep their real spacing, so a 500 ms silence window is 500 ms of
+    the participant's silence, and any delivery delay shows up after T0 instead
+    of being hidden inside it. The offset is reset when the media clock jumps by
+    more than ``MAX_CLOCK_JUMP_S`` (a new RTP stream); frames without a ``pts``
+    count samples instead. Received frames of any length are
     buffered into exact 320-sample frames. aiortc's Opus decoder gives s16
     stereo at 48 kHz: the fast path, :class:`~media.resample.Downsampler48to16`
     (which delays by 15 samples, 0.94 ms); anything else (e.g. G.711 at 8 kHz)
@@ -143,6 +151,8 @@ async def consume_audio(
     downsampler: Downsampler48to16 | None = None
     fallback: Any = None  # av.AudioResampler, built on first use
     pending = np.empty(0, dtype=np.int16)
+    offset: float | None = None  # wall clock minus media clock, from the least-delayed frame
+    counted = 0.0  # media seconds by sample count, for frames without a pts
     while True:
         try:
             frame = await track.recv()
@@ -151,6 +161,15 @@ async def consume_audio(
         received_at = clock()
         if not isinstance(frame, av.AudioFrame):
             continue
+        if frame.pts is not None and frame.time_base is not None:
+            media_end = float(frame.pts * frame.time_base) + frame.samples / frame.sample_rate
+        else:
+            counted += frame.samples / frame.sample_rate
+            media_end = counted
+        lateness = received_at - media_end
+        if offset is None or lateness < offset or lateness - offset > MAX_CLOCK_JUMP_S:
+            offset = lateness
+        spoken_at = offset + media_end
         if frame.format.name in ("s16", "s16p") and frame.sample_rate == 48_000:
             channels = len(frame.layout.channels)
             if downsampler is None or downsampler.channels != channels:
@@ -165,7 +184,7 @@ async def consume_audio(
         n = len(pending) // FRAME_SAMPLES
         for i in range(n):
             out = pending[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]
-            on_frame(out, received_at - (len(pending) - (i + 1) * FRAME_SAMPLES) / SAMPLE_RATE)
+            on_frame(out, spoken_at - (len(pending) - (i + 1) * FRAME_SAMPLES) / SAMPLE_RATE)
         pending = pending[n * FRAME_SAMPLES :]
 
 

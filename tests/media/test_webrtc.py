@@ -551,3 +551,40 @@ async def test_consume_audio_buffers_odd_sized_and_foreign_frames() -> None:
     await consume_audio(Odd([mono8k(i) for i in range(50)]), lambda p, t: got.append((p, t)))
     assert 47 <= len(got) <= 50 and all(len(p) == FRAME_SAMPLES for p, _ in got)
     assert abs(dominant_hz(np.concatenate([p for p, _ in got[5:]]), SAMPLE_RATE) - 440.0) < 5.0
+
+
+async def test_frames_delivered_in_a_bunch_keep_the_time_they_were_spoken() -> None:
+    """A stall (jitter buffer, busy loop) delivers 10 frames at once: their times stay 20 ms apart on
+    the sender's clock, anchored at the least-delayed frame; a new RTP stream re-anchors."""
+
+    class Scripted(MediaStreamTrack):
+        kind = "audio"
+
+        def __init__(self, script: list[tuple[int, float]]) -> None:
+            super().__init__()
+            self.script = script  # (pts at 48 kHz, wall-clock arrival)
+            self.now = 0.0
+
+        async def recv(self) -> AudioFrame:
+            if not self.script:
+                raise MediaStreamError
+            pts, self.now = self.script.pop(0)
+            frame = AudioFrame.from_ndarray(np.zeros((1, 960 * 2), np.int16), format="s16", layout="stereo")
+            frame.sample_rate = RATE48
+            frame.pts = pts
+            frame.time_base = fractions.Fraction(1, RATE48)
+            return frame
+
+    base = 123_456_000
+    arrivals = [(base + 960 * i, 1000.0 + 0.02 * (i + 1) + 0.005) for i in range(10)]  # 5 ms late each
+    arrivals += [(base + 960 * i, 1000.0 + 0.4 + 0.001 * i) for i in range(10, 20)]  # stalled, then a burst
+    arrivals += [(7_000 + 960 * i, 2000.0 + 0.02 * (i + 1)) for i in range(5)]  # new stream, new clock
+    track = Scripted(arrivals)
+    got: list[float] = []
+    await consume_audio(track, lambda pcm, at: got.append(at), clock=lambda: track.now)
+    assert len(got) == 25  # one 16 kHz frame of 320 samples per received 20 ms frame
+    for i in range(1, 20):
+        assert abs(got[i] - got[i - 1] - 0.02) < 1e-6, (i, got[i] - got[i - 1])
+    assert abs(got[19] - 1000.405) < 1e-6  # spoken 5 ms before the punctual frames arrived, not at 1000.409
+    assert abs(got[20] - 2000.02) < 1e-6
+    assert all(abs(got[i] - got[i - 1] - 0.02) < 1e-6 for i in range(21, 25))
