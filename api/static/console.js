@@ -322,6 +322,13 @@
     document.getElementById("legend").replaceChildren(...items);
   }
 
+  // A round axis step (1, 2 or 5 times a power of ten) close to rough.
+  function niceStep(rough) {
+    const power = 10 ** Math.floor(Math.log10(rough));
+    const steps = [1, 2, 5, 10].map((m) => m * power);
+    return steps.find((step) => step >= rough) ?? steps[steps.length - 1];
+  }
+
   // One row per assistant message with a breakdown: the stages stacked left to right, network underneath.
   // Every bar's width is its value times one scale, so bars compare across rows.
   function renderWaterfall(run) {
@@ -354,12 +361,13 @@
       "data-ms-per-unit": 1 / scale,
     });
     root.append(svg("title", { id: "waterfall-title" }, "Latency waterfall per interviewer message"));
-    for (const fraction of [0, 0.25, 0.5, 0.75, 1]) {
-      const x = LABEL + BARS * fraction;
+    const step = niceStep(largest / 5);
+    for (let i = 0; i * step <= largest; i++) {
+      const tick = Number((i * step).toPrecision(6));
+      const x = LABEL + tick * scale;
       root.append(
         svg("line", { x1: x, x2: x, y1: TOP - 6, y2: height, class: "grid" }),
-        svg("text", { x, y: TOP - 10, class: "axis", "text-anchor": fraction === 0 ? "start" : "middle" },
-          `${Math.round(largest * fraction)} ms`),
+        svg("text", { x, y: TOP - 10, class: "axis", "text-anchor": tick === 0 ? "start" : "middle" }, `${tick} ms`),
       );
     }
     rows.forEach((message, i) => {
