@@ -643,7 +643,7 @@
     voice.seen.clear();
     for (const message of event.messages || []) addCaption(message);
     setStatus(event.resumed ? "Reconnected" : "Connected");
-    setVoiceState("listening");
+    setVoiceState(event.resumed ? "listening" : "thinking"); // a new session starts with the greeting
   }
 
   function setVoiceState(name) {
@@ -753,6 +753,7 @@
     vui.call.hidden = true;
     vui.error.hidden = false;
     setStatus(title);
+    vui.retry.disabled = false; // a disabled button cannot take focus
     vui.retry.focus();
   }
 

@@ -48,13 +48,18 @@ STATE_TEXT = {
 }
 
 
-def microphone(path: Path, *parts: str | float) -> Path:
-    """A WAV for the fake microphone: fixture answers (by id) and silences (seconds), at 48 kHz."""
+def microphone(path: Path, *parts: str | float, trim: bool = False) -> Path:
+    """A WAV for the fake microphone: fixture answers (by id) and silences (seconds), at 48 kHz.
+
+    ``trim`` cuts the fixtures' own leading and trailing silence.
+    """
     pieces = []
     for part in parts:
         if isinstance(part, str):
             pcm, rate = sf.read(FIXTURES / MANIFEST[part]["file"], dtype="int16")
             assert rate == 16_000
+            if trim:
+                pcm = pcm[int(MANIFEST[part]["speech_start_s"] * rate) : int(MANIFEST[part]["speech_end_s"] * rate)]
             up = Upsampler(16_000, 48_000)
             pieces += [up.process(pcm), up.flush()]
         else:
@@ -99,6 +104,17 @@ async def open_with_microphone(launch: Launch, wav: Path, **context: Any) -> Any
     return await launch([*FAKE_MEDIA, f"--use-file-for-fake-audio-capture={wav}"], **context)
 
 
+# What the participant saw in the interviewer's state line, in order (states can be brief: polling would miss some).
+RECORD_STATES = """(() => {
+  window.__states = [];
+  new MutationObserver(() => {
+    const label = document.getElementById("voice-state");
+    const text = label && !label.closest("[hidden]") ? label.textContent : null;
+    if (text && window.__states[window.__states.length - 1] !== text) window.__states.push(text);
+  }).observe(document, { subtree: true, childList: true, characterData: true, attributes: true });
+})();"""
+
+
 async def test_a_voice_interview_spoken_into_the_fake_microphone(
     voice_server: Server, launch: Launch, tmp_path: Path
 ) -> None:
@@ -107,6 +123,7 @@ async def test_a_voice_interview_spoken_into_the_fake_microphone(
     # the greeting and the question take ~3 s to speak; then the answer; the loop repeats it later
     wav = microphone(tmp_path / "mic.wav", 5.0, "job", 6.0)
     page = await open_with_microphone(launch, wav)
+    await page.add_init_script(RECORD_STATES)
     await page.goto(run["join_url"])
     timeout = 20_000 * UNIT
     start = page.get_by_role("button", name="Start the interview")
@@ -116,9 +133,8 @@ async def test_a_voice_interview_spoken_into_the_fake_microphone(
 
     state = page.locator("#voice-state")
     captions = page.locator("#voice-captions")
-    await expect(state).to_have_text(STATE_TEXT["speaking"], timeout=timeout)
     await expect(captions).to_contain_text("Interviewer: What do you do for a living?", timeout=timeout)
-    await expect(state).to_have_text(STATE_TEXT["listening"], timeout=timeout)
+    await expect(state).to_have_text(STATE_TEXT["listening"], timeout=timeout)  # the question has been spoken
     # the answer plays: the meter moves, and a caption of it appears
     await meter_reaches(page, 0.3)
     answer = captions.locator(".caption--user").first
@@ -131,6 +147,11 @@ async def test_a_voice_interview_spoken_into_the_fake_microphone(
     await expect(page.locator("#end-text")).to_contain_text("Thank you for taking part")
     await expect(page.get_by_role("button", name="Hang up")).to_be_hidden()
     await expect(captions).to_be_visible()  # the conversation can be read back
+    seen = await page.evaluate("() => window.__states")
+    speaking, listening = STATE_TEXT["speaking"], STATE_TEXT["listening"]
+    assert seen[:3] == ["Connecting…", STATE_TEXT["thinking"], speaking], seen  # then the greeting is spoken
+    turns = [s for s in seen if s in (speaking, listening)]
+    assert turns[:2] == [speaking, listening] and speaking in turns[2:], seen  # the answer; the closing
     await screenshot(page, "join-voice-completed")
 
     done = await server.wait_status(run["id"], "completed", timeout=10)
@@ -142,3 +163,170 @@ async def test_a_voice_interview_spoken_into_the_fake_microphone(
     shown = await answer.inner_text()
     assert words(shown) & said, shown  # the caption shows what was understood
     assert [s["type"] for s in done["sessions"]] == ["voice"]
+
+
+COUNT_MEDIA = """(() => {
+  window.__media = { getUserMedia: 0, peers: 0 };
+  const devices = navigator.mediaDevices;
+  const getUserMedia = devices.getUserMedia.bind(devices);
+  devices.getUserMedia = (constraints) => { window.__media.getUserMedia += 1; return getUserMedia(constraints); };
+  const Peer = window.RTCPeerConnection;
+  window.RTCPeerConnection = function (config) { window.__media.peers += 1; return new Peer(config); };
+  window.RTCPeerConnection.prototype = Peer.prototype;
+})();"""
+
+NO_DEVICE_ONCE = """(() => {
+  const devices = navigator.mediaDevices;
+  const getUserMedia = devices.getUserMedia.bind(devices);
+  let calls = 0;
+  devices.getUserMedia = (constraints) => (calls++ === 0
+    ? Promise.reject(new DOMException("Requested device not found", "NotFoundError"))
+    : getUserMedia(constraints));
+})();"""
+
+
+async def test_the_microphone_is_requested_only_when_start_is_pressed(
+    voice_server: Server, launch: Launch, tmp_path: Path
+) -> None:
+    run = await voice_run(voice_server)
+    page = await open_with_microphone(launch, microphone(tmp_path / "mic.wav", 1.0, "home", 1.0))
+    await page.add_init_script(COUNT_MEDIA)
+    offers: list[str] = []
+    page.on("request", lambda request: offers.append(request.url) if request.url.endswith("/offer") else None)
+    await page.goto(run["join_url"])
+    timeout = 20_000 * UNIT
+    await expect(page.locator("#status")).to_have_text("Ready when you are", timeout=timeout)
+    start = page.get_by_role("button", name="Start the interview")
+    await expect(start).to_be_visible()
+    await expect(page.get_by_role("button", name="Hang up")).to_be_hidden()
+    assert await page.evaluate("() => window.__media") == {"getUserMedia": 0, "peers": 0}
+    assert offers == []
+    await page.keyboard.press("Tab")  # the first stop in the focus order is the start button
+    assert await page.evaluate("() => document.activeElement.id") == "voice-start-button"
+    await screenshot(page, "join-voice-start")
+    assert (await voice_server.get_run(run["id"]))["status"] == "pending"  # nobody has joined
+
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#voice-captions")).to_contain_text("Interviewer: Hello.", timeout=timeout)
+    assert await page.evaluate("() => window.__media") == {"getUserMedia": 1, "peers": 1}
+    assert len(offers) == 1
+    await voice_server.wait_status(run["id"], "in_progress")
+
+
+async def test_a_blocked_microphone_is_explained(voice_server: Server, launch: Launch) -> None:
+    run = await voice_run(voice_server)
+    page = await launch(["--use-fake-device-for-media-stream"])  # no fake UI: the permission is refused
+    await page.goto(run["join_url"])
+    await page.get_by_role("button", name="Start the interview").click()
+    error = page.locator("#voice-error")
+    await expect(error).to_be_visible(timeout=10_000 * UNIT)
+    await expect(page.locator("#voice-error-title")).to_have_text("Microphone blocked")
+    await expect(error).to_contain_text("Allow microphone access for this site")
+    retry = page.get_by_role("button", name="Try again")
+    await expect(retry).to_be_focused()
+    await expect(page.locator("#status")).to_have_text("Microphone blocked")
+    await screenshot(page, "join-voice-microphone-blocked")
+    assert (await voice_server.get_run(run["id"]))["status"] == "pending"
+
+
+async def test_no_microphone_is_explained_and_try_again_connects_once_there_is_one(
+    voice_server: Server, launch: Launch, tmp_path: Path
+) -> None:
+    run = await voice_run(voice_server)
+    page = await open_with_microphone(launch, microphone(tmp_path / "mic.wav", 1.0, "home", 1.0))
+    await page.add_init_script(NO_DEVICE_ONCE)  # the first request finds no device; then one is plugged in
+    await page.goto(run["join_url"])
+    await page.get_by_role("button", name="Start the interview").click()
+    timeout = 20_000 * UNIT
+    await expect(page.locator("#voice-error-title")).to_have_text("No microphone found", timeout=timeout)
+    await expect(page.locator("#voice-error")).to_contain_text("Connect a microphone or a headset")
+    await screenshot(page, "join-voice-no-microphone")
+    await page.get_by_role("button", name="Try again").click()
+    await expect(page.locator("#voice-captions")).to_contain_text("Interviewer: Hello.", timeout=timeout)
+    await expect(page.locator("#voice-error")).to_be_hidden()
+
+
+async def test_a_failed_connection_is_explained_and_try_again_connects(
+    voice_server: Server, launch: Launch, tmp_path: Path
+) -> None:
+    run = await voice_run(voice_server)
+    page = await open_with_microphone(launch, microphone(tmp_path / "mic.wav", 1.0, "home", 1.0))
+
+    async def refuse(route: Any) -> None:
+        await route.fulfill(status=503, json={"error": {"type": "unavailable", "message": "Server busy"}})
+
+    await page.route("**/offer", refuse)
+    await page.goto(run["join_url"])
+    await page.get_by_role("button", name="Start the interview").click()
+    timeout = 20_000 * UNIT
+    error = page.locator("#voice-error")
+    await expect(page.locator("#voice-error-title")).to_have_text("Could not connect", timeout=timeout)
+    await expect(error).to_contain_text("Check your internet connection")
+    await expect(error).to_contain_text("Server busy")
+    await screenshot(page, "join-voice-connection-failed")
+    await page.unroute("**/offer")
+    await page.get_by_role("button", name="Try again").click()
+    await expect(page.locator("#voice-captions")).to_contain_text("Interviewer: Hello.", timeout=timeout)
+
+
+async def test_mute_silences_the_microphone_and_hang_up_ends_the_session(
+    voice_server: Server, launch: Launch, tmp_path: Path
+) -> None:
+    server = voice_server
+    run = await voice_run(server, idle_timeout_s=20)  # rejoin grace: 20 s x TIME_SCALE
+    # talking without a pause long enough to end a turn: the interview stays on its first question
+    wav = microphone(tmp_path / "mic.wav", "job", 0.15, "home", 0.15, "breakfast", 0.15, trim=True)
+    page = await open_with_microphone(launch, wav)
+    await page.goto(run["join_url"])
+    await page.get_by_role("button", name="Start the interview").click()
+    timeout = 20_000 * UNIT
+    await expect(page.locator("#voice-captions")).to_contain_text("Interviewer: Hello.", timeout=timeout)
+    await meter_reaches(page, 0.3)
+
+    mute = page.get_by_role("button", name="Mute")
+    await mute.click()
+    await expect(page.get_by_role("button", name="Unmute")).to_be_visible()
+    await expect(page.locator("#voice-muted")).to_be_visible()
+    await meter_reaches(page, zero=True, timeout=5)  # a muted track carries silence
+    assert await page.evaluate("() => document.activeElement.textContent") == "Unmute"
+    await screenshot(page, "join-voice-muted")
+    await page.get_by_role("button", name="Unmute").click()
+    await expect(page.locator("#voice-muted")).to_be_hidden()
+    await meter_reaches(page, 0.3)
+
+    await page.get_by_role("button", name="Hang up").click()
+    await expect(page.locator("#end")).to_be_visible()
+    await expect(page.locator("#end-text")).to_contain_text("You left the interview")
+    await expect(page.get_by_role("button", name="Hang up")).to_be_hidden()
+    await screenshot(page, "join-voice-hung-up")
+
+    async def session_ended() -> bool:
+        sessions = (await server.get_run(run["id"], "sessions"))["sessions"]
+        return len(sessions) == 1 and sessions[0]["status"] == "ended"
+
+    await eventually(session_ended, timeout=10)
+    done = await server.wait_status(run["id"], "completed", timeout=10)  # nobody came back
+    assert done["end_reason"] == "participant_left"
+
+
+async def test_an_ended_voice_run_shows_a_friendly_page(voice_server: Server, launch: Launch, tmp_path: Path) -> None:
+    server = voice_server
+    cancelled = await voice_run(server)
+    status, _ = await server.request("POST", f"/v1/runs/{cancelled['id']}/cancel")
+    assert status == 200
+    page = await open_with_microphone(launch, microphone(tmp_path / "mic.wav", 1.0, "home", 1.0))
+    response = await page.goto(cancelled["join_url"])
+    assert response is not None and response.status == 200
+    assert "cancelled by the researcher" in await page.inner_text("main")
+
+    # cancelled while the participant reads the start screen: Start then says so instead of connecting
+    run = await voice_run(server)
+    await page.goto(run["join_url"])
+    start = page.get_by_role("button", name="Start the interview")
+    await expect(start).to_be_visible(timeout=10_000 * UNIT)
+    status, _ = await server.request("POST", f"/v1/runs/{run['id']}/cancel")
+    assert status == 200
+    await start.click()
+    await expect(page.locator("#end")).to_be_visible(timeout=10_000 * UNIT)
+    await expect(page.locator("#end-text")).to_have_text("The researcher cancelled this interview.")
+    await expect(page.locator("#voice-error")).to_be_hidden()
