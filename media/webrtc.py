@@ -31,7 +31,15 @@ from typing import Any
 import aioice.ice
 import av
 import numpy as np
-from aiortc import RTCConfiguration, RTCDataChannel, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCSessionDescription,
+)
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media.audio import FRAME_SAMPLES, PCM, SAMPLE_RATE
@@ -153,6 +161,7 @@ async def consume_audio(
     pending = np.empty(0, dtype=np.int16)
     offset: float | None = None  # wall clock minus media clock, from the least-delayed frame
     counted = 0.0  # media seconds by sample count, for frames without a pts
+    last_end = 0.0
     while True:
         try:
             frame = await track.recv()
@@ -184,11 +193,29 @@ async def consume_audio(
         n = len(pending) // FRAME_SAMPLES
         for i in range(n):
             out = pending[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]
-            on_frame(out, spoken_at - (len(pending) - (i + 1) * FRAME_SAMPLES) / SAMPLE_RATE)
+            # never earlier than the previous frame, when a faster frame has just moved the offset back
+            last_end = max(spoken_at - (len(pending) - (i + 1) * FRAME_SAMPLES) / SAMPLE_RATE, last_end)
+            on_frame(out, last_end)
         pending = pending[n * FRAME_SAMPLES :]
 
 
 # --- the peer -----------------------------------------------------------------------------------
+
+
+def set_jitter_prefetch(receiver: RTCRtpReceiver, frames: int) -> None:
+    """Hold ``frames`` complete audio frames in the receiver's jitter buffer before handing one on.
+
+    aiortc holds 4 (80 ms of Opus) and offers no option; speech recognition gains nothing from
+    the wait, and every frame of it delays the end-of-speech decision. With 0 a frame goes on as
+    soon as the next packet arrives (20 ms); reordering within the buffer's 16 packets is still
+    put right, since the buffer waits at a gap either way. This reaches into aiortc's private
+    receiver state (pinned version, checked by tests/media/test_webrtc.py).
+    """
+    attribute = "_RTCRtpReceiver__jitter_buffer"
+    current = getattr(receiver, attribute, None)
+    if not isinstance(current, JitterBuffer):
+        raise RuntimeError("aiortc's RTCRtpReceiver no longer has the expected jitter buffer")
+    setattr(receiver, attribute, JitterBuffer(capacity=current.capacity, prefetch=frames))
 
 
 class VoicePeer:
@@ -214,6 +241,7 @@ class VoicePeer:
         on_closed: Callable[[str], None] | None = None,
         ping_interval: float = 2.0,
         speech: SpeechTrack | None = None,
+        jitter_prefetch: int = 0,
     ) -> None:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers or [])))
         self.speech = speech or SpeechTrack()
@@ -221,6 +249,7 @@ class VoicePeer:
         self.on_message = on_message
         self.on_closed = on_closed
         self.ping_interval = ping_interval
+        self.jitter_prefetch = jitter_prefetch
         self.channel: RTCDataChannel | None = None
         self._rtt: float | None = None
         self.last_pong_at: float | None = None  # time.monotonic() of the latest pong
@@ -268,6 +297,8 @@ class VoicePeer:
             audio = [t for t in self.pc.getTransceivers() if t.kind == "audio"]
             if not audio:
                 raise InvalidOffer("the offer has no audio section")
+            for transceiver in audio:
+                set_jitter_prefetch(transceiver.receiver, self.jitter_prefetch)
             self.pc.addTrack(self.speech)  # joins the offered audio transceiver: recvonly -> sendrecv
             answer = await self.pc.createAnswer()
         except (InvalidOffer, OSError, asyncio.CancelledError):
