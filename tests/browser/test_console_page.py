@@ -133,6 +133,15 @@ async def test_a_researcher_reads_a_chat_run_in_the_console(server: Server, page
     assert cells[4].endswith(" s") and cells[0][:4].isdigit()
     await page.locator(f'#runs tr[data-run-id="{cancelled["id"]}"]').wait_for()
     assert await page.locator("#runs img").count() == 0
+    assert server.api_key not in await page.evaluate("document.cookie")  # HttpOnly: scripts cannot read the key
+
+    # the keyboard walks the page in reading order: skip link, home, sign out, the filter, then the runs
+    focused = []
+    for _ in range(6):
+        await page.keyboard.press("Tab")
+        focused.append(await page.evaluate("document.activeElement.id || document.activeElement.textContent.trim()"))
+    assert focused[:5] == ["Skip to content", "vivavoce console", "sign-out", "status-filter", "Filter"]
+    assert await page.evaluate("document.activeElement.closest('tr').dataset.runId") == cancelled["id"]
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "console-runs.png"))
 
