@@ -32,6 +32,15 @@ FRAME = 960  # 20 ms at 48 kHz
 AUDIBLE_RMS = 200.0  # int16 RMS above which a received frame counts as interviewer speech
 
 
+@dataclass
+class Speech:
+    """One queued utterance: ``started`` and ``done`` resolve with the wall time its first and last frame were sent."""
+
+    pcm48: PCM
+    started: asyncio.Future[float]
+    done: asyncio.Future[float]
+
+
 class CallerTrack(MediaStreamTrack):
     """The caller's microphone: queued utterances in real time, silence otherwise."""
 
@@ -40,19 +49,29 @@ class CallerTrack(MediaStreamTrack):
     def __init__(self, *, mute: bool = False) -> None:
         super().__init__()
         self.mute = mute  # send no audio at all (not even silence): a broken microphone
-        self._queue: deque[tuple[PCM, asyncio.Future[float]]] = deque()
-        self._current: tuple[PCM, asyncio.Future[float]] | None = None
+        self._queue: deque[Speech] = deque()
+        self._current: Speech | None = None
         self._offset = 0
         self._start: float | None = None
         self._pts = 0
 
     def say(self, pcm16k: PCM) -> asyncio.Future[float]:
         """Queue an utterance (16 kHz mono); the future resolves with the wall time its last frame was sent."""
+        return self.speak(pcm16k).done
+
+    def speak(self, pcm16k: PCM) -> Speech:
+        """Queue an utterance (16 kHz mono); its futures tell when its first and last frame were sent."""
         up = Upsampler(16_000, RATE)
         pcm48 = np.concatenate([up.process(pcm16k), up.flush()])
-        done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self._queue.append((pcm48, done))
-        return done
+        loop = asyncio.get_running_loop()
+        speech = Speech(pcm48, loop.create_future(), loop.create_future())
+        self._queue.append(speech)
+        return speech
+
+    @property
+    def speaking(self) -> bool:
+        """An utterance is being sent or waits in the queue."""
+        return self._current is not None or bool(self._queue)
 
     async def recv(self) -> AudioFrame:
         if self.mute:
@@ -67,8 +86,10 @@ class CallerTrack(MediaStreamTrack):
         samples = np.zeros(FRAME, dtype=np.int16)
         if self._current is None and self._queue:
             self._current, self._offset = self._queue.popleft(), 0
+            if not self._current.started.done():
+                self._current.started.set_result(time.time())
         if self._current is not None:
-            pcm, done = self._current
+            pcm, done = self._current.pcm48, self._current.done
             chunk = pcm[self._offset : self._offset + FRAME]
             samples[: len(chunk)] = chunk
             self._offset += FRAME
@@ -104,12 +125,22 @@ class Heard:
         return None
 
 
+class OfferRefused(ConnectionError):
+    """The server answered the offer with an error status (``status``)."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"offer refused: {status} {body}")
+        self.status = status
+        self.body = body
+
+
 class VoiceCaller:
     def __init__(self, *, ice_servers: list[Any] | None = None, mute: bool = False) -> None:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers or [])))
         self.mic = CallerTrack(mute=mute)
         self.heard = Heard()
         self.events: list[dict[str, Any]] = []
+        self.event_times: list[float] = []  # wall time each of ``events`` arrived
         self._changed = asyncio.Condition()
         self._tasks: set[asyncio.Task[None]] = set()
         self.channel = self.pc.createDataChannel("events")
@@ -118,19 +149,34 @@ class VoiceCaller:
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._notify)
 
-    async def join(self, http: aiohttp.ClientSession, join_url: str, *, timeout: float = 10.0) -> None:
-        """Offer through ``POST {join_url}/offer`` and wait until connected."""
+    async def join(
+        self, http: aiohttp.ClientSession, join_url: str, *, timeout: float = 10.0, follow_redirects: bool = True
+    ) -> None:
+        """Offer through ``POST {join_url}/offer`` and wait until connected (:class:`OfferRefused` on an error)."""
         await self.pc.setLocalDescription(await self.pc.createOffer())
         offer = {"sdp": self.pc.localDescription.sdp, "type": self.pc.localDescription.type}
-        async with http.post(join_url + "/offer", json=offer, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-            body = await resp.json()
-            if resp.status != 200:
-                raise ConnectionError(f"offer refused: {resp.status} {body}")
+        async with http.post(
+            join_url + "/offer",
+            json=offer,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            allow_redirects=follow_redirects,
+        ) as resp:
+            text = await resp.text()
+            try:
+                body = json.loads(text)
+            except ValueError:
+                body = text[:200]
+            if resp.status != 200 or not isinstance(body, dict):
+                raise OfferRefused(resp.status, body)
         await self.pc.setRemoteDescription(RTCSessionDescription(body["sdp"], body["type"]))
         await self.wait_for(lambda: self.pc.connectionState == "connected", timeout)
 
     def say(self, pcm16k: PCM) -> asyncio.Future[float]:
         return self.mic.say(pcm16k)
+
+    def speak(self, pcm16k: PCM) -> Speech:
+        """Like :meth:`say`, also telling when the utterance's first frame was sent."""
+        return self.mic.speak(pcm16k)
 
     async def wait_event(
         self, predicate: Callable[[dict[str, Any]], bool], timeout: float, *, after: int = 0
@@ -180,6 +226,7 @@ class VoiceCaller:
                 self.channel.send(json.dumps({"type": "pong", "t": event.get("t")}))
                 return
             self.events.append(event)
+            self.event_times.append(time.time())
             self._notify()
 
     def _notify(self) -> None:

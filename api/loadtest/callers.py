@@ -4,9 +4,12 @@ A caller gets a :class:`JoinTarget` (a join URL, already checked to be on the
 target origin) and returns a :class:`SessionRecord`: what it measured and how
 the session ended. Scheduling (ramp, budgets, deadlines) and the comparison
 with the server's stored data are the runner's job, so a voice caller only has
-to implement :meth:`Caller.session` the same way and register in ``CALLERS``.
+to implement :meth:`Caller.session` the same way and register in ``CALLERS``
+(:class:`api.loadtest.voice.VoiceSimCaller`, the WebRTC participant, is loaded
+only when asked for, by :func:`caller_class`).
 
-Measures, all on the caller's clock (``time.perf_counter``):
+Chat measures, all on the caller's clock (``time.perf_counter``); the voice caller's are in
+:mod:`api.loadtest.voice`:
 
 * ``join_ms``: websocket connect started → ``session.ready`` received (first connection of the run).
 * ``first_message_ms``: websocket connect started → first interviewer ``message`` frame.
@@ -59,6 +62,8 @@ class Utterance:
     sent_at: float | None = None  # perf_counter when last written to a socket
     acked: bool = False
     sends: int = 0
+    answer_id: str | None = None  # voice: the pre-rendered answer spoken
+    optional: bool = False  # voice: cut short by a drop or the run's end, so the server may not have it
 
 
 @dataclass
@@ -69,6 +74,8 @@ class Turn:
     reply_id: str | None = None  # the interviewer message that answered it
     reply_kind: str | None = None
     interrupted: bool = False  # a reconnect came between the answer and the reply: not measured
+    barge_in: bool = False  # voice: spoken over the interviewer
+    overlap: bool = False  # voice: the interviewer was audible when the caller stopped speaking: not measured
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -78,6 +85,8 @@ class Turn:
             "reply_id": self.reply_id,
             "reply_kind": self.reply_kind,
             "interrupted": self.interrupted,
+            "barge_in": self.barge_in,
+            "overlap": self.overlap,
         }
 
 
@@ -100,6 +109,8 @@ class SessionRecord:
     join_ms: float | None = None
     rejoin_ms: list[float] = field(default_factory=list)
     first_message_ms: float | None = None
+    first_audio_ms: float | None = None  # voice: offer sent → first audible interviewer frame
+    barge_ins: list[dict[str, Any]] = field(default_factory=list)  # voice: see api.loadtest.voice
     turns: list[Turn] = field(default_factory=list)
     utterances: list[Utterance] = field(default_factory=list)
     reconnects: int = 0
@@ -129,8 +140,14 @@ class SessionRecord:
             "join_ms": _r(self.join_ms),
             "rejoin_ms": [_r(x) for x in self.rejoin_ms],
             "first_message_ms": _r(self.first_message_ms),
+            "first_audio_ms": _r(self.first_audio_ms),
+            "barge_ins": self.barge_ins,
             "turns": [t.as_json() for t in self.turns],
-            "utterances": [{"client_id": u.client_id, "acked": u.acked, "sends": u.sends} for u in self.utterances],
+            "utterances": [
+                {"client_id": u.client_id, "acked": u.acked, "sends": u.sends}
+                | ({"answer_id": u.answer_id, "content": u.content, "optional": u.optional} if u.answer_id else {})
+                for u in self.utterances
+            ],
             "reconnects": self.reconnects,
             "frames_in": self.frames_in,
             "frames_out": self.frames_out,
@@ -183,6 +200,8 @@ class CallerContext:
     deadline: float  # loop.time() after which every session is abandoned
     start_gate: asyncio.Event | None = None  # answers wait for it (all callers start together)
     on_ready: Callable[[int], None] | None = None  # called with the caller's index at each session.ready
+    media_timeout_s: float = 5.0  # voice: no audio from the server for this long drops the connection
+    voice: Any = None  # voice: the loaded answers (api.loadtest.voice.VoiceAnswers)
 
 
 class Caller(abc.ABC):
@@ -469,3 +488,12 @@ class ChatCaller(Caller):
 
 
 CALLERS: dict[str, type[Caller]] = {ChatCaller.kind: ChatCaller}
+
+
+def caller_class(kind: str) -> type[Caller]:
+    """The caller class for a kind; the voice caller (aiortc, numpy) is imported on first use."""
+    if kind == "voice" and kind not in CALLERS:
+        from api.loadtest.voice import VoiceSimCaller
+
+        CALLERS[kind] = VoiceSimCaller
+    return CALLERS[kind]

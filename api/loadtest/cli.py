@@ -19,7 +19,7 @@ from typing import Any
 from rich.console import Console
 
 from api.loadtest.callers import Counters
-from api.loadtest.config import CALLER_KINDS, ConfigError, LoadtestConfig, Persona, Slo, check_target, read_join_urls
+from api.loadtest.config import KINDS, ConfigError, LoadtestConfig, Persona, Slo, check_target, read_join_urls
 from api.loadtest.report import build_report, print_summary, samples
 from api.loadtest.runner import run_loadtest
 
@@ -30,7 +30,10 @@ examples:
   vivavoce loadtest --url http://127.0.0.1:8080 --api-key $KEY --channel chn_... --callers 20 --runs 100
   vivavoce loadtest --url http://127.0.0.1:8080 --api-key $KEY --channel chn_... --callers 50 --ramp-s 10 \\
       --duration-s 60 --report out.json --plot out.png --slo p95_turn_ms=900 p99_join_ms=2000
-SLO keys: p50_/p95_/p99_ + join_ms, first_message_ms, turn_ms (milliseconds; the test fails above them).
+  vivavoce loadtest --url http://127.0.0.1:8080 --api-key $KEY --channel chn_chat chn_voice --callers 4 --runs 8
+      (callers alternate between the channels; a webrtc_voice channel gets WebRTC callers speaking fixtures)
+SLO keys: p50_/p95_/p99_ + join_ms, first_message_ms, turn_ms, first_audio_ms, barge_in_ms
+(milliseconds; the test fails above them).
 Only loopback targets unless --allow-remote; every request goes to the --url origin only.
 """
 
@@ -53,7 +56,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     target = p.add_argument_group("target")
     target.add_argument("--url", required=True, help="the server's base URL, e.g. http://127.0.0.1:8080")
     target.add_argument("--api-key", help="API key (env VIVAVOCE_API_KEY); needed to create and check runs")
-    target.add_argument("--channel", help="channel id (chn_…) for the runs it creates")
+    target.add_argument(
+        "--channel",
+        nargs="+",
+        action="extend",
+        metavar="CHANNEL",
+        help="channel id(s) (chn_…) for the runs it creates; with several, caller i uses the (i mod n)-th; "
+        "a webrtc_voice channel gets voice callers",
+    )
     target.add_argument("--blueprint", help="blueprint id (bp_…); default: the newest published one")
     target.add_argument("--join-urls", type=Path, help="file of join URLs (one a line) to use instead of creating runs")
     target.add_argument(
@@ -65,8 +75,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     how_long = load.add_mutually_exclusive_group()
     how_long.add_argument("--duration-s", type=float, help="keep starting new runs for this long")
     how_long.add_argument("--runs", type=int, help="stop after this many runs in total (default: one per caller)")
-    load.add_argument("--persona", type=Path, help="persona JSON (typing delay distribution, answers, …)")
-    load.add_argument("--kind", choices=CALLER_KINDS, default="chat", help="caller kind (default chat)")
+    load.add_argument(
+        "--persona", type=Path, help="persona JSON (typing delay, answers, voice pauses and barge-ins, …)"
+    )
+    load.add_argument(
+        "--kind",
+        choices=KINDS,
+        default="auto",
+        help="caller kind (default auto: from each channel's type; chat with --join-urls)",
+    )
     load.add_argument(
         "--sync-start", action="store_true", help="answer only once every caller's first session is ready"
     )
@@ -83,6 +100,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     limits.add_argument("--read-timeout-s", type=float, default=60.0, help="drop a socket silent this long (60)")
     limits.add_argument(
         "--reconnect-window-s", type=float, default=15.0, help="a dropped session retries this long, then fails (15)"
+    )
+    limits.add_argument(
+        "--media-timeout-s", type=float, default=5.0, help="voice: drop a peer that sends no audio this long (5)"
     )
     limits.add_argument("--max-consecutive-failures", type=int, default=3, help="a caller stops after this many (3)")
     limits.add_argument("--grace-s", type=float, default=60.0, help="with --duration-s: time for runs to finish (60)")
@@ -104,7 +124,8 @@ def config_from_args(args: argparse.Namespace) -> LoadtestConfig:
     return LoadtestConfig(
         url=args.url,
         api_key=args.api_key or os.environ.get("VIVAVOCE_API_KEY") or None,
-        channel_id=args.channel,
+        channel_id=args.channel[0] if args.channel else None,
+        more_channel_ids=tuple(args.channel[1:]) if args.channel else (),
         blueprint_id=args.blueprint,
         callers=args.callers,
         ramp_s=args.ramp_s,
@@ -119,6 +140,7 @@ def config_from_args(args: argparse.Namespace) -> LoadtestConfig:
         request_timeout_s=args.request_timeout_s,
         read_timeout_s=args.read_timeout_s,
         reconnect_window_s=args.reconnect_window_s,
+        media_timeout_s=args.media_timeout_s,
         max_consecutive_failures=args.max_consecutive_failures,
         grace_s=args.grace_s,
         deadline_s=args.deadline_s,
@@ -155,7 +177,8 @@ async def execute(
     if plot_path is not None:
         from api.loadtest.plot import write_plot
 
-        title = f"{config.kind} loadtest: {config.callers} callers, {report['summary']['sessions']} sessions"
+        kinds = "+".join(sorted(report["summary"]["kinds"])) or config.kind
+        title = f"{kinds} loadtest: {config.callers} callers, {report['summary']['sessions']} sessions"
         write_plot(plot_path, samples(result), report["timeline"], title=title)
         console.print(f"plot: {plot_path}")
     return report

@@ -152,14 +152,14 @@ class Delay:
         return min(max(x, self.min), self.max)
 
     @classmethod
-    def from_json(cls, data: Any) -> Delay:
+    def from_json(cls, data: Any, *, name: str = "typing_delay_ms") -> Delay:
         """A number (fixed delay) or ``{"distribution": ..., params}``; ``min``/``max`` clamp (uniform: the range)."""
         if isinstance(data, int | float) and not isinstance(data, bool):
             if data < 0:
-                raise ConfigError("typing_delay_ms must not be negative")
+                raise ConfigError(f"{name} must not be negative")
             return cls(distribution="fixed", value=float(data))
         if not isinstance(data, dict):
-            raise ConfigError("typing_delay_ms must be a number or an object with a 'distribution'")
+            raise ConfigError(f"{name} must be a number or an object with a 'distribution'")
         params = dict(data)
         dist = params.pop("distribution", "lognormal")
         if dist not in DISTRIBUTIONS:
@@ -174,20 +174,19 @@ class Delay:
         unknown = set(params) - allowed
         if unknown:
             raise ConfigError(
-                f"typing_delay_ms ({dist}): unknown field(s) {', '.join(sorted(unknown))}; "
-                f"expected {', '.join(sorted(allowed))}"
+                f"{name} ({dist}): unknown field(s) {', '.join(sorted(unknown))}; expected {', '.join(sorted(allowed))}"
             )
         values: dict[str, float] = {}
         for k, v in params.items():
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
-                raise ConfigError(f"typing_delay_ms ({dist}): {k} must be a non-negative number")
+                raise ConfigError(f"{name} ({dist}): {k} must be a non-negative number")
             values[k] = float(v)
         if dist == "uniform":
             if "min" not in values or "max" not in values or values["max"] < values["min"]:
-                raise ConfigError("typing_delay_ms (uniform) needs min and max, with max >= min")
+                raise ConfigError(f"{name} (uniform) needs min and max, with max >= min")
             values["low"], values["high"] = values["min"], values["max"]
         if values.get("max", math.inf) < values.get("min", 0.0):
-            raise ConfigError(f"typing_delay_ms ({dist}): max must be at least min")
+            raise ConfigError(f"{name} ({dist}): max must be at least min")
         return cls(distribution=dist, **values)
 
     def as_json(self) -> dict[str, Any]:
@@ -215,9 +214,26 @@ DEFAULT_ANSWERS = (
 DEFAULT_SHORT_ANSWERS = ("Not really.", "I guess so.", "Coffee.", "Yes.", "Hard to say.")
 
 
+DEFAULT_VOICE_ANSWERS_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "answers"
+DEFAULT_VOICE_ANSWERS = ("job", "home", "breakfast", "favorite", "commute")
+DEFAULT_VOICE_SHORT_ANSWERS = ("yes", "unsure")
+
+
+def _uniform(low: float, high: float) -> Delay:
+    return Delay(distribution="uniform", low=low, high=high, min=low, max=high)
+
+
 @dataclass(frozen=True)
 class Persona:
-    """How a simulated participant behaves: how long it types, what it answers."""
+    """How a simulated participant behaves: how long it types or pauses, what it answers, when it interrupts.
+
+    Chat callers use ``typing_delay_ms``, ``answers``, ``short_answers`` and ``typing_indicator``.
+    Voice callers speak pre-rendered answers (``voice_answers_dir``: an ``answers.json`` manifest and its
+    16 kHz WAV files, default ``fixtures/answers``; ``voice_answers`` / ``voice_short_answers``: manifest
+    ids), wait for the interviewer to finish, then ``think_ms`` (or, with ``pause_probability``, a longer
+    ``pause_ms``) before speaking; with ``barge_in_probability`` they instead start speaking
+    ``barge_in_after_ms`` after the interviewer's voice begins, over it. ``short_answer_ratio`` is shared.
+    """
 
     typing_delay_ms: Delay = field(default_factory=Delay)
     answers: tuple[str, ...] = DEFAULT_ANSWERS
@@ -225,11 +241,32 @@ class Persona:
     short_answer_ratio: float = 0.2  # a short answer (< 6 words) usually earns a probe
     typing_indicator: bool = True  # send ``typing`` every 2 s while a delay lasts longer than that
     name: str = "default"
+    # voice
+    voice_answers_dir: Path = DEFAULT_VOICE_ANSWERS_DIR
+    voice_answers: tuple[str, ...] = DEFAULT_VOICE_ANSWERS
+    voice_short_answers: tuple[str, ...] = DEFAULT_VOICE_SHORT_ANSWERS
+    think_ms: Delay = field(default_factory=lambda: _uniform(200, 800))
+    pause_probability: float = 0.1
+    pause_ms: Delay = field(default_factory=lambda: _uniform(1500, 3000))
+    barge_in_probability: float = 0.1
+    barge_in_after_ms: Delay = field(default_factory=lambda: _uniform(300, 1200))
 
     def answer(self, rng: random.Random) -> str:
         if self.short_answers and rng.random() < self.short_answer_ratio:
             return rng.choice(self.short_answers)
         return rng.choice(self.answers)
+
+    def voice_answer(self, rng: random.Random) -> str:
+        """The id of a pre-rendered answer to speak."""
+        if self.voice_short_answers and rng.random() < self.short_answer_ratio:
+            return rng.choice(self.voice_short_answers)
+        return rng.choice(self.voice_answers)
+
+    def think(self, rng: random.Random) -> float:
+        """Milliseconds between the interviewer's end and the caller's answer (sometimes a longer pause)."""
+        if self.pause_probability and rng.random() < self.pause_probability:
+            return self.pause_ms.sample(rng)
+        return self.think_ms.sample(rng)
 
     @classmethod
     def load(cls, path: Path) -> Persona:
@@ -237,36 +274,49 @@ class Persona:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"cannot read persona file {path}: {exc}") from None
-        return cls.from_json(data, name=path.stem)
+        return cls.from_json(data, name=path.stem, base_dir=path.parent)
 
     @classmethod
-    def from_json(cls, data: Any, *, name: str = "custom") -> Persona:
+    def from_json(cls, data: Any, *, name: str = "custom", base_dir: Path | None = None) -> Persona:
+        """``base_dir``: what a relative ``voice_answers_dir`` is relative to (the persona file's folder)."""
         if not isinstance(data, dict):
             raise ConfigError("a persona is a JSON object")
-        known = {"typing_delay_ms", "answers", "short_answers", "short_answer_ratio", "typing_indicator", "name"}
+        delays = ("typing_delay_ms", "think_ms", "pause_ms", "barge_in_after_ms")
+        ratios = ("short_answer_ratio", "pause_probability", "barge_in_probability")
+        lists = ("answers", "short_answers", "voice_answers", "voice_short_answers")
+        known = {*delays, *ratios, *lists, "typing_indicator", "name", "voice_answers_dir"}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(
                 f"persona: unknown field(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}"
             )
         kwargs: dict[str, Any] = {"name": str(data.get("name", name))}
-        if "typing_delay_ms" in data:
-            kwargs["typing_delay_ms"] = Delay.from_json(data["typing_delay_ms"])
-        for key in ("answers", "short_answers"):
+        for key in delays:
+            if key in data:
+                kwargs[key] = Delay.from_json(data[key], name=key)
+        for key in lists:
             if key in data:
                 value = data[key]
                 if not isinstance(value, list) or not all(isinstance(a, str) and a.strip() for a in value):
                     raise ConfigError(f"persona: {key} must be a list of non-empty strings")
                 kwargs[key] = tuple(value)
-        if "answers" in kwargs and not kwargs["answers"]:
-            raise ConfigError("persona: answers must not be empty")
-        if "short_answer_ratio" in data:
-            ratio = data["short_answer_ratio"]
-            if not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
-                raise ConfigError("persona: short_answer_ratio must be a number in 0..1")
-            kwargs["short_answer_ratio"] = float(ratio)
+        for key in ("answers", "voice_answers"):
+            if key in kwargs and not kwargs[key]:
+                raise ConfigError(f"persona: {key} must not be empty")
+        for key in ratios:
+            if key in data:
+                ratio = data[key]
+                if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
+                    raise ConfigError(f"persona: {key} must be a number in 0..1")
+                kwargs[key] = float(ratio)
         if "typing_indicator" in data:
             kwargs["typing_indicator"] = bool(data["typing_indicator"])
+        if "voice_answers_dir" in data:
+            folder = data["voice_answers_dir"]
+            if not isinstance(folder, str) or not folder.strip():
+                raise ConfigError("persona: voice_answers_dir must be a path")
+            path = Path(folder).expanduser()
+            kwargs["voice_answers_dir"] = path if path.is_absolute() or base_dir is None else base_dir / path
         return cls(**kwargs)
 
     def as_json(self) -> dict[str, Any]:
@@ -277,13 +327,21 @@ class Persona:
             "short_answers": list(self.short_answers),
             "short_answer_ratio": self.short_answer_ratio,
             "typing_indicator": self.typing_indicator,
+            "voice_answers_dir": str(self.voice_answers_dir),
+            "voice_answers": list(self.voice_answers),
+            "voice_short_answers": list(self.voice_short_answers),
+            "think_ms": self.think_ms.as_json(),
+            "pause_probability": self.pause_probability,
+            "pause_ms": self.pause_ms.as_json(),
+            "barge_in_probability": self.barge_in_probability,
+            "barge_in_after_ms": self.barge_in_after_ms.as_json(),
         }
 
 
 # --- SLOs ---------------------------------------------------------------------------------------
 
 SLO_STATS = ("p50", "p95", "p99")
-SLO_MEASURES = ("join_ms", "first_message_ms", "turn_ms")
+SLO_MEASURES = ("join_ms", "first_message_ms", "turn_ms", "first_audio_ms", "barge_in_ms")
 
 
 @dataclass(frozen=True)
@@ -317,7 +375,9 @@ class Slo:
 
 # --- the whole configuration --------------------------------------------------------------------
 
-CALLER_KINDS = ("chat",)  # "voice" joins here with its caller class
+CALLER_KINDS = ("chat", "voice")  # see api.loadtest.callers.caller_class
+KINDS = ("auto", *CALLER_KINDS)  # auto: from each channel's type (chat with --join-urls)
+CHANNEL_KINDS = {"chat": "chat", "webrtc_voice": "voice"}  # channel type → caller kind
 
 
 @dataclass(frozen=True)
@@ -326,6 +386,7 @@ class LoadtestConfig:
     api_key: str | None = None
     channel_id: str | None = None
     blueprint_id: str | None = None
+    more_channel_ids: tuple[str, ...] = ()  # further channels: caller i uses channel_ids[i % len]
     callers: int = 1
     ramp_s: float = 0.0
     duration_s: float | None = None  # keep starting runs until then (else: a run budget)
@@ -334,11 +395,12 @@ class LoadtestConfig:
     join_urls: tuple[str, ...] | None = None  # take runs from these instead of creating them
     slos: tuple[Slo, ...] = ()
     allow_remote: bool = False
-    kind: str = "chat"
+    kind: str = "auto"  # or chat / voice: must then match every channel's type
     connect_timeout_s: float = 10.0  # TCP + websocket handshake, and each REST call's connect
     request_timeout_s: float = 30.0  # a whole REST call
     read_timeout_s: float = 60.0  # nothing at all from the server for this long drops the connection
     reconnect_window_s: float = 15.0  # a dropped session tries to reconnect this long, then fails
+    media_timeout_s: float = 5.0  # voice: no audio frame from the server for this long drops the connection
     max_consecutive_failures: int = 3  # a caller that failed this many sessions in a row stops
     grace_s: float = 60.0  # with duration_s: how long runs still in progress may finish
     deadline_s: float | None = None  # hard overall limit; default duration_s + grace_s, else 600
@@ -361,16 +423,24 @@ class LoadtestConfig:
             raise ConfigError("--runs must be at least 1")
         if self.deadline_s is not None and self.deadline_s <= 0:
             raise ConfigError("--deadline-s must be positive")
-        if self.kind not in CALLER_KINDS:
-            raise ConfigError(f"unknown caller kind {self.kind!r}; available: {', '.join(CALLER_KINDS)}")
+        if self.kind not in KINDS:
+            raise ConfigError(f"unknown caller kind {self.kind!r}; available: {', '.join(KINDS)}")
         if self.join_urls is None:
             if not self.api_key:
                 raise ConfigError("--api-key is needed to create runs (or pass --join-urls)")
             if not self.channel_id:
                 raise ConfigError("--channel is needed to create runs (or pass --join-urls)")
-        for name in ("connect_timeout_s", "request_timeout_s", "read_timeout_s", "reconnect_window_s"):
+        if self.more_channel_ids and self.join_urls is not None:
+            raise ConfigError("several channels only make sense when creating runs, not with --join-urls")
+        timeouts = ("connect_timeout_s", "request_timeout_s", "read_timeout_s", "reconnect_window_s", "media_timeout_s")
+        for name in timeouts:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+
+    @property
+    def channel_ids(self) -> tuple[str, ...]:
+        """Every channel runs are created on (caller ``i`` uses ``channel_ids[i % len]``)."""
+        return tuple(c for c in (self.channel_id, *self.more_channel_ids) if c)
 
     @property
     def total_runs(self) -> int | None:
@@ -394,6 +464,7 @@ class LoadtestConfig:
             "url": self.url,
             "api_key": "***" if self.api_key else None,
             "channel_id": self.channel_id,
+            "channel_ids": list(self.channel_ids),
             "blueprint_id": self.blueprint_id,
             "kind": self.kind,
             "callers": self.callers,
@@ -408,6 +479,7 @@ class LoadtestConfig:
             "request_timeout_s": self.request_timeout_s,
             "read_timeout_s": self.read_timeout_s,
             "reconnect_window_s": self.reconnect_window_s,
+            "media_timeout_s": self.media_timeout_s,
             "max_consecutive_failures": self.max_consecutive_failures,
             "deadline_s": self.hard_deadline_s,
             "max_turns_per_run": self.max_turns_per_run,

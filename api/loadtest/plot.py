@@ -8,9 +8,11 @@ from pathlib import Path
 CDF_MEASURES = (
     ("join_ms", "join"),
     ("first_message_ms", "first message"),
+    ("first_audio_ms", "first audio (voice)"),
     ("turn_ms", "turn (caller)"),
+    ("barge_in_ms", "barge-in reaction (voice)"),
     ("ack_ms", "ack"),
-    ("server_turn_ms", "turn (server: initial_wait+llm)"),
+    ("server_turn_ms", "turn (server stages)"),
 )
 
 
@@ -49,7 +51,7 @@ def write_plot(
     if timeline:
         ts = [row[0] for row in timeline]
         over_time.step(ts, [row[1] for row in timeline], where="post", label="callers active")
-        over_time.step(ts, [row[2] for row in timeline], where="post", label="websockets connected")
+        over_time.step(ts, [row[2] for row in timeline], where="post", label="connected (websockets / peers)")
         over_time.step(ts, [row[3] for row in timeline], where="post", label="sessions open", linestyle="--")
         over_time.legend(loc="upper right", fontsize="small")
     over_time.set_xlabel("seconds since start")

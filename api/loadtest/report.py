@@ -8,24 +8,29 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from api.loadtest.runner import LoadtestResult
+from api.loadtest.runner import VOICE_MATCH_MAX_WER, LoadtestResult
 from api.loadtest.stats import summarize
 
 REPORT_VERSION = 1
 
 # (name, what it is) in table order; the first three can carry SLOs
 MEASURES = (
-    ("join_ms", "connect → session.ready"),
-    ("first_message_ms", "connect → first interviewer message"),
-    ("turn_ms", "answer sent → first reply message (caller)"),
-    ("ack_ms", "answer sent → message.ack"),
+    ("join_ms", "connect (chat) / offer (voice) → session.ready"),
+    ("first_message_ms", "connect / offer → first interviewer message"),
+    ("first_audio_ms", "voice: offer → first audible interviewer frame"),
+    ("turn_ms", "answer sent (chat) / end of speech (voice) → first reply message / audio frame"),
+    ("ack_ms", "answer sent → message.ack (chat) / end of speech → final caption (voice)"),
+    ("barge_in_ms", "voice: caller starts speaking over the interviewer → its audio stops"),
     ("create_run_ms", "POST /v1/runs round trip"),
-    ("server_turn_ms", "server: initial_wait + llm of that reply"),
-    ("server_stages_ms", "server: sum of all stages of that reply"),
-    ("unattributed_ms", "turn_ms - server_turn_ms (commit, socket, network)"),
+    ("server_turn_ms", "server: initial_wait + llm (chat) / eos … initial_wait (voice) of that reply"),
+    ("server_stages_ms", "server: sum of all stages of that reply (network included)"),
+    ("unattributed_ms", "turn_ms - server_turn_ms (commit, socket, network; voice: jitter buffer)"),
 )
 CALLER_SIDE = ("join_ms", "first_message_ms", "turn_ms", "ack_ms")
 TOLERANCE_MS = 1.0  # the server rounds stages to 1 µs and clocks tick; allow this much before calling it odd
+# voice: the caller's end of speech comes from the fixture's speech_end_s, the server's from its VAD, which
+# decides per 20 ms frame and may call the last, quiet frames of a word silence; allow this much
+VOICE_TOLERANCE_MS = 100.0
 
 
 def samples(result: LoadtestResult) -> dict[str, list[float]]:
@@ -35,6 +40,11 @@ def samples(result: LoadtestResult) -> dict[str, list[float]]:
             out["join_ms"].append(s.join_ms)
         if s.first_message_ms is not None:
             out["first_message_ms"].append(s.first_message_ms)
+        if s.first_audio_ms is not None:
+            out["first_audio_ms"].append(s.first_audio_ms)
+        for b in s.barge_ins:
+            if b.get("reaction_ms") is not None:
+                out["barge_in_ms"].append(b["reaction_ms"])
         if s.create_ms is not None:
             out["create_run_ms"].append(s.create_ms)
         for t in s.turns:
@@ -54,14 +64,25 @@ def samples(result: LoadtestResult) -> dict[str, list[float]]:
 
 def _verification(result: LoadtestResult) -> dict[str, Any]:
     checked = [s for s in result.sessions if s.verification is not None]
+    tolerance = {s.run_id: VOICE_TOLERANCE_MS if s.kind == "voice" else TOLERANCE_MS for s in checked}
     ok_checks = [s.verification for s in checked if s.verification and "error" not in s.verification]
     errors = [s for s in checked if s.verification and "error" in s.verification]
 
     def total(key: str) -> int:
         return sum(len(v[key]) if isinstance(v[key], list) else int(v[key]) for v in ok_checks if v is not None)
 
-    turns = [t for v in ok_checks if v is not None for t in v["turns"] if t.get("server_turn_ms") is not None]
-    below = [t for t in turns if t["caller_ms"] + TOLERANCE_MS < t["server_turn_ms"]]
+    turns = [
+        (s.run_id, t)
+        for s in checked
+        if s.verification and "error" not in s.verification
+        for t in s.verification["turns"]
+        if t.get("server_turn_ms") is not None
+    ]
+    below = [t for run_id, t in turns if t["caller_ms"] + tolerance[run_id] < t["server_turn_ms"]]
+    voice = [v for v in ok_checks if v is not None and "wer" in v]
+    edits = sum((v["wer"] or 0.0) * v["wer_words"] for v in voice)
+    words = sum(v["wer_words"] for v in voice)
+    barge_ins = [b for v in voice for b in v["barge_ins"]]
     missing_in_ok = sum(
         len(s.verification["missing"]) for s in checked if s.ok and s.verification and "missing" in s.verification
     )
@@ -78,7 +99,32 @@ def _verification(result: LoadtestResult) -> dict[str, Any]:
         "content_mismatch": total("content_mismatch"),
         "turns_matched": len(turns),
         "turns_caller_faster_than_server": len(below),
+        "voice_runs_checked": len(voice),
+        "voice_optional": sum(int(v["optional"]) for v in voice),
+        "voice_wer": round(edits / words, 4) if words else None,
+        "voice_match_max_wer": VOICE_MATCH_MAX_WER,
+        "barge_ins": len(barge_ins),
+        "barge_ins_stopped": sum(1 for b in barge_ins if b["outcome"] == "stopped"),
+        "barge_ins_stored_interrupted": sum(1 for b in barge_ins if b["stored_interrupted"]),
     }
+
+
+def _by_kind(result: LoadtestResult) -> dict[str, Any]:
+    """Percentiles per caller kind, when a test mixed kinds (chat and voice turns are not comparable)."""
+    kinds = sorted({s.kind for s in result.sessions})
+    if len(kinds) < 2:
+        return {}
+    out: dict[str, Any] = {}
+    for kind in kinds:
+        part = LoadtestResult(result.config, result.origin, result.tag, result.blueprint_id, result.started_at)
+        part.sessions = [s for s in result.sessions if s.kind == kind]
+        data = samples(part)
+        out[kind] = {
+            "sessions": len(part.sessions),
+            "completed": sum(1 for s in part.sessions if s.ok),
+            "measures": {name: summarize(data[name]) for name, _ in MEASURES if data[name]},
+        }
+    return out
 
 
 def build_report(result: LoadtestResult) -> dict[str, Any]:
@@ -138,6 +184,7 @@ def build_report(result: LoadtestResult) -> dict[str, Any]:
         "elapsed_s": round(elapsed, 3),
         "summary": {
             "sessions": len(sessions),
+            "kinds": dict(Counter(s.kind for s in sessions)),
             "completed": sum(1 for s in sessions if s.ok),
             "failed": len(failed),
             "turns": sum(1 for s in sessions for t in s.turns if t.latency_ms is not None),
@@ -150,6 +197,7 @@ def build_report(result: LoadtestResult) -> dict[str, Any]:
             "aborted": result.aborted,
         },
         "measures": measures,
+        "by_kind": _by_kind(result),
         "slo": slos,
         "verification": verification,
         "failures": dict(Counter(s.failure or "?" for s in failed)),
@@ -195,8 +243,22 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
             f"{v['missing']} missing ({v['missing_acked']} acknowledged), {v['content_mismatch']} altered; "
             f"{v['turns_matched']} turns matched to stored breakdowns"
         )
+        if v["voice_runs_checked"]:
+            wer = "-" if v["voice_wer"] is None else f"{v['voice_wer']:.2f}"
+            console.print(
+                f"voice: WER {wer} over matched answers (an answer counts as stored at WER <= "
+                f"{v['voice_match_max_wer']:g}), {v['voice_optional']} cut short by a drop or the end; "
+                f"barge-ins {v['barge_ins']} ({v['barge_ins_stopped']} stopped the interviewer's audio, "
+                f"{v['barge_ins_stored_interrupted']} stored as interrupted)"
+            )
     elif v["note"]:
         console.print(f"transcripts: {v['note']}")
+    for kind, part in report["by_kind"].items():
+        turn = part["measures"].get("turn_ms", {})
+        console.print(
+            f"{kind}: {part['completed']}/{part['sessions']} completed, turn p50/p95 "
+            f"{_ms(turn.get('p50'))}/{_ms(turn.get('p95'))} ms"
+        )
     for slo in report["slo"]:
         mark = "[green]ok[/green]" if slo["ok"] else "[red]MISSED[/red]"
         console.print(f"SLO {slo['key']} <= {slo['threshold_ms']:g} ms: {_ms(slo['actual_ms'])} ms {mark}")

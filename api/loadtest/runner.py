@@ -16,17 +16,32 @@ import contextlib
 import random
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
-from api.loadtest.callers import CALLERS, CallerContext, Counters, JoinTarget, SessionRecord
-from api.loadtest.config import ConfigError, LoadtestConfig, Origin, check_target, join_ws_url
+from api.loadtest.callers import CallerContext, Counters, JoinTarget, SessionRecord, caller_class
+from api.loadtest.config import (
+    CHANNEL_KINDS,
+    ConfigError,
+    LoadtestConfig,
+    Origin,
+    check_target,
+    is_loopback,
+    join_ws_url,
+)
 from api.loadtest.server_api import ApiError, ServerApi, describe
+from media.stt.wer import normalize_words, word_edit_distance, word_error_rate
 
 LATENCY_STAGES = ("network", "initial_wait", "transcriber", "eos", "eos_wait", "llm", "tts")
+# voice: the stages that telescope from the end of the participant's speech to the reply's first frame sent
+VOICE_STAGES = ("eos", "eos_wait", "transcriber", "llm", "tts", "initial_wait")
+# a spoken answer counts as stored when a user message's words are within this word error rate of the
+# fixture's text: the embedded recogniser gets single fixture answers to 0.4-0.45 through the Opus link,
+# while any two different fixtures are at least 0.78 apart (so an answer is not matched to another one)
+VOICE_MATCH_MAX_WER = 0.6
 REFUSALS = (400, 401, 403, 404, 409, 413)  # a run could not be created for a reason that retrying will not change
 
 
@@ -44,6 +59,7 @@ class LoadtestResult:
     deadline_hit: bool = False
     verified: bool = False
     verify_note: str | None = None
+    channel_kinds: dict[str, str] = field(default_factory=dict)  # channel id → caller kind
 
     @property
     def failed_sessions(self) -> list[SessionRecord]:
@@ -60,20 +76,29 @@ class TargetSource(abc.ABC):
     async def next(self, caller: int) -> JoinTarget | None:
         """A run to join, or None when there are no more."""
 
+    def kind_for(self, caller: int) -> str:
+        """The kind of caller that joins this source's runs for caller number ``caller``."""
+        return "chat"
+
 
 class ApiTargets(TargetSource):
     """Create each run through ``POST /v1/runs``; its join URL must be on the target origin."""
 
     name = "api"
 
-    def __init__(self, api: ServerApi, origin: Origin, blueprint_id: str, channel_id: str, tag: str) -> None:
+    def __init__(self, api: ServerApi, origin: Origin, blueprint_id: str, channels: dict[str, str], tag: str) -> None:
         self.api, self.origin = api, origin
-        self.blueprint_id, self.channel_id, self.tag = blueprint_id, channel_id, tag
+        self.blueprint_id, self.tag = blueprint_id, tag
+        self.channels = list(channels.items())  # (channel id, caller kind); caller i uses channels[i % n]
+
+    def kind_for(self, caller: int) -> str:
+        return self.channels[caller % len(self.channels)][1]
 
     async def next(self, caller: int) -> JoinTarget:
         t0 = time.perf_counter()
+        channel_id = self.channels[caller % len(self.channels)][0]
         run = await self.api.create_run(
-            self.blueprint_id, self.channel_id, metadata={"loadtest": self.tag, "caller": str(caller)}
+            self.blueprint_id, channel_id, metadata={"loadtest": self.tag, "caller": str(caller)}
         )
         create_ms = (time.perf_counter() - t0) * 1000
         join_url = str(run["join_url"])
@@ -86,10 +111,14 @@ class FileTargets(TargetSource):
 
     name = "file"
 
-    def __init__(self, urls: Iterable[str], origin: Origin) -> None:
+    def __init__(self, urls: Iterable[str], origin: Origin, kind: str = "chat") -> None:
         self.urls = list(urls)
         self.origin = origin
+        self.kind = kind
         self._next = 0
+
+    def kind_for(self, caller: int) -> str:
+        return self.kind
 
     async def next(self, caller: int) -> JoinTarget | None:
         if self._next >= len(self.urls):
@@ -138,7 +167,7 @@ async def run_loadtest(config: LoadtestConfig, *, counters: Counters | None = No
         async with api:
             source: TargetSource
             if config.join_urls is not None:
-                source = FileTargets(config.join_urls, origin)
+                source = FileTargets(config.join_urls, origin, "chat" if config.kind == "auto" else config.kind)
             else:
                 if result.blueprint_id is None:
                     try:
@@ -146,14 +175,71 @@ async def run_loadtest(config: LoadtestConfig, *, counters: Counters | None = No
                     except Exception as exc:
                         result.aborted = f"cannot find a published blueprint: {describe(exc)}"
                         return result
-                assert config.channel_id is not None
-                source = ApiTargets(api, origin, result.blueprint_id, config.channel_id, result.tag)
-            await _schedule(config, result, source, ws_http, counters, start)
+                try:
+                    result.channel_kinds = await _channel_kinds(config, api)
+                except (ApiError, ConfigError) as exc:
+                    result.aborted = str(exc) if isinstance(exc, ConfigError) else f"channel: {describe(exc)}"
+                    return result
+                except Exception as exc:
+                    result.aborted = f"cannot read the channel: {describe(exc)}"
+                    return result
+                source = ApiTargets(api, origin, result.blueprint_id, result.channel_kinds, result.tag)
+            kinds = {source.kind_for(i) for i in range(config.callers)}
+            voice = None
+            if "voice" in kinds:
+                from api.loadtest.voice import VoiceAnswers
+
+                try:
+                    voice = VoiceAnswers.load(config.persona)
+                except ConfigError as exc:
+                    result.aborted = str(exc)
+                    return result
+            with _loopback_ice(origin if "voice" in kinds else None):
+                await _schedule(config, result, source, ws_http, counters, start, voice=voice)
             await _verify(config, result, api)
     finally:
         await ws_http.close()
         result.finished_at = time.time()
     return result
+
+
+async def _channel_kinds(config: LoadtestConfig, api: ServerApi) -> dict[str, str]:
+    """Each channel's caller kind from its type (``GET /v1/channels/{id}``); an explicit ``kind`` must agree."""
+    kinds: dict[str, str] = {}
+    for channel_id in config.channel_ids:
+        channel = await api.get_channel(channel_id)
+        kind = CHANNEL_KINDS.get(str(channel.get("type")))
+        if kind is None:
+            raise ConfigError(f"channel {channel_id} has type {channel.get('type')!r}, which no caller can join")
+        if config.kind != "auto" and kind != config.kind:
+            raise ConfigError(
+                f"channel {channel_id} is a {channel.get('type')} channel but --kind is {config.kind}; "
+                "leave --kind at auto or pick a matching channel"
+            )
+        kinds[channel_id] = kind
+    return kinds
+
+
+@contextlib.contextmanager
+def _loopback_ice(origin: Origin | None) -> Iterator[None]:
+    """Voice callers against a loopback server offer loopback ICE candidates (aioice never does by itself).
+
+    Process-global while the load test runs, and restored after it (a server in the same process
+    that was configured the same way keeps working).
+    """
+    if origin is None or not is_loopback(origin.host):
+        yield
+        return
+    import aioice.ice
+
+    from media.webrtc import configure_host_addresses
+
+    saved = aioice.ice.get_host_addresses
+    configure_host_addresses(["::1"] if ":" in origin.host else ["127.0.0.1"])
+    try:
+        yield
+    finally:
+        aioice.ice.get_host_addresses = saved
 
 
 async def _schedule(
@@ -163,6 +249,8 @@ async def _schedule(
     ws_http: aiohttp.ClientSession,
     counters: Counters,
     start: float,
+    *,
+    voice: Any = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     deadline = start + config.hard_deadline_s
@@ -189,8 +277,9 @@ async def _schedule(
         deadline=deadline,
         start_gate=gate,
         on_ready=announce,
+        media_timeout_s=config.media_timeout_s,
+        voice=voice,
     )
-    caller_cls = CALLERS[config.kind]
     seed = config.seed if config.seed is not None else secrets.randbits(32)
 
     def abort(reason: str) -> None:
@@ -204,7 +293,8 @@ async def _schedule(
         offset = config.ramp_s * index / config.callers
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), offset)  # ramp: wait for our slot (or the end)
-        caller = caller_cls(index, ctx, random.Random(seed * 100_003 + index))
+        kind = source.kind_for(index)
+        caller = caller_class(kind)(index, ctx, random.Random(seed * 100_003 + index))
         counters.callers_active += 1
         failures = 0
         try:
@@ -219,7 +309,7 @@ async def _schedule(
                     abort(str(exc))
                     break
                 except Exception as exc:
-                    rec = SessionRecord(index, config.kind, None, source.name)
+                    rec = SessionRecord(index, kind, None, source.name)
                     rec.fail(f"create run: {describe(exc)}")
                     rec.ended_at = time.time()
                     counters.runs_failed += 1
@@ -287,6 +377,8 @@ def _stages_sum(breakdown: dict[str, Any] | None, stages: Iterable[str]) -> floa
 
 def compare(rec: SessionRecord, run: dict[str, Any]) -> dict[str, Any]:
     """What the server stored for ``rec``'s run, against what the caller did and measured."""
+    if rec.kind == "voice":
+        return compare_voice(rec, run)
     transcript = run.get("transcript") or []
     by_client_id = {m.get("client_id"): m for m in transcript if m.get("role") == "user" and m.get("client_id")}
     by_id = {m.get("id"): m for m in transcript}
@@ -322,6 +414,86 @@ def compare(rec: SessionRecord, run: dict[str, Any]) -> dict[str, Any]:
         "missing_acked": missing_acked,
         "content_mismatch": mismatched,
         "turns": turns,
+    }
+
+
+def compare_voice(rec: SessionRecord, run: dict[str, Any]) -> dict[str, Any]:
+    """The voice caller's answers against the stored user messages, in order, by their words.
+
+    Stored voice messages carry no ``client_id``: each answer is matched to the next stored user message
+    within :data:`VOICE_MATCH_MAX_WER` of its fixture text (skipping stored messages that match nothing,
+    e.g. noise); an answer with no such message is ``missing`` when a stored message is left in its place
+    it is ``content_mismatch`` instead. Answers cut short by a drop or the run's end (``optional``) may be
+    absent. ``server_turn_ms`` is the sum of the six stages from the end of speech to the reply's first
+    frame sent (eos … initial_wait): the caller's ``turn_ms`` covers the same span plus the network both
+    ways and the caller's jitter buffer.
+    """
+    transcript = run.get("transcript") or []
+    users = [m for m in transcript if m.get("role") == "user"]
+    by_id = {m.get("id"): m for m in transcript}
+    made = [u for u in rec.utterances if u.sends > 0]
+    matched: dict[str, dict[str, Any]] = {}
+    missing: list[str] = []
+    mismatched: list[str] = []
+    pos = 0
+    for u in made:
+        hit = next(
+            (j for j in range(pos, len(users)) if word_error_rate(u.content, users[j].get("content") or "")
+             <= VOICE_MATCH_MAX_WER),
+            None,
+        )  # fmt: skip
+        if hit is not None:
+            matched[u.client_id] = users[hit]
+            pos = hit + 1
+        elif u.optional:
+            continue
+        elif pos < len(users):
+            mismatched.append(u.client_id)
+            matched[u.client_id] = users[pos]
+            pos += 1
+        else:
+            missing.append(u.client_id)
+    edits = words = 0
+    for u in made:
+        if u.client_id in matched:
+            ref = normalize_words(u.content)
+            edits += word_edit_distance(ref, normalize_words(matched[u.client_id].get("content") or ""))
+            words += len(ref)
+    turns = []
+    for turn in rec.turns:
+        reply = by_id.get(turn.reply_id) if turn.reply_id else None
+        if reply is None or turn.latency_ms is None:
+            continue
+        breakdown = reply.get("latency_breakdown") or {}
+        anchored = breakdown.get("eos") is not None  # timed from the end of this answer's speech
+        server = _stages_sum(breakdown, VOICE_STAGES) if anchored else None
+        turns.append(
+            {
+                "client_id": turn.client_id,
+                "reply_id": turn.reply_id,
+                "caller_ms": round(turn.latency_ms, 3),
+                "server_turn_ms": server,
+                "server_stages_ms": _stages_sum(breakdown, ("network", *VOICE_STAGES)) if anchored else None,
+                "network_ms": breakdown.get("network"),
+            }
+        )
+    interrupted = {m.get("id") for m in transcript if m.get("role") == "assistant" and m.get("is_interrupted")}
+    barge_ins = [
+        {**b, "stored_interrupted": any(i in interrupted for i in b.get("message_ids") or [])} for b in rec.barge_ins
+    ]
+    return {
+        "status": run.get("status"),
+        "end_reason": run.get("end_reason"),
+        "utterances": len(made),
+        "optional": sum(1 for u in made if u.optional),
+        "stored_user_messages": len(users),
+        "missing": missing,
+        "missing_acked": [c for c in missing if any(u.acked and u.client_id == c for u in made)],
+        "content_mismatch": mismatched,
+        "wer": round(edits / words, 4) if words else None,
+        "wer_words": words,
+        "turns": turns,
+        "barge_ins": barge_ins,
     }
 
 

@@ -105,6 +105,9 @@ class ServerApi:
             cursor = page["data"][-1]["id"]
         raise ApiError(0, "no published blueprint: publish one or pass --blueprint")
 
+    async def get_channel(self, channel_id: str) -> dict[str, Any]:
+        return dict(await self.request("GET", f"/v1/channels/{quote(channel_id, safe='')}"))
+
     async def create_run(self, blueprint_id: str, channel_id: str, *, metadata: dict[str, str]) -> dict[str, Any]:
         body = {"blueprint_id": blueprint_id, "channel_id": channel_id, "metadata": metadata}
         return dict(await self.request("POST", "/v1/runs", json=body))
