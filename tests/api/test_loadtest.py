@@ -28,7 +28,7 @@ from api.loadtest.callers import Counters
 from api.loadtest.cli import EXIT_REFUSED, execute, main
 from api.loadtest.config import Delay, Slo, check_target, join_ws_url, origin_of
 from api.loadtest.stats import percentile
-from tests.conftest import UNIT, Server, ServerFactory
+from tests.conftest import UNIT, Server, ServerFactory, eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = Persona(typing_delay_ms=Delay(distribution="uniform", low=5, high=30, min=5, max=30), short_answer_ratio=0.3)
@@ -394,3 +394,22 @@ def test_slos_personas_and_percentiles_parse_and_validate(tmp_path: Path) -> Non
     assert percentile([1, 2, 3, 4], 50) == 2.5 and percentile([], 50) is None
     with pytest.raises(ConfigError, match="not both"):
         LoadtestConfig(url="http://127.0.0.1:1", api_key="k", channel_id="c", duration_s=1, runs=1)
+
+
+async def test_debug_runtime_counters_need_a_key_and_come_back_after_runs(server: Server) -> None:
+    status, _ = await server.request("GET", "/v1/debug/runtime", headers={"Authorization": ""})
+    assert status == 401
+    status, before = await server.request("GET", "/v1/debug/runtime")
+    assert status == 200 and before["live_runs"] == 0 and before["asyncio_tasks"] >= 1 and before["threads"] >= 1
+
+    def server_tasks(runtime: dict[str, Any]) -> dict[str, int]:  # the test's own tasks share the loop
+        return {k: v for k, v in runtime["tasks_by_name"].items() if not k.startswith(("test_", "eventually"))}
+
+    report = await execute(config_for(server, callers=3, runs=6), console=quiet())
+    assert report["exit_code"] == 0, report["problems"]
+
+    async def back_to_baseline() -> bool:
+        _, after = await server.request("GET", "/v1/debug/runtime")
+        return bool(after["live_runs"] == 0 and server_tasks(after) == server_tasks(before))
+
+    await eventually(back_to_baseline, 10)  # six interviews later, no task was left behind
