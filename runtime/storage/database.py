@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -45,11 +45,25 @@ MAX_BATCH = 500  # writes per group commit
 
 
 class Transaction:
-    """A write in progress: the (sync) connection, plus the events it will announce after commit."""
+    """A write in progress: the (sync) connection, plus the events it will announce after commit.
 
-    def __init__(self, conn: Connection) -> None:
+    ``conn`` takes SQLAlchemy statements. :meth:`sql` runs a plain SQL string
+    (``?`` placeholders) on the driver's own cursor, for the statements of every
+    turn: SQLAlchemy Core spends far longer building, caching and compiling a
+    statement than SQLite spends running it (measured, docs/benchmarks.md).
+    """
+
+    def __init__(self, conn: Connection, cursor: Any, placeholder: Callable[[str], str]) -> None:
         self.conn = conn
         self.events: list[Event] = []
+        self._cursor = cursor
+        self._placeholder = placeholder
+
+    def sql(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Run one statement on the driver's cursor; returns the rows it produced (RETURNING, SELECT)."""
+        cur = self._cursor
+        cur.execute(self._placeholder(statement), params)
+        return cur.fetchall() if cur.description else []
 
 
 @dataclass
@@ -64,6 +78,28 @@ class _Job:
 
 def _sync_url(url: str) -> str:
     return url.replace("+aiosqlite", "", 1)
+
+
+def _placeholders(paramstyle: str) -> Callable[[str], str]:
+    """Rewrite ``?`` placeholders for the driver's paramstyle (SQLite's own is ``?``); memoized per statement."""
+    if paramstyle == "qmark":
+        return lambda statement: statement
+    cache: dict[str, str] = {}
+
+    def convert(statement: str) -> str:
+        out = cache.get(statement)
+        if out is None:
+            parts = statement.split("?")
+            if paramstyle in ("format", "pyformat"):
+                marks = ["%s"] * (len(parts) - 1)
+            elif paramstyle == "numeric":
+                marks = [f":{i}" for i in range(1, len(parts))]
+            else:
+                raise NotImplementedError(f"driver paramstyle {paramstyle!r}")
+            out = cache[statement] = "".join(p + m for p, m in zip(parts, marks, strict=False)) + parts[-1]
+        return out
+
+    return convert
 
 
 class Database:
@@ -133,6 +169,8 @@ class Database:
 
     def _write_loop(self) -> None:
         with self.sync_engine.connect() as conn:
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            placeholder = _placeholders(self.sync_engine.dialect.paramstyle)
             while True:
                 first = self._jobs.get()
                 if first is None:
@@ -147,19 +185,26 @@ class Database:
                         self._jobs.put(None)  # finish this batch, then stop
                         break
                     batch.append(job)
-                self._run_batch(conn, batch)
+                self._run_batch(conn, cursor, placeholder, batch)
 
-    def _run_batch(self, conn: Connection, batch: list[_Job]) -> None:
+    def _run_batch(self, conn: Connection, cursor: Any, placeholder: Callable[[str], str], batch: list[_Job]) -> None:
         try:
             with conn.begin():
                 for job in batch:
-                    tx = Transaction(conn)
+                    tx = Transaction(conn, cursor, placeholder)
+                    # A savepoint per write, issued on the driver's cursor: SQLAlchemy's begin_nested()
+                    # costs more than most writes. An error inside a transaction leaves it open, so
+                    # ROLLBACK TO undoes just this write and the batch goes on.
+                    cursor.execute("SAVEPOINT vv_write")
                     try:
-                        with conn.begin_nested():
-                            job.result = job.fn(tx)
-                        job.events = tx.events
+                        job.result = job.fn(tx)
                     except Exception as exc:  # this write is rolled back to its savepoint; the others go on
+                        cursor.execute("ROLLBACK TO SAVEPOINT vv_write")
+                        cursor.execute("RELEASE SAVEPOINT vv_write")
                         job.error = exc
+                    else:
+                        cursor.execute("RELEASE SAVEPOINT vv_write")
+                        job.events = tx.events
         except Exception as exc:  # the commit itself failed: nothing in the batch happened
             for job in batch:
                 job.error = job.error or exc

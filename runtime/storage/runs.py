@@ -7,6 +7,7 @@ one is committed before any listener hears of it.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -103,6 +104,22 @@ def _event(row: Any) -> Event:
     return Event(m["run_id"], m["seq"], EventType(m["type"]), m["created_at"], m["data"])
 
 
+# The statements of every turn, in plain SQL on the driver's cursor (see Transaction.sql).
+# JSON columns hold json.dumps text, as SQLAlchemy's JSON type writes it (None is 'null').
+_NEXT_SEQ = "UPDATE runs SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq, started_at"
+_NEXT_SEQ_WITH_STATE = (
+    "UPDATE runs SET last_seq = last_seq + 1, position = ?, idle_since = ? WHERE id = ? RETURNING last_seq, started_at"
+)
+_SAVE_STATE = "UPDATE runs SET position = ?, idle_since = ? WHERE id = ?"
+_INSERT_EVENT = "INSERT INTO events (run_id, seq, type, created_at, data) VALUES (?, ?, ?, ?, ?)"
+_INSERT_MESSAGE = (
+    "INSERT INTO messages (id, run_id, session_id, role, content, question_id, kind, is_filler, is_interrupted,"
+    " started_at, ended_at, latency, client_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (run_id, client_id) DO NOTHING RETURNING pk"
+)
+_dumps = json.dumps
+
+
 def _position_json(pos: Position) -> JSON:
     return {"question_index": pos.question_index, "probes_used": pos.probes_used, "reminded": pos.reminded}
 
@@ -151,19 +168,25 @@ class RunStore:
         return self._insert_event(tx, run_id, seq, type, data, now)
 
     @staticmethod
-    def _next_seq(tx: Transaction, run_id: str, **run_values: Any) -> tuple[int, float | None]:
-        """Take the run's next event number (updating ``run_values`` too); returns it with the run's start."""
-        row = tx.conn.execute(
-            update(t.runs)
-            .where(t.runs.c.id == run_id)
-            .values(last_seq=t.runs.c.last_seq + 1, **run_values)
-            .returning(t.runs.c.last_seq, t.runs.c.started_at)
-        ).one()
-        return int(row.last_seq), row.started_at
+    def _next_seq(
+        tx: Transaction, run_id: str, *, position: Position | None = None, idle_since: float | None = None
+    ) -> tuple[int, float | None]:
+        """Take the run's next event number (saving ``position`` too); returns it with the run's start."""
+        if position is None:
+            rows = tx.sql(_NEXT_SEQ, (run_id,))
+        else:
+            rows = tx.sql(_NEXT_SEQ_WITH_STATE, (_dumps(_position_json(position)), idle_since, run_id))
+        if len(rows) != 1:
+            raise NotFound(f"No run {run_id!r}", param="id")
+        seq, started_at = rows[0]
+        return int(seq), started_at
 
     @staticmethod
-    def _insert_event(tx: Transaction, run_id: str, seq: int, type: EventType, data: JSON, now: float) -> Event:
-        tx.conn.execute(t.events.insert().values(run_id=run_id, seq=seq, type=type.value, created_at=now, data=data))
+    def _insert_event(
+        tx: Transaction, run_id: str, seq: int, type: EventType, data: JSON, now: float, *, text: str | None = None
+    ) -> Event:
+        """Store an event; ``text`` is ``data`` already as JSON, if the caller has it."""
+        tx.sql(_INSERT_EVENT, (run_id, seq, type.value, now, _dumps(data) if text is None else text))
         ev = Event(run_id, seq, type, now, data)
         tx.events.append(ev)
         return ev
@@ -286,11 +309,7 @@ class RunStore:
 
     async def save_state(self, run_id: str, position: Position, idle_since: float | None) -> None:
         def write(tx: Transaction) -> Any:
-            tx.conn.execute(
-                update(t.runs)
-                .where(t.runs.c.id == run_id)
-                .values(position=_position_json(position), idle_since=idle_since)
-            )
+            tx.sql(_SAVE_STATE, (_dumps(_position_json(position)), idle_since, run_id))
 
         await self.db.write(write)
 
@@ -415,16 +434,6 @@ class RunStore:
         """
 
         def write(tx: Transaction) -> Any:
-            if new.client_id is not None:
-                row = (
-                    tx.conn.execute(
-                        select(t.messages).where(
-                            and_(t.messages.c.run_id == run_id, t.messages.c.client_id == new.client_id)
-                        )
-                    )
-                ).first()
-                if row is not None:
-                    return _message(row), False
             msg = Message(
                 id=new_id("message", now=new.started_at),
                 run_id=run_id,
@@ -440,28 +449,34 @@ class RunStore:
                 latency=new.latency,
                 client_id=new.client_id,
             )
-            tx.conn.execute(
-                t.messages.insert().values(
-                    id=msg.id,
-                    run_id=run_id,
-                    session_id=msg.session_id,
-                    role=msg.role.value,
-                    content=msg.content,
-                    question_id=msg.question_id,
-                    kind=msg.kind.value if msg.kind else None,
-                    is_filler=msg.is_filler,
-                    is_interrupted=msg.is_interrupted,
-                    started_at=msg.started_at,
-                    ended_at=msg.ended_at,
-                    latency=msg.latency.as_dict() if msg.latency else None,
-                    client_id=msg.client_id,
-                )
+            inserted = tx.sql(
+                _INSERT_MESSAGE,
+                (
+                    msg.id,
+                    run_id,
+                    msg.session_id,
+                    msg.role.value,
+                    msg.content,
+                    msg.question_id,
+                    msg.kind.value if msg.kind else None,
+                    msg.is_filler,
+                    msg.is_interrupted,
+                    msg.started_at,
+                    msg.ended_at,
+                    _dumps(msg.latency.as_dict() if msg.latency else None),
+                    msg.client_id,
+                ),
             )
-            values: dict[str, Any] = {}
+            if not inserted:  # this client_id was stored already: the participant retried
+                same = and_(t.messages.c.run_id == run_id, t.messages.c.client_id == new.client_id)
+                row = tx.conn.execute(select(t.messages).where(same)).one()
+                return _message(row), False
             if position is not None:
-                values.update(position=_position_json(position), idle_since=idle_since)
-            seq, started_at = self._next_seq(tx, run_id, **values)
-            data = {"message": message_json(msg, started_at)}
+                seq, started_at = self._next_seq(tx, run_id, position=position, idle_since=idle_since)
+            else:
+                seq, started_at = self._next_seq(tx, run_id)
+            body = message_json(msg, started_at)
+            data = {"message": body}
             self._insert_event(tx, run_id, seq, EventType.MESSAGE_CREATED, data, new.ended_at)
             return msg, True
 

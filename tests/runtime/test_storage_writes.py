@@ -1,0 +1,153 @@
+"""The writer thread: savepoints per write inside a group commit, gapless event numbers, idempotent client ids."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from runtime.storage import NewMessage, Store
+from runtime.storage import schema as t
+from runtime.storage.database import Transaction
+from runtime.types import (
+    BlueprintContent,
+    EventType,
+    LatencyBreakdown,
+    MessageRole,
+    Participant,
+    Position,
+    Question,
+    SessionType,
+    UtteranceKind,
+)
+
+
+async def _store(tmp_path: Path) -> tuple[Store, str, str]:
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
+    await store.open()
+    org = await store.catalog.create_organization("org")
+    content = BlueprintContent("guide", "Hello.", (Question("q1", "Why?", (), 1),), "Bye.")
+    bp = await store.catalog.create_blueprint(org, content)
+    return store, org, bp.id
+
+
+async def _run(store: Store, org: str, bp_id: str) -> str:
+    run = await store.runs.create_run(
+        org,
+        blueprint_id=bp_id,
+        blueprint_version=1,
+        channel_id=None,
+        connector_id=None,
+        participant=Participant(None, None, None, {}),
+        metadata={},
+        join_window_s=60.0,
+    )
+    assert await store.runs.start_session(run.id, SessionType.TEXT, time.time()) is not None
+    return run.id
+
+
+async def test_a_failing_write_is_undone_alone_and_the_batch_commits(tmp_path: Path) -> None:
+    store, org, bp_id = await _store(tmp_path)
+    try:
+        run_id = await _run(store, org, bp_id)
+        before = (await store.runs.get_run(run_id)).last_seq
+
+        def fails(tx: Transaction) -> None:
+            tx.sql("UPDATE runs SET last_seq = last_seq + 100 WHERE id = ?", (run_id,))
+            raise RuntimeError("boom")
+
+        now = time.time()
+        results = await asyncio.gather(
+            store.runs.add_message(run_id, NewMessage(MessageRole.USER, "one", now, now, client_id="a")),
+            store.db.write(fails),
+            store.runs.add_message(run_id, NewMessage(MessageRole.USER, "two", now, now, client_id="b")),
+            return_exceptions=True,
+        )
+        assert isinstance(results[1], RuntimeError)
+        assert [m.content for m in await store.runs.list_messages(run_id)] == ["one", "two"]
+        events = await store.runs.list_events(run_id)
+        assert [e.seq for e in events] == list(range(1, before + 3))
+        assert (await store.runs.get_run(run_id)).last_seq == before + 2
+    finally:
+        await store.close()
+
+
+async def test_event_numbers_stay_gapless_under_concurrent_writes(tmp_path: Path) -> None:
+    store, org, bp_id = await _store(tmp_path)
+    try:
+        runs = [await _run(store, org, bp_id) for _ in range(5)]
+        now = time.time()
+
+        async def turns(run_id: str) -> None:
+            for i in range(20):
+                await store.runs.add_message(run_id, NewMessage(MessageRole.USER, f"a{i}", now, now, client_id=f"c{i}"))
+                await store.runs.save_state(run_id, Position(i, 0), now)
+
+        await asyncio.gather(*(turns(r) for r in runs for _ in range(2)))  # the second pass only retries
+        for run_id in runs:
+            events = await store.runs.list_events(run_id)
+            assert [e.seq for e in events] == list(range(1, len(events) + 1))
+            assert len([e for e in events if e.type is EventType.MESSAGE_CREATED]) == 20
+            assert len(await store.runs.list_messages(run_id)) == 20
+            assert (await store.runs.get_run(run_id)).position == Position(19, 0)
+    finally:
+        await store.close()
+
+
+async def test_stored_rows_read_back_as_written(tmp_path: Path) -> None:
+    """Plain-SQL writes keep the column formats SQLAlchemy's types read (JSON text, booleans, NULL as 'null')."""
+    store, org, bp_id = await _store(tmp_path)
+    try:
+        run_id = await _run(store, org, bp_id)
+        now = time.time()
+        latency = LatencyBreakdown(network=1.5, initial_wait=2.0, llm=3.25)
+        new = NewMessage(
+            MessageRole.ASSISTANT,
+            "Why? \u00e9",
+            now,
+            now + 1,
+            question_id="q1",
+            kind=UtteranceKind.QUESTION,
+            is_filler=True,
+            latency=latency,
+        )
+        msg, created = await store.runs.add_message(run_id, new, position=Position(1, 1, True), idle_since=now)
+        user, _ = await store.runs.add_message(run_id, NewMessage(MessageRole.USER, "x", now, now))
+        assert created
+        stored = await store.runs.list_messages(run_id)
+        assert stored == [msg, user]
+        assert stored[0].latency == latency and stored[0].is_filler is True and stored[1].latency is None
+        run = await store.runs.get_run(run_id)
+        assert run.position == Position(1, 1, True) and run.idle_since == now
+        events = await store.runs.list_events(run_id)
+        assert events[-2].data["message"]["id"] == msg.id
+        assert events[-2].data["message"]["latency_breakdown"]["llm"] == 3.25
+        async with store.db.read() as conn:
+            raw = (await conn.exec_driver_sql("SELECT latency FROM messages WHERE id = ?", (user.id,))).scalar()
+            data = (await conn.execute(select(t.events.c.data).where(t.events.c.seq == events[-1].seq))).scalar()
+        assert raw == "null"
+        assert json.loads(json.dumps(data)) == events[-1].data
+    finally:
+        await store.close()
+
+
+async def test_a_retried_client_id_returns_the_stored_message(tmp_path: Path) -> None:
+    store, org, bp_id = await _store(tmp_path)
+    try:
+        run_id = await _run(store, org, bp_id)
+        now = time.time()
+        new = NewMessage(MessageRole.USER, "a", now, now, client_id="k")
+        first, created = await store.runs.add_message(run_id, new)
+        again, created_again = await store.runs.add_message(
+            run_id, NewMessage(MessageRole.USER, "a", now + 5, now + 5, client_id="k")
+        )
+        assert created and not created_again and again == first
+        assert len(await store.runs.list_messages(run_id)) == 1
+        with pytest.raises(Exception):  # noqa: B017 - no such run: the foreign key refuses it
+            await store.runs.add_message("run_missing", NewMessage(MessageRole.USER, "a", now, now))
+    finally:
+        await store.close()
