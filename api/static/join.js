@@ -540,9 +540,11 @@
     if (!window.RTCPeerConnection) throw voiceError("Unsupported");
     const generation = ++voice.generation;
     const current = () => generation === voice.generation && !voice.ended && !voice.left;
+    const focusWasOnScreen = [vui.startButton, vui.retry, document.body].includes(document.activeElement);
     hideVoiceError();
     vui.start.hidden = true;
     vui.call.hidden = false;
+    if (focusWasOnScreen) vui.call.focus(); // the button that had focus is gone: keep keyboard users in place
     setVoiceState("connecting");
     setStatus("Connecting…");
     const pc = new RTCPeerConnection({ iceServers: voice.info.ice_servers || [] });

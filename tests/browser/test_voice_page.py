@@ -22,7 +22,7 @@ from playwright.async_api import expect
 
 from media.resample import Upsampler
 from tests.browser.conftest import Launch, requires_chromium, screenshot
-from tests.conftest import UNIT, Server, ServerFactory, eventually
+from tests.conftest import BLUEPRINT, UNIT, Server, ServerFactory, eventually
 
 pytestmark = requires_chromium
 
@@ -79,11 +79,11 @@ async def voice_server(server_factory: ServerFactory) -> Server:
     return server
 
 
-async def voice_run(server: Server, **settings: Any) -> dict[str, Any]:
+async def voice_run(server: Server, blueprint_id: str | None = None, **settings: Any) -> dict[str, Any]:
     body = {"type": "webrtc_voice", "name": "voice", "settings": settings}
     status, channel = await server.request("POST", "/v1/channels", json=body)
     assert status == 201, channel
-    return await server.create_run(channel_id=channel["id"])
+    return await server.create_run(channel_id=channel["id"], blueprint_id=blueprint_id)
 
 
 async def meter(page: Any) -> float:
@@ -210,6 +210,8 @@ async def test_the_microphone_is_requested_only_when_start_is_pressed(
     await expect(page.locator("#voice-captions")).to_contain_text("Interviewer: Hello.", timeout=timeout)
     assert await page.evaluate("() => window.__media") == {"getUserMedia": 1, "peers": 1}
     assert len(offers) == 1
+    await page.keyboard.press("Tab")  # focus stayed in place when the start screen went: next is Mute
+    assert await page.evaluate("() => document.activeElement.id") == "voice-mute"
     await voice_server.wait_status(run["id"], "in_progress")
 
 
@@ -273,14 +275,16 @@ async def test_mute_silences_the_microphone_and_hang_up_ends_the_session(
     voice_server: Server, launch: Launch, tmp_path: Path
 ) -> None:
     server = voice_server
-    run = await voice_run(server, idle_timeout_s=20)  # rejoin grace: 20 s x TIME_SCALE
-    # talking without a pause long enough to end a turn: the interview stays on its first question
+    # many questions: the pause while muted ends a turn, and the interview must not be over by the hang-up
+    many_questions = await server.create_blueprint(BLUEPRINT)
+    run = await voice_run(server, many_questions, idle_timeout_s=20)  # rejoin grace: 20 s x TIME_SCALE
+    # talking with pauses too short to end a turn (the fixtures trimmed to their speech)
     wav = microphone(tmp_path / "mic.wav", "job", 0.15, "home", 0.15, "breakfast", 0.15, trim=True)
     page = await open_with_microphone(launch, wav)
     await page.goto(run["join_url"])
     await page.get_by_role("button", name="Start the interview").click()
     timeout = 20_000 * UNIT
-    await expect(page.locator("#voice-captions")).to_contain_text("Interviewer: Hello.", timeout=timeout)
+    await expect(page.locator("#voice-captions")).to_contain_text("Interviewer: Hello and welcome.", timeout=timeout)
     await meter_reaches(page, 0.3)
 
     mute = page.get_by_role("button", name="Mute")
