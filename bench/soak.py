@@ -234,6 +234,11 @@ async def soak(args: argparse.Namespace, url: str, key: str, chat_channel: str, 
         "rss_growth_pct": None if growth is None else round(growth, 2),
         "fds_delta": end["fds"] - baseline["fds"],
         "threads_delta": end["threads"] - baseline["threads"],
+        "threads_grown": {  # which Python thread groups grew (e.g. asyncio_N: the loop's executor pool, bounded)
+            name: count - (baseline["threads_by_name"] or {}).get(name, 0)
+            for name, count in (end["threads_by_name"] or {}).items()
+            if count > (baseline["threads_by_name"] or {}).get(name, 0)
+        },
         "asyncio_tasks_delta": (end["asyncio_tasks"] or 0) - (baseline["asyncio_tasks"] or 0),
         "series": series,
     }
@@ -271,7 +276,8 @@ def main() -> int:
         (f"RSS growth after warm-up < {TARGETS['rss_growth_pct']:g} %",
          result["rss_growth_pct"] is not None and result["rss_growth_pct"] < TARGETS["rss_growth_pct"]),
         ("open fds back to baseline", result["fds_delta"] <= 0),
-        ("threads back to baseline", result["threads_delta"] <= 0),
+        ("threads back to baseline" + (f" (grew: {result['threads_grown']})" if result["threads_grown"] else ""),
+         result["threads_delta"] <= 0),
         ("asyncio tasks back to baseline", result["asyncio_tasks_delta"] <= 0),
         ("every run completed", result["completed"] == result["runs"]),
     ]  # fmt: skip
