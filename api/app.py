@@ -71,7 +71,12 @@ def create_app(config: ServerConfig, *, interviewer: Interviewer | None = None) 
     synthesis = None
     if config.synthesis_inprocess and not config.speech_inprocess:
         synthesis = SpeechWorkers(
-            processes=1, inprocess=True, recognizer=config.recognizer, synthesizer=config.synthesizer, warm=False
+            processes=1,
+            inprocess=True,
+            recognizer=config.recognizer,
+            synthesizer=config.synthesizer,
+            warm=False,
+            thread_name_prefix="synthesis",  # bench/voice.py tells this CPU apart from the sessions' by name
         )
     voice = VoiceServices(workers, Recordings(config.data_dir / "recordings"), synthesis)
     live.on_run_finished.append(voice.recordings.finish)
