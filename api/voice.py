@@ -42,7 +42,7 @@ from aiortc import RTCIceServer
 from api.live import PlaybackReport, RunController
 from media.audio import FRAME_SAMPLES, PCM, SAMPLE_RATE
 from media.recording import Recorder
-from media.resample import Upsampler
+from media.resample import Upsampler, single_threaded_blas
 from media.speech_track import Playback, SpeechTrack
 from media.vad import create_vad
 from media.webrtc import VoicePeer
@@ -120,6 +120,8 @@ class VoiceServices:
     """
 
     def __init__(self, workers: SpeechWorkers, recordings: Recordings, synthesis: SpeechWorkers | None = None) -> None:
+        # the resamplers' small matrix products run on the event loop: one BLAS thread, no spinning helpers
+        single_threaded_blas()
         self.workers = workers
         self.synthesis = synthesis or workers
         self.recordings = recordings
