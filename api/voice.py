@@ -366,6 +366,8 @@ class VoiceLink:
                 log.exception("voice event %s failed", kind)
 
     async def _handle(self, kind: str, payload: Any) -> None:
+        if self.closed:  # the run ended inside one of our own tasks: the recogniser is gone
+            return
         if kind == "segment":
             if self._recognition is None:
                 self._recognition = self.workers.recognition()
