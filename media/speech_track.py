@@ -9,7 +9,9 @@ is the barge-in: the current and queued playbacks end at once (the next frame
 is silence).
 
 Everything runs on the event loop inside the sender's ``recv()`` calls, so the
-per-frame work is a few small numpy copies; callbacks must be just as cheap.
+per-frame work is kept to one copy of the samples into the frame (a frame inside
+one appended chunk is a view of it, silence is one preallocated buffer);
+callbacks must be just as cheap.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ class Playback:
             return
         if self.samples_ready_at is None:
             self.samples_ready_at = self._clock()
-        self._chunks.append(pcm48)
+        self._chunks.append(np.ascontiguousarray(pcm48))
         self._buffered += len(pcm48)
         self.total_samples += len(pcm48)
 
@@ -116,9 +118,22 @@ class Playback:
         return self.completed and self._buffered == 0
 
     def take(self, n: int) -> PCM | None:
-        """The next ``n`` samples (the last frame zero-padded), or None if they are not there yet."""
+        """The next ``n`` samples (the last frame zero-padded), or None if they are not there yet.
+
+        Read-only: a frame that lies inside one appended chunk is a view of it (no copy).
+        """
         if self._buffered < n and not (self.completed and self._buffered > 0):
             return None
+        chunk = self._chunks[0]
+        if len(chunk) - self._offset >= n:  # the common case: no copy
+            out = chunk[self._offset : self._offset + n]
+            self._offset += n
+            if self._offset == len(chunk):
+                self._chunks.popleft()
+                self._offset = 0
+            self._buffered -= n
+            self.played_samples += n
+            return out
         out = np.zeros(n, dtype=np.int16)
         filled = 0
         while filled < n and self._chunks:
@@ -183,7 +198,7 @@ class SpeechTrack(MediaStreamTrack):
         self._current: Playback | None = None
         self._start: float | None = None
         self._pts = 0
-        self._silence = np.zeros(OUT_FRAME_SAMPLES, dtype=np.int16)
+        self._silence = bytes(2 * OUT_FRAME_SAMPLES)
         self.frames_sent = 0
 
     @property
@@ -228,9 +243,8 @@ class SpeechTrack(MediaStreamTrack):
             raise MediaStreamError
 
         pcm, started, finished = self._next_audio()
-        frame = AudioFrame.from_ndarray(
-            (pcm if pcm is not None else self._silence).reshape(1, -1), format="s16", layout="mono"
-        )
+        frame = AudioFrame(format="s16", layout="mono", samples=OUT_FRAME_SAMPLES)
+        frame.planes[0].update(self._silence if pcm is None else pcm)  # type: ignore[arg-type]  # any buffer
         frame.sample_rate = OUT_RATE
         frame.time_base = TIME_BASE
         frame.pts = self._pts
