@@ -65,6 +65,7 @@ log = logging.getLogger("vivavoce.voice")
 
 PREROLL_FRAMES = 15  # 300 ms of audio before the first voiced frame goes to the recogniser too
 PARTIAL_EVERY_FRAMES = 15  # ask for a partial caption every 300 ms of speech
+AUDIO_BATCH_FRAMES = 3  # speech frames handed to the recogniser together (60 ms); any decision flushes them
 MAX_SEGMENT_SAMPLES = 60 * SAMPLE_RATE  # audio kept for decoding an answer again after a pause
 
 
@@ -194,6 +195,7 @@ class VoiceLink:
         self.vad = create_vad(vad)
         self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._preroll: deque[PCM] = deque(maxlen=PREROLL_FRAMES)
+        self._batch: list[PCM] = []  # speech frames not yet queued for the recogniser
         self._recognition: RecognitionStream | None = None
         self._segment_frames = 0
         self._segment = 0  # counts segments, so a late partial caption of an old one is dropped
@@ -347,13 +349,25 @@ class VoiceLink:
         probability = self.vad.speech_probability(pcm) if len(pcm) == FRAME_SAMPLES else 0.0
         before = self.endpointer.state
         decisions = self.endpointer.frame(end_at, probability)
-        if before is State.QUIET and self.endpointer.state is not State.QUIET:
+        after = self.endpointer.state
+        if before is State.QUIET and after is not State.QUIET:
+            self._flush_audio()
             self._events.put_nowait(("segment", [*self._preroll, pcm]))
         elif before is not State.QUIET:
-            self._events.put_nowait(("audio", pcm))
+            # Batched: one event, one task wake-up and one message to the worker per 60 ms instead of per
+            # frame. Every decision (pause, end, resume...) sends what is pending first, so the recogniser
+            # has all the audio before any decision about it; a batch only waits while speech goes on.
+            self._batch.append(pcm)
+            if len(self._batch) >= AUDIO_BATCH_FRAMES or decisions or after is State.QUIET:
+                self._flush_audio()
         self._preroll.append(pcm)
         for decision in decisions:
             self._events.put_nowait(("decision", decision))
+
+    def _flush_audio(self) -> None:
+        if self._batch:
+            self._events.put_nowait(("audio", self._batch))
+            self._batch = []
 
     async def _handle_events(self) -> None:
         while True:
@@ -378,13 +392,16 @@ class VoiceLink:
             self._segment_audio, self._segment_samples = [first], len(first)
             await self._recognition.feed(first)
         elif kind == "audio":
+            audio = payload[0] if len(payload) == 1 else np.concatenate(payload)
             if self._segment_samples < MAX_SEGMENT_SAMPLES:
-                self._segment_audio.append(payload)
-                self._segment_samples += len(payload)
+                self._segment_audio.append(audio)
+                self._segment_samples += len(audio)
             if self._recognition is not None and self._early is None:
-                await self._recognition.feed(payload)
-                self._segment_frames += 1
-                if self._segment_frames % PARTIAL_EVERY_FRAMES == 0 and self._partial is None:
+                await self._recognition.feed(audio)
+                before = self._segment_frames
+                self._segment_frames += len(payload)
+                crossed = self._segment_frames // PARTIAL_EVERY_FRAMES > before // PARTIAL_EVERY_FRAMES
+                if crossed and self._partial is None:
                     self._partial = asyncio.create_task(self._caption(self._recognition, self._segment))
         elif kind == "decision":
             await self._decide(payload)
