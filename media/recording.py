@@ -16,8 +16,10 @@ Audio that still overlaps audio already on the same channel is **mixed** (summed
 scale), never overwritten; the other channel is never touched.
 
 Audio at another rate (``add(..., rate=48000)`` for the assistant's playback frames) goes through one
-streaming :class:`~media.resample.Resampler` per contiguous stretch, so chunk boundaries are seamless; its
-last ~1 ms is written when the stretch ends (a discontinuity, :meth:`Recorder.flush` or :meth:`close`).
+streaming :class:`~media.resample.Resampler` per contiguous stretch, so chunk boundaries are seamless. It
+is resampled 100 ms at a time (one call per five 20 ms frames: the per-call overhead is most of the cost
+on the event loop), so up to 100 ms of it, plus the resampler's last ~1 ms, is written when the stretch
+ends (a discontinuity, :meth:`Recorder.flush` or :meth:`close`); placement is the same either way.
 
 Memory is bounded: the newest ``window_s`` seconds (default 32 s, 2 MB) are kept in RAM and written out
 half a window at a time, so ``add`` of a 20 ms frame on the event loop is a copy into an array, not file
@@ -34,7 +36,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,6 +52,7 @@ __all__ = ["Channel", "Recorder"]
 Channel = Literal["participant", "assistant"]
 _COLUMNS: dict[str, int] = {"participant": 0, "assistant": 1}
 _SILENCE_BLOCK = 1 << 16  # frames of zeros written at a time when extending the file over a gap
+_RESAMPLE_EVERY_S = 0.1  # audio at another rate is resampled in pieces of this length, not frame by frame
 
 
 @dataclass
@@ -61,6 +64,8 @@ class _Lane:
     next_time: float = 0.0  # wall-clock time at which a continuing chunk would start
     next_pos: int = 0  # file position (frames) of the stretch's next output sample
     resampler: Resampler | None = None
+    held: list[PCM] = field(default_factory=list)  # input not yet resampled (a stretch at another rate)
+    held_samples: int = 0
 
 
 class Recorder:
@@ -132,8 +137,15 @@ class Recorder:
                 lane.next_pos = round((started_at - self.origin) * self.rate)
                 lane.resampler = Resampler(rate, self.rate) if rate != self.rate else None
             lane.next_time += len(samples) / rate
-            out = lane.resampler.process(samples) if lane.resampler is not None else samples
-            self._place(lane, out)
+            if lane.resampler is None:
+                self._place(lane, samples)
+                return
+            # one resampler call per 100 ms rather than per 20 ms frame: on the event loop, the call
+            # overhead is most of the cost; the stream (and so the file) is the same either way
+            lane.held.append(samples)
+            lane.held_samples += len(samples)
+            if lane.held_samples >= _RESAMPLE_EVERY_S * rate:
+                self._resample_held(lane)
 
     def flush(self) -> None:
         """End every channel's current stretch and write everything held in memory to the file."""
@@ -167,8 +179,16 @@ class Recorder:
         self._spill(self._disk + self._hi)
         self._file.flush()
 
+    def _resample_held(self, lane: _Lane) -> None:
+        if lane.resampler is not None and lane.held:
+            held = lane.held[0] if len(lane.held) == 1 else np.concatenate(lane.held)
+            self._place(lane, lane.resampler.process(held))
+        lane.held = []
+        lane.held_samples = 0
+
     def _end_stretch(self, lane: _Lane) -> None:
         if lane.resampler is not None:
+            self._resample_held(lane)
             self._place(lane, lane.resampler.flush())
         lane.rate = 0
         lane.resampler = None
