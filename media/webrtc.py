@@ -170,8 +170,10 @@ async def consume_audio(
         received_at = clock()
         if not isinstance(frame, av.AudioFrame):
             continue
-        if frame.pts is not None and frame.time_base is not None:
-            media_end = float(frame.pts * frame.time_base) + frame.samples / frame.sample_rate
+        time_base = frame.time_base
+        if frame.pts is not None and time_base is not None:
+            # == float(pts * time_base), without building a Fraction per frame (int division rounds correctly)
+            media_end = frame.pts * time_base.numerator / time_base.denominator + frame.samples / frame.sample_rate
         else:
             counted += frame.samples / frame.sample_rate
             media_end = counted
@@ -183,7 +185,12 @@ async def consume_audio(
             channels = len(frame.layout.channels)
             if downsampler is None or downsampler.channels != channels:
                 downsampler = Downsampler48to16(channels)
-            pcm = downsampler.process(frame.to_ndarray())
+            samples: np.ndarray
+            if frame.format.name == "s16":  # packed: a view of the frame's buffer (to_ndarray copies via vstack)
+                samples = np.frombuffer(memoryview(frame.planes[0]), dtype=np.int16, count=frame.samples * channels)
+            else:
+                samples = frame.to_ndarray()
+            pcm = downsampler.process(samples)
         else:
             if fallback is None:
                 fallback = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
