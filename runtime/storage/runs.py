@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import JSON as JSONType
 from sqlalchemy import and_, func, select, update
 
 from runtime.errors import NotFound
@@ -41,7 +42,10 @@ from runtime.types import (
 
 
 def _run(row: Any) -> Run:
-    m = row._mapping
+    return _run_from(row._mapping)
+
+
+def _run_from(m: Mapping[str, Any]) -> Run:
     p = m["participant"]
     pos = m["position"]
     return Run(
@@ -66,16 +70,37 @@ def _run(row: Any) -> Run:
     )
 
 
+_RUN_COLUMNS = tuple(c.name for c in t.runs.columns)
+_RUN_JSON = frozenset(c.name for c in t.runs.columns if isinstance(c.type, JSONType))
+_RUN_SELECT = ", ".join(_RUN_COLUMNS)
+
+
+def _run_raw(values: Sequence[Any]) -> Run:
+    """A run from a plain-SQL row of ``_RUN_SELECT`` (JSON columns still text)."""
+    m = dict(zip(_RUN_COLUMNS, values, strict=True))
+    for k in _RUN_JSON:
+        if m[k] is not None:
+            m[k] = json.loads(m[k])
+    return _run_from(m)
+
+
 def _session(row: Any) -> Session:
-    m = row._mapping
+    return _session_raw(tuple(row._mapping[k] for k in _SESSION_COLUMNS))
+
+
+_SESSION_COLUMNS = ("id", "run_id", "type", "status", "started_at", "ended_at", "end_reason")
+_SESSION_SELECT = ", ".join(_SESSION_COLUMNS)
+
+
+def _session_raw(v: Sequence[Any]) -> Session:
     return Session(
-        id=m["id"],
-        run_id=m["run_id"],
-        type=SessionType(m["type"]),
-        status=SessionStatus(m["status"]),
-        started_at=m["started_at"],
-        ended_at=m["ended_at"],
-        end_reason=SessionEndReason(m["end_reason"]) if m["end_reason"] else None,
+        id=v[0],
+        run_id=v[1],
+        type=SessionType(v[2]),
+        status=SessionStatus(v[3]),
+        started_at=v[4],
+        ended_at=v[5],
+        end_reason=SessionEndReason(v[6]) if v[6] else None,
     )
 
 
@@ -319,20 +344,25 @@ class RunStore:
         status = reason.run_status
 
         def write(tx: Transaction) -> Any:
-            row = (tx.conn.execute(select(t.runs).where(t.runs.c.id == run_id))).first()
-            if row is None or RunStatus(row.status).is_terminal:
+            if not self._live(tx, run_id):
                 return None
             self._end_sessions(tx, run_id, SessionEndReason.RUN_ENDED, now)
-            tx.conn.execute(
-                update(t.runs)
-                .where(t.runs.c.id == run_id)
-                .values(status=status.value, end_reason=reason.value, ended_at=now, idle_since=None)
+            rows = tx.sql(
+                "UPDATE runs SET status = ?, end_reason = ?, ended_at = ?, idle_since = NULL, last_seq = last_seq + 1"
+                f" WHERE id = ? RETURNING {_RUN_SELECT}",
+                (status.value, reason.value, now, run_id),
             )
-            run = _run((tx.conn.execute(select(t.runs).where(t.runs.c.id == run_id))).one())
-            self._emit(tx, run_id, EventType.for_terminal(status), run_event_json(run), now)
+            run = _run_raw(rows[0])
+            self._insert_event(tx, run_id, run.last_seq, EventType.for_terminal(status), run_event_json(run), now)
             return run
 
         return await self.db.write(write)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _live(tx: Transaction, run_id: str) -> bool:
+        """The run exists and has not ended."""
+        rows = tx.sql("SELECT status FROM runs WHERE id = ?", (run_id,))
+        return bool(rows) and not RunStatus(rows[0][0]).is_terminal
 
     # --- sessions -----------------------------------------------------------------------
 
@@ -340,53 +370,53 @@ class RunStore:
         """Open a session (ending any live one as replaced); None if the run has ended."""
 
         def write(tx: Transaction) -> Any:
-            row = (tx.conn.execute(select(t.runs).where(t.runs.c.id == run_id))).first()
-            if row is None or RunStatus(row.status).is_terminal:
+            rows = tx.sql("SELECT status FROM runs WHERE id = ?", (run_id,))
+            if not rows or RunStatus(rows[0][0]).is_terminal:
                 return None
             self._end_sessions(tx, run_id, SessionEndReason.REPLACED, now)
-            if row.status == RunStatus.PENDING.value:
-                tx.conn.execute(
-                    update(t.runs)
-                    .where(t.runs.c.id == run_id)
-                    .values(status=RunStatus.IN_PROGRESS.value, started_at=now)
+            if rows[0][0] == RunStatus.PENDING.value:
+                started = tx.sql(
+                    "UPDATE runs SET status = ?, started_at = ?, last_seq = last_seq + 1"
+                    f" WHERE id = ? RETURNING {_RUN_SELECT}",
+                    (RunStatus.IN_PROGRESS.value, now, run_id),
                 )
-                run = _run((tx.conn.execute(select(t.runs).where(t.runs.c.id == run_id))).one())
-                self._emit(tx, run_id, EventType.RUN_STARTED, run_event_json(run), now)
+                run = _run_raw(started[0])
+                self._insert_event(tx, run_id, run.last_seq, EventType.RUN_STARTED, run_event_json(run), now)
             session = Session(new_id("session", now=now), run_id, type, SessionStatus.ACTIVE, now, None, None)
-            tx.conn.execute(
-                t.sessions.insert().values(
-                    id=session.id, run_id=run_id, type=type.value, status=session.status.value, started_at=now
-                )
+            tx.sql(
+                "INSERT INTO sessions (id, run_id, type, status, started_at, ended_at, end_reason)"
+                " VALUES (?, ?, ?, ?, ?, NULL, NULL)",
+                (session.id, run_id, type.value, session.status.value, now),
             )
-            self._emit(tx, run_id, EventType.SESSION_STARTED, {"session": session_json(session)}, now)
-            run = _run((tx.conn.execute(select(t.runs).where(t.runs.c.id == run_id))).one())
+            numbered = tx.sql(f"UPDATE runs SET last_seq = last_seq + 1 WHERE id = ? RETURNING {_RUN_SELECT}", [run_id])
+            run = _run_raw(numbered[0])
+            data = {"session": session_json(session)}
+            self._insert_event(tx, run_id, run.last_seq, EventType.SESSION_STARTED, data, now)
             return run, session
 
         return await self.db.write(write)  # type: ignore[no-any-return]
 
     async def end_session(self, session_id: str, reason: SessionEndReason, now: float) -> None:
         def write(tx: Transaction) -> Any:
-            row = (tx.conn.execute(select(t.sessions).where(t.sessions.c.id == session_id))).first()
-            if row is not None and row.status == SessionStatus.ACTIVE.value:
-                self._close_session(tx, _session(row), reason, now)
+            rows = tx.sql(f"SELECT {_SESSION_SELECT} FROM sessions WHERE id = ?", (session_id,))
+            if rows and rows[0][3] == SessionStatus.ACTIVE.value:
+                self._close_session(tx, _session_raw(rows[0]), reason, now)
 
         await self.db.write(write)
 
     def _end_sessions(self, tx: Transaction, run_id: str, reason: SessionEndReason, now: float) -> None:
-        rows = tx.conn.execute(
-            select(t.sessions).where(
-                and_(t.sessions.c.run_id == run_id, t.sessions.c.status == SessionStatus.ACTIVE.value)
-            )
+        rows = tx.sql(
+            f"SELECT {_SESSION_SELECT} FROM sessions WHERE run_id = ? AND status = ?",
+            (run_id, SessionStatus.ACTIVE.value),
         )
-        for row in list(rows):
-            self._close_session(tx, _session(row), reason, now)
+        for row in rows:
+            self._close_session(tx, _session_raw(row), reason, now)
 
     def _close_session(self, tx: Transaction, session: Session, reason: SessionEndReason, now: float) -> None:
         ended_at = max(now, session.started_at)
-        tx.conn.execute(
-            update(t.sessions)
-            .where(t.sessions.c.id == session.id)
-            .values(status=SessionStatus.ENDED.value, ended_at=ended_at, end_reason=reason.value)
+        tx.sql(
+            "UPDATE sessions SET status = ?, ended_at = ?, end_reason = ? WHERE id = ?",
+            (SessionStatus.ENDED.value, ended_at, reason.value, session.id),
         )
         closed = Session(
             session.id, session.run_id, session.type, SessionStatus.ENDED, session.started_at, ended_at, reason

@@ -15,6 +15,7 @@ from runtime.storage import schema as t
 from runtime.storage.database import Transaction
 from runtime.types import (
     BlueprintContent,
+    EndReason,
     EventType,
     LatencyBreakdown,
     MessageRole,
@@ -149,5 +150,37 @@ async def test_a_retried_client_id_returns_the_stored_message(tmp_path: Path) ->
         assert len(await store.runs.list_messages(run_id)) == 1
         with pytest.raises(Exception):  # noqa: B017 - no such run: the foreign key refuses it
             await store.runs.add_message("run_missing", NewMessage(MessageRole.USER, "a", now, now))
+    finally:
+        await store.close()
+
+
+async def test_sessions_and_the_end_of_a_run_number_their_events_in_order(tmp_path: Path) -> None:
+    store, org, bp_id = await _store(tmp_path)
+    try:
+        run_id = await _run(store, org, bp_id)  # created, started, first session
+        started = await store.runs.start_session(run_id, SessionType.TEXT, time.time())  # replaces the first
+        assert started is not None
+        run, session = started
+        assert run.status.value == "in_progress" and run.last_seq == 5
+        assert run.participant == Participant(None, None, None, {}) and run.position == Position()
+        ended = await store.runs.end_run(run_id, EndReason.CANCELLED, time.time())
+        assert ended is not None and ended.status.value == "cancelled" and ended.end_reason is EndReason.CANCELLED
+        assert await store.runs.end_run(run_id, EndReason.CANCELLED) is None
+        assert await store.runs.start_session(run_id, SessionType.TEXT, time.time()) is None
+        events = await store.runs.list_events(run_id)
+        assert [(e.seq, e.type.value) for e in events] == [
+            (1, "run.created"),
+            (2, "run.started"),
+            (3, "session.started"),
+            (4, "session.ended"),
+            (5, "session.started"),
+            (6, "session.ended"),
+            (7, "run.cancelled"),
+        ]
+        assert events[3].data["session"]["end_reason"] == "replaced"
+        assert events[5].data["session"]["id"] == session.id
+        assert events[6].data["status"] == "cancelled"
+        assert (await store.runs.get_run(run_id)).last_seq == 7
+        assert [s.status.value for s in await store.runs.list_sessions(run_id)] == ["ended", "ended"]
     finally:
         await store.close()
