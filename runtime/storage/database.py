@@ -12,8 +12,11 @@ and back through the event loop, and a busy loop made every hop wait, while
 the write lock was held: at a few hundred chat sessions the lock was
 saturated and turns took seconds. Here a whole transaction runs in the
 writer thread without touching the loop, and all writes that queued up
-meanwhile share one transaction and one ``COMMIT`` (group commit); each runs
-in its own savepoint, so one failing write does not undo the others.
+meanwhile share one transaction and one ``COMMIT`` (group commit). One failing
+write does not undo the others: should one fail, the batch is rolled back and
+run again with each write in its own savepoint (savepoints are not used
+otherwise: they would double the statements of a turn). The statements of
+every turn go to the driver's cursor as plain SQL (:meth:`Transaction.sql`).
 
 SQLite runs in WAL mode: readers (the async engine, over aiosqlite) never
 wait for the writer. ``synchronous`` defaults to ``FULL`` (a commit survives
@@ -42,6 +45,14 @@ EventListener = Callable[[Event], None]
 T = TypeVar("T")
 
 MAX_BATCH = 500  # writes per group commit
+
+
+class _Retry(Exception):
+    """A write failed in a batch run without savepoints: roll it all back and run it again with them."""
+
+
+class _RolledBack(Exception):
+    """The only write of a batch failed: its transaction is rolled back, its error goes to its caller."""
 
 
 class Transaction:
@@ -188,27 +199,51 @@ class Database:
                 self._run_batch(conn, cursor, placeholder, batch)
 
     def _run_batch(self, conn: Connection, cursor: Any, placeholder: Callable[[str], str], batch: list[_Job]) -> None:
+        # Optimistic: the whole batch in one transaction. Only if a write fails is the batch run again,
+        # each write in its own savepoint, so the failing one is undone alone and the others commit:
+        # a SAVEPOINT and a RELEASE per write would be more statements than most writes have.
+        if self._attempt(conn, cursor, placeholder, batch, savepoints=False):
+            self._attempt(conn, cursor, placeholder, batch, savepoints=True)
+        self._announce(batch)
+
+    def _attempt(
+        self, conn: Connection, cursor: Any, placeholder: Callable[[str], str], batch: list[_Job], *, savepoints: bool
+    ) -> bool:
+        """Run and commit ``batch``. Returns True if a write failed without savepoints (nothing was committed)."""
+        alone = len(batch) == 1  # nothing else to protect: its error rolls back its own transaction
         try:
             with conn.begin():
                 for job in batch:
+                    job.result, job.error, job.events = None, None, []
                     tx = Transaction(conn, cursor, placeholder)
-                    # A savepoint per write, issued on the driver's cursor: SQLAlchemy's begin_nested()
-                    # costs more than most writes. An error inside a transaction leaves it open, so
-                    # ROLLBACK TO undoes just this write and the batch goes on.
-                    cursor.execute("SAVEPOINT vv_write")
+                    if savepoints:
+                        cursor.execute("SAVEPOINT vv_write")
                     try:
                         job.result = job.fn(tx)
-                    except Exception as exc:  # this write is rolled back to its savepoint; the others go on
+                    except Exception as exc:
+                        job.error = exc
+                        if alone:
+                            raise _RolledBack from exc
+                        if not savepoints:
+                            raise _Retry from exc
+                        # an error inside a transaction leaves it open: undo just this write
                         cursor.execute("ROLLBACK TO SAVEPOINT vv_write")
                         cursor.execute("RELEASE SAVEPOINT vv_write")
-                        job.error = exc
-                    else:
+                        continue
+                    if savepoints:
                         cursor.execute("RELEASE SAVEPOINT vv_write")
-                        job.events = tx.events
+                    job.events = tx.events
+        except _Retry:
+            return True
+        except _RolledBack:
+            pass
         except Exception as exc:  # the commit itself failed: nothing in the batch happened
             for job in batch:
                 job.error = job.error or exc
                 job.events = []
+        return False
+
+    def _announce(self, batch: list[_Job]) -> None:
         self.commits += 1
         self.writes += len(batch)
         by_loop: dict[asyncio.AbstractEventLoop, list[_Job]] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -182,5 +183,44 @@ async def test_sessions_and_the_end_of_a_run_number_their_events_in_order(tmp_pa
         assert events[6].data["status"] == "cancelled"
         assert (await store.runs.get_run(run_id)).last_seq == 7
         assert [s.status.value for s in await store.runs.list_sessions(run_id)] == ["ended", "ended"]
+    finally:
+        await store.close()
+
+
+async def test_one_batch_with_a_failing_write_commits_the_others_and_undoes_it(tmp_path: Path) -> None:
+    store, org, bp_id = await _store(tmp_path)
+    try:
+        run_id = await _run(store, org, bp_id)
+        before = (await store.runs.get_run(run_id)).last_seq
+        gate = threading.Event()
+
+        def hold(tx: Transaction) -> None:  # keeps the writer busy until everything below has queued
+            gate.wait(5)
+
+        def fails(tx: Transaction) -> None:
+            tx.sql("UPDATE runs SET last_seq = last_seq + 100 WHERE id = ?", (run_id,))
+            raise RuntimeError("boom")
+
+        now = time.time()
+        held = asyncio.ensure_future(store.db.write(hold))
+        await asyncio.sleep(0.05)
+        commits = store.db.commits
+        writes = [
+            store.runs.add_message(run_id, NewMessage(MessageRole.USER, f"m{i}", now, now, client_id=f"c{i}"))
+            for i in range(3)
+        ]
+        batch = asyncio.gather(writes[0], store.db.write(fails), writes[1], writes[2], return_exceptions=True)
+        await asyncio.sleep(0.05)
+        gate.set()
+        await held
+        results = await batch
+        assert isinstance(results[1], RuntimeError)
+        assert store.db.commits == commits + 2  # the held write, then the three others in one batch
+        assert [m.content for m in await store.runs.list_messages(run_id)] == ["m0", "m1", "m2"]
+        assert [e.seq for e in await store.runs.list_events(run_id)] == list(range(1, before + 4))
+
+        with pytest.raises(RuntimeError):  # alone in its batch: rolled back all the same
+            await store.db.write(fails)
+        assert (await store.runs.get_run(run_id)).last_seq == before + 3
     finally:
         await store.close()
