@@ -130,9 +130,13 @@ class RunController:
         self._closed = False  # server shutdown: ignore inputs, leave the database alone
         self._on_finished = on_finished
         self._lock = asyncio.Lock()
-        self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._timer = asyncio.create_task(self._timer_loop(), name=f"timer-{run.id}")
+        # The machine's next deadline, as one loop timer: rescheduled only when the deadline moves
+        # (a task and a timer per input for a sleeping loop task cost more than the rest of a turn).
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_for: float | None = None  # the deadline self._timer is set for
+        self._ticking = False  # a tick is queued or running; it reschedules when done
+        self._reschedule()
 
     # --- inputs from the connection --------------------------------------------------
 
@@ -222,7 +226,7 @@ class RunController:
                 self.conv.speech_ended(now)
             elif change == "interrupting":
                 await self._apply(self.conv.speech_interrupting(now))
-            self._wake.set()
+            self._reschedule()
 
     async def playback_done(self, link: ParticipantLink, report: PlaybackReport) -> None:
         """Voice: a message has been played to the end."""
@@ -246,7 +250,7 @@ class RunController:
         async with self._lock:
             if link is self.link:
                 self.conv.participant_activity(self.clock())
-                self._wake.set()
+                self._reschedule()
 
     async def end(self, reason: EndReason) -> Run | None:
         """End from outside (cancel). Returns the ended run, or None if it had already ended."""
@@ -263,10 +267,10 @@ class RunController:
         as after a crash, and the run's deadlines go on from stored timestamps.
         """
         self._closed = True
-        self._timer.cancel()
+        self._reschedule()  # cancels the timer
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(self._timer, *self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         link, self.link = self.link, None
         if link is not None:
             await _quietly(link.send({"type": "error", "code": "server_restart", "message": _RESTARTING}))
@@ -294,7 +298,7 @@ class RunController:
                 for report in reports:
                     await self._record_playback(report)
                 queue.extend(self.conv.playback_stopped(self.clock()))
-        self._wake.set()
+        self._reschedule()
         return ended
 
     async def _deliver(self, action: Deliver) -> list[Action]:
@@ -384,23 +388,33 @@ class RunController:
 
     # --- time -----------------------------------------------------------------------------
 
-    async def _timer_loop(self) -> None:
-        while not self.finished:
-            self._wake.clear()
-            deadline = self.conv.deadline()
-            timeout = None if deadline is None else max(deadline - self.clock(), 0.0)
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-                continue
-            except TimeoutError:
-                pass
-            try:
-                async with self._lock:
-                    if not self.finished:
-                        await self._apply(self.conv.tick(self.clock()))
-            except Exception:
-                log.exception("timer failed in run %s", self.run_id)
-                await asyncio.sleep(1.0)
+    def _reschedule(self) -> None:
+        """Set the timer for the machine's deadline (after every input): tick no later than it."""
+        deadline = None if self.finished or self._closed else self.conv.deadline()
+        if deadline == self._timer_for and (self._timer is not None or deadline is None):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_for = deadline
+        if deadline is not None and not self._ticking:
+            delay = max(deadline - self.clock(), 0.0)
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer, self._timer_for, self._ticking = None, None, True
+        self._spawn(self._tick())
+
+    async def _tick(self) -> None:
+        try:
+            async with self._lock:
+                if not self.finished and not self._closed:
+                    await self._apply(self.conv.tick(self.clock()))
+        except Exception:
+            log.exception("timer failed in run %s", self.run_id)
+            await asyncio.sleep(1.0)
+        self._ticking = False
+        self._reschedule()
 
 
 _RESTARTING = "The server is restarting; reconnect in a moment to continue."
