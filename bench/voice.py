@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -32,6 +33,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -78,16 +80,44 @@ def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
     return out
 
 
-def split_cpu(pid: int, before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
-    """CPU used between two :func:`thread_cpu` snapshots by live synthesis threads and by the other live ones
-    (``event_loop``: the main thread, part of ``other``)."""
-    split = {"synthesis": 0.0, "other": 0.0, "event_loop": 0.0}
-    for tid, (name, seconds) in after.items():
-        used = seconds - before.get(tid, (name, 0.0))[1]
-        split["synthesis" if name.startswith(SYNTHESIS_THREADS) else "other"] += used
-        if tid == pid:
-            split["event_loop"] = used
-    return split
+class ThreadWatch:
+    """Per-thread CPU of ``pid`` from now on, sampled every ``interval`` s on a thread of the bench process.
+
+    Threads come and go during the load (aiortc's decoder thread of each session ends with it; eSpeak
+    starts one per utterance), and a thread's CPU is gone from ``/proc`` once it exits, so each thread
+    counts with its last sample: at most ``interval`` of an exited thread's CPU is missed. That residue
+    is not attributed to synthesis (it counts as the sessions').
+    """
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.pid = pid
+        self.start = thread_cpu(pid)
+        self.last = dict(self.start)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self._sample()
+
+    def _sample(self) -> None:
+        with contextlib.suppress(OSError):  # the process is gone
+            self.last.update(thread_cpu(self.pid))
+
+    def stop(self) -> dict[str, float]:
+        """CPU seconds since the start: on synthesis threads, on the main thread (the event loop)."""
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        split = {"synthesis": 0.0, "event_loop": 0.0}
+        for tid, (name, seconds) in self.last.items():
+            used = seconds - self.start.get(tid, (name, 0.0))[1]
+            if name.startswith(SYNTHESIS_THREADS):
+                split["synthesis"] += used
+            elif tid == self.pid:
+                split["event_loop"] = used
+        return split
 
 
 def rss_mb(pid: int) -> float:
@@ -273,12 +303,12 @@ def main() -> int:
             channel = asyncio.run(api(url, key, "POST", "/v1/channels", {"type": "webrtc_voice", "name": "bench"}))
             rss0 = rss_mb(proc.pid)
             asyncio.run(api(url, key, "GET", "/healthz?reset_lag=1"))
-            cpu0, threads0, t0 = cpu_seconds(proc.pid), thread_cpu(proc.pid), time.monotonic()
+            cpu0, watch, t0 = cpu_seconds(proc.pid), ThreadWatch(proc.pid), time.monotonic()
             child = {"url": url, "key": key, "channel": channel["id"], "blueprint": bp["id"], "n": n,
                      "stagger": args.stagger}  # fmt: skip
             load = run_child(["--child", "callers", "--child-args", json.dumps(child)], 600)
             wall, cpu = time.monotonic() - t0, cpu_seconds(proc.pid) - cpu0
-            threads = split_cpu(proc.pid, threads0, thread_cpu(proc.pid))
+            threads = watch.stop()
             peak_rss = rss_mb(proc.pid)
             health = asyncio.run(api(url, key, "GET", "/healthz"))
             runs = [asyncio.run(api(url, key, "GET", f"/v1/runs/{c['run_id']}?expand=transcript"))
@@ -303,12 +333,9 @@ def main() -> int:
     cpu_per_session = cpu / wall / n
     sessions_per_core = 1 / cpu_per_session if cpu_per_session else float("inf")
     raw_peers_per_core = 1 / raw["cpu_per_peer"]
-    # Without synthesis: the main process's CPU minus its synthesis threads (eSpeak in threads here by
-    # default, ServerConfig.synthesis_inprocess). Threads that exited during the load are not in either
-    # live figure; their CPU (mostly eSpeak's short-lived synthesis threads) is shown apart and not
-    # counted as the sessions'.
-    exited = max(cpu - threads["synthesis"] - threads["other"], 0.0)
-    session_only = threads["other"] / wall / n
+    # Without synthesis: the main process's CPU minus that of its synthesis threads (eSpeak runs in threads
+    # here by default, ServerConfig.synthesis_inprocess), sampled per thread while the load ran.
+    session_only = (cpu - threads["synthesis"]) / wall / n
     sessions_per_core_only = 1 / session_only if session_only else float("inf")
     result = {
         "machine": f"{os.cpu_count()} cores, {os.uname().sysname} {os.uname().release}",
@@ -328,9 +355,8 @@ def main() -> int:
         },
         "server_cpu_split_core_fraction": {
             "synthesis_threads": round(threads["synthesis"] / wall, 3),
-            "exited_threads": round(exited / wall, 3),
-            "other": round(threads["other"] / wall, 3),
-            "of_which_event_loop": round(threads["event_loop"] / wall, 3),
+            "event_loop_thread": round(threads["event_loop"] / wall, 3),
+            "other_threads": round((cpu - threads["synthesis"] - threads["event_loop"]) / wall, 3),
         },
         "server_cpu_per_session_without_synthesis": round(session_only, 4),
         "voice_sessions_per_core": round(sessions_per_core, 1),
