@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, RootTransaction
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from runtime.storage.schema import metadata
@@ -64,17 +64,67 @@ class Transaction:
     statement than SQLite spends running it (measured, docs/benchmarks.md).
     """
 
-    def __init__(self, conn: Connection, cursor: Any, placeholder: Callable[[str], str]) -> None:
-        self.conn = conn
+    def __init__(self, scope: _Scope, placeholder: Callable[[str], str]) -> None:
         self.events: list[Event] = []
-        self._cursor = cursor
+        self._scope = scope
+        self._cursor = scope.cursor
         self._placeholder = placeholder
+
+    @property
+    def conn(self) -> Connection:
+        return self._scope.connection()
 
     def sql(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
         """Run one statement on the driver's cursor; returns the rows it produced (RETURNING, SELECT)."""
         cur = self._cursor
         cur.execute(self._placeholder(statement), params)
         return cur.fetchall() if cur.description else []
+
+    def change(self, statement: str, params: Sequence[Any] = ()) -> int:
+        """Run one INSERT, UPDATE or DELETE on the driver's cursor; returns how many rows it changed."""
+        cur = self._cursor
+        cur.execute(self._placeholder(statement), params)
+        return int(cur.rowcount)
+
+
+class _Scope:
+    """One transaction of the writer thread.
+
+    On SQLite it is begun and committed on the driver's cursor, and SQLAlchemy's
+    connection is told of it only when a write uses ``tx.conn``: its begin and
+    commit cost more than a turn's statements. Other databases: SQLAlchemy's.
+    """
+
+    def __init__(self, db: Database, conn: Connection, cursor: Any) -> None:
+        self.db, self.conn, self.cursor = db, conn, cursor
+        self._sa: RootTransaction | None = None
+
+    def begin(self) -> None:
+        if self.db._raw_transactions:
+            self.cursor.execute("BEGIN IMMEDIATE")
+        else:
+            self._sa = self.conn.begin()
+
+    def connection(self) -> Connection:
+        if self._sa is None:  # adopt the transaction already open on the driver's connection
+            self.db._adopting = True
+            try:
+                self._sa = self.conn.begin()
+            finally:
+                self.db._adopting = False
+        return self.conn
+
+    def commit(self) -> None:
+        if self._sa is not None:
+            self._sa.commit()
+        else:
+            self.cursor.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self._sa is not None:
+            self._sa.rollback()
+        else:
+            self.cursor.execute("ROLLBACK")
 
 
 @dataclass
@@ -125,6 +175,8 @@ class Database:
         self._writer: threading.Thread | None = None
         self.commits = 0  # group commits so far (and writes, below): for benchmarks
         self.writes = 0
+        self._raw_transactions = self.sync_engine.dialect.name == "sqlite"
+        self._adopting = False  # SQLAlchemy is joining a transaction the writer began itself
         if self.engine.dialect.name == "sqlite":
             mode = synchronous.upper()
             for engine in (self.engine.sync_engine, self.sync_engine):
@@ -145,7 +197,8 @@ class Database:
 
             @event.listens_for(self.sync_engine, "begin")
             def _begin(conn: Connection) -> None:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                if not self._adopting:
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     async def create_schema(self) -> None:
         async with self.engine.begin() as conn:
@@ -211,11 +264,13 @@ class Database:
     ) -> bool:
         """Run and commit ``batch``. Returns True if a write failed without savepoints (nothing was committed)."""
         alone = len(batch) == 1  # nothing else to protect: its error rolls back its own transaction
+        scope = _Scope(self, conn, cursor)
         try:
-            with conn.begin():
+            scope.begin()
+            try:
                 for job in batch:
                     job.result, job.error, job.events = None, None, []
-                    tx = Transaction(conn, cursor, placeholder)
+                    tx = Transaction(scope, placeholder)
                     if savepoints:
                         cursor.execute("SAVEPOINT vv_write")
                     try:
@@ -233,6 +288,11 @@ class Database:
                     if savepoints:
                         cursor.execute("RELEASE SAVEPOINT vv_write")
                     job.events = tx.events
+                scope.commit()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    scope.rollback()
+                raise
         except _Retry:
             return True
         except _RolledBack:

@@ -18,7 +18,7 @@ from sqlalchemy import and_, func, select, update
 
 from runtime.errors import NotFound
 from runtime.ids import new_id, new_join_token
-from runtime.serialize import message_json, run_event_json, session_json
+from runtime.serialize import message_json, remember_text, run_event_json, session_json
 from runtime.storage import schema as t
 from runtime.storage.database import Database, Transaction
 from runtime.types import (
@@ -140,7 +140,7 @@ _INSERT_EVENT = "INSERT INTO events (run_id, seq, type, created_at, data) VALUES
 _INSERT_MESSAGE = (
     "INSERT INTO messages (id, run_id, session_id, role, content, question_id, kind, is_filler, is_interrupted,"
     " started_at, ended_at, latency, client_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT (run_id, client_id) DO NOTHING RETURNING pk"
+    " ON CONFLICT (run_id, client_id) DO NOTHING"
 )
 _dumps = json.dumps
 
@@ -211,7 +211,7 @@ class RunStore:
         tx: Transaction, run_id: str, seq: int, type: EventType, data: JSON, now: float, *, text: str | None = None
     ) -> Event:
         """Store an event; ``text`` is ``data`` already as JSON, if the caller has it."""
-        tx.sql(_INSERT_EVENT, (run_id, seq, type.value, now, _dumps(data) if text is None else text))
+        tx.change(_INSERT_EVENT, (run_id, seq, type.value, now, _dumps(data) if text is None else text))
         ev = Event(run_id, seq, type, now, data)
         tx.events.append(ev)
         return ev
@@ -334,7 +334,7 @@ class RunStore:
 
     async def save_state(self, run_id: str, position: Position, idle_since: float | None) -> None:
         def write(tx: Transaction) -> Any:
-            tx.sql(_SAVE_STATE, (_dumps(_position_json(position)), idle_since, run_id))
+            tx.change(_SAVE_STATE, (_dumps(_position_json(position)), idle_since, run_id))
 
         await self.db.write(write)
 
@@ -479,7 +479,7 @@ class RunStore:
                 latency=new.latency,
                 client_id=new.client_id,
             )
-            inserted = tx.sql(
+            inserted = tx.change(
                 _INSERT_MESSAGE,
                 (
                     msg.id,
@@ -505,9 +505,9 @@ class RunStore:
                 seq, started_at = self._next_seq(tx, run_id, position=position, idle_since=idle_since)
             else:
                 seq, started_at = self._next_seq(tx, run_id)
-            body = message_json(msg, started_at)
-            data = {"message": body}
-            self._insert_event(tx, run_id, seq, EventType.MESSAGE_CREATED, data, new.ended_at)
+            body, text = remember_text(msg, started_at)  # the frames that send it reuse the text
+            data, stored = {"message": body}, f'{{"message":{text}}}'
+            self._insert_event(tx, run_id, seq, EventType.MESSAGE_CREATED, data, new.ended_at, text=stored)
             return msg, True
 
         return await self.db.write(write)  # type: ignore[no-any-return]
