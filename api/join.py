@@ -28,7 +28,7 @@ from aiohttp import WSMsgType, web
 from api.live import ParticipantLink, PlaybackReport
 from api.openapi import Param, RouteTable
 from api.state import STATE, AppState
-from runtime.serialize import message_json
+from runtime.serialize import message_text
 from runtime.types import EndReason, Message, Run, RunStatus, SessionType
 
 routes = RouteTable()
@@ -67,12 +67,16 @@ class ChatLink:
 
     async def send(self, frame: dict[str, Any]) -> None:
         """Send a frame; a participant who has just gone is not an error (the session ends on its own)."""
+        await self.send_text(json.dumps(frame, separators=(",", ":")))
+
+    async def send_text(self, text: str) -> None:
+        """Send a frame already encoded as JSON."""
         if not self.ws.closed:
             with contextlib.suppress(ConnectionError):
-                await self.ws.send_str(json.dumps(frame, separators=(",", ":")))
+                await self.ws.send_str(text)
 
     async def deliver(self, message: Message, run_started_at: float | None) -> None:
-        await self.send({"type": "message", "message": message_json(message, run_started_at)})
+        await self.send_text(f'{{"type":"message","message":{message_text(message, run_started_at)}}}')
 
     async def stop_playback(self) -> list[PlaybackReport]:
         return []
@@ -259,7 +263,5 @@ async def _on_message(
         return await _error(link, "content_too_large", f"the message is longer than {limit} bytes", **extra)
     message = await controller.participant_message(link, content, client_id=client_id, received_at=received_at)
     if message is not None:
-        run_started_at = controller.run_started_at
-        await link.send(
-            {"type": "message.ack", "client_id": client_id, "message": message_json(message, run_started_at)}
-        )
+        text = message_text(message, controller.run_started_at)  # encoded once, when it was stored
+        await link.send_text(f'{{"type":"message.ack","client_id":{json.dumps(client_id)},"message":{text}}}')

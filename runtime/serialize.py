@@ -8,6 +8,7 @@ on the recording.
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,6 +44,37 @@ def message_json(message: Message, run_started_at: float | None) -> dict[str, An
         "latency_breakdown": message.latency.as_dict() if message.latency else None,
         "client_id": message.client_id,
     }
+
+
+def message_text(message: Message, run_started_at: float | None) -> str:
+    """:func:`message_json` as compact JSON text, as frames carry it.
+
+    The storage layer serializes each message once when it stores it (see
+    :func:`remember_text`); sending that same message object again (the ack, the
+    delivery) reuses the text instead of building and encoding the dict again.
+    """
+    known = _texts.get(message.id)
+    if known is not None and known[0] is message and known[1] == run_started_at:
+        return known[2]
+    return json.dumps(message_json(message, run_started_at), separators=(",", ":"))
+
+
+def remember_text(message: Message, run_started_at: float | None) -> tuple[dict[str, Any], str]:
+    """Serialize a message just stored, and keep its text for :func:`message_text`; returns (dict, text).
+
+    Called from the database writer thread only (the only thread that adds or evicts entries;
+    readers only look up, which is safe beside it).
+    """
+    body = message_json(message, run_started_at)
+    text = json.dumps(body, separators=(",", ":"))
+    _texts[message.id] = (message, run_started_at, text)
+    if len(_texts) > _TEXTS_KEPT:
+        del _texts[next(iter(_texts))]
+    return body, text
+
+
+_TEXTS_KEPT = 4096
+_texts: dict[str, tuple[Message, float | None, str]] = {}
 
 
 def session_json(session: Session) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from runtime.serialize import message_json, message_text
 from runtime.storage import NewMessage, Store
 from runtime.storage import schema as t
 from runtime.storage.database import Transaction
@@ -222,5 +223,27 @@ async def test_one_batch_with_a_failing_write_commits_the_others_and_undoes_it(t
         with pytest.raises(RuntimeError):  # alone in its batch: rolled back all the same
             await store.db.write(fails)
         assert (await store.runs.get_run(run_id)).last_seq == before + 3
+    finally:
+        await store.close()
+
+
+async def test_a_stored_message_is_sent_as_the_text_it_was_stored_with(tmp_path: Path) -> None:
+    store, org, bp_id = await _store(tmp_path)
+    try:
+        run_id = await _run(store, org, bp_id)
+        started = (await store.runs.get_run(run_id)).started_at
+        now = time.time()
+        msg, _ = await store.runs.add_message(run_id, NewMessage(MessageRole.USER, "caf\u00e9 \u2615", now, now))
+        expected = json.dumps(message_json(msg, started), separators=(",", ":"))
+        assert message_text(msg, started) == expected  # remembered by the writer
+        assert message_text(msg, None) == json.dumps(message_json(msg, None), separators=(",", ":"))
+        (copy,) = await store.runs.list_messages(run_id)
+        assert copy is not msg and message_text(copy, started) == expected  # not remembered: encoded again
+        event = (await store.runs.list_events(run_id))[-1]
+        assert event.data == {"message": message_json(msg, started)}
+        frame = f'{{"type":"message.ack","client_id":{json.dumps(None)},"message":{expected}}}'
+        assert frame == json.dumps(
+            {"type": "message.ack", "client_id": None, "message": message_json(msg, started)}, separators=(",", ":")
+        )
     finally:
         await store.close()
