@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -51,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--speech-processes", type=int, help="worker processes for speech engines (default 1)")
     serve.add_argument("--log-level", default="INFO")
+    serve.add_argument(
+        "--event-loop",
+        choices=("uvloop", "asyncio"),
+        default=os.environ.get("VIVAVOCE_EVENT_LOOP", "uvloop"),
+        help="event loop implementation (env VIVAVOCE_EVENT_LOOP, default uvloop: less CPU per frame and timer)",
+    )
     keys = sub.add_parser("keys", help="manage API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="create an API key and print it once")
@@ -126,7 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         config = _config(args)
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        asyncio.run(serve(config))
+        if args.event_loop == "uvloop":
+            import uvloop
+
+            uvloop.run(serve(config))
+        else:
+            asyncio.run(serve(config))
         return 0
     config = _config(args)
     if config.database_url is None:
