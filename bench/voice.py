@@ -140,6 +140,16 @@ def free_port() -> int:
 # --- the raw ceiling: loopback peer pairs that only send and decode audio ------------------------
 
 
+def spoken_audio_48k() -> np.ndarray:
+    """Every fixture answer back to back, 48 kHz mono int16 (what a raw peer speaks in a loop)."""
+    import soundfile as sf
+
+    from media.resample import resample
+
+    parts = [sf.read(path, dtype="int16")[0] for path in sorted(FIXTURES.glob("*.wav"))]
+    return np.asarray(resample(np.concatenate(parts), 16_000, 48_000), dtype=np.int16)
+
+
 async def raw_pairs(n: int, seconds: float) -> dict[str, float]:
     from aiortc import RTCConfiguration, RTCPeerConnection
     from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
@@ -149,6 +159,24 @@ async def raw_pairs(n: int, seconds: float) -> dict[str, float]:
     configure_host_addresses(["127.0.0.1"])
     pcs: list[Any] = []
     frames = [0]
+    speech = spoken_audio_48k()
+
+    class SpeechLoop(AudioStreamTrack):
+        """The fixture answers, looped: Opus spends more on speech than on the silence AudioStreamTrack sends."""
+
+        def __init__(self, offset: int) -> None:
+            super().__init__()
+            self.position = offset
+
+        async def recv(self) -> Any:
+            frame = await super().recv()  # paced like aiortc's own track; we only replace the samples
+            n = frame.samples
+            if self.position + n > len(speech):
+                self.position = 0
+            samples = speech[self.position : self.position + n]
+            self.position += n
+            frame.planes[0].update(samples.tobytes())
+            return frame
 
     async def drain(track: Any) -> None:
         while True:
@@ -163,7 +191,7 @@ async def raw_pairs(n: int, seconds: float) -> dict[str, float]:
         b = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         pcs.extend((a, b))
         for pc in (a, b):
-            pc.addTrack(AudioStreamTrack())  # both directions, like a call
+            pc.addTrack(SpeechLoop(offset=len(pcs) * 48_000 % len(speech)))  # both directions, like a call
             pc.on("track", lambda t: asyncio.ensure_future(drain(t)))
         await a.setLocalDescription(await a.createOffer())
         await b.setRemoteDescription(a.localDescription)
