@@ -36,6 +36,7 @@ OUT_RATE = 48_000
 OUT_FRAME_SAMPLES = 960  # 20 ms
 OUT_PTIME = OUT_FRAME_SAMPLES / OUT_RATE
 TIME_BASE = fractions.Fraction(1, OUT_RATE)
+PREBUFFER_S = 0.2  # audio a playback holds before its first frame (unless synthesis has finished)
 MAX_LAG_S = 0.1  # behind schedule by more than this (a stalled loop): re-anchor instead of bursting frames out
 
 PlaybackCallback = Callable[["Playback"], None]
@@ -51,6 +52,12 @@ class Playback:
     (``interrupted``); ``on_finished`` is called only in the first case (a stop
     returns the stopped playbacks to its caller instead). Must be created on
     the event loop (``done`` is a future).
+
+    ``prebuffer_s``: the first frame waits until this much audio is buffered or synthesis has
+    completed. eSpeak produces it in a few milliseconds, so this costs nothing on a quiet server;
+    on a busy one it keeps a slow second chunk from opening a gap right after the first word
+    (the participant hears a stutter, and the recording drifts from the message's start time).
+    The wait counts in ``initial_wait``.
     """
 
     def __init__(
@@ -61,9 +68,11 @@ class Playback:
         on_first_frame: PlaybackCallback | None = None,
         on_finished: PlaybackCallback | None = None,
         clock: Callable[[], float] = time.time,
+        prebuffer_s: float = PREBUFFER_S,
     ) -> None:
         self.id = id
         self.text = text
+        self.prebuffer_samples = round(prebuffer_s * OUT_RATE)
         self.on_first_frame = on_first_frame
         self.on_finished = on_finished
         self._clock = clock
@@ -123,6 +132,8 @@ class Playback:
         Read-only: a frame that lies inside one appended chunk is a view of it (no copy).
         """
         if self._buffered < n and not (self.completed and self._buffered > 0):
+            return None
+        if self.played_samples == 0 and self._buffered < self.prebuffer_samples and not self.completed:
             return None
         chunk = self._chunks[0]
         if len(chunk) - self._offset >= n:  # the common case: no copy

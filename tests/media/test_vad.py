@@ -8,8 +8,9 @@ Measured on these fixtures (both engines at their defaults):
 inside the speech span, frames louder than -40 dBFS are detected 95-100 % (webrtc) and 94-98 %
 (silero), except silero on the 0.4 s "yes" (80 %: its onset lags 40-100 ms, 4 of 20 frames);
 detection starts 0 ms (webrtc) / 40-100 ms (silero) after the speech start and ends 5-17 ms
-(webrtc, hangover trimmed; 6-117 ms untrimmed) / 15-127 ms (silero) after it; no frame of ``silence_2s`` is detected; of the 60 ms ``noise_click``, webrtc flags 6
-frames (3 frames of click + its hangover), silero none. The asserted thresholds leave ~5 points
+(webrtc, hangover trimmed; 6-117 ms untrimmed) / 15-127 ms (silero) after it; no frame of
+``silence_2s`` is detected; of the 60 ms ``noise_click``, webrtc flags 6 frames (3 frames of
+click + its hangover), silero none. The asserted thresholds leave ~5 points
 of headroom below these figures.
 """
 

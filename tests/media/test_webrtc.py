@@ -442,7 +442,7 @@ async def test_speech_track_waits_for_late_audio_without_skipping_and_keeps_time
     sent: list[tuple[PCM, float]] = []
     track = SpeechTrack(on_frame_sent=lambda pcm, at: sent.append((pcm, at)))
     ramp = (np.arange(960 * 5) % 30000).astype(np.int16)
-    p1, p2 = Playback("a", "one"), Playback("b", "two")
+    p1, p2 = Playback("a", "one", prebuffer_s=0), Playback("b", "two")
     track.play(p1)
     track.play(p2)
     p1.append(ramp[:1500])  # 1.56 frames: one frame now, the rest must wait
@@ -476,6 +476,26 @@ async def test_speech_track_waits_for_late_audio_without_skipping_and_keeps_time
     track.end()
     with pytest.raises(MediaStreamError):
         await track.recv()
+
+
+async def test_a_playback_starts_once_it_has_enough_audio_not_with_its_first_scrap() -> None:
+    """A first chunk alone would play and then stall; the playback waits for 200 ms (or its end)."""
+    track = SpeechTrack()
+    slow, short = Playback("slow", "a long reply"), Playback("short", "ok")
+    track.play(slow)
+    slow.append(tone(440.0, 0.1))
+    frames = [await track.recv() for _ in range(3)]
+    assert not any(f.to_ndarray().any() for f in frames) and slow.first_frame_at is None
+    slow.append(tone(440.0, 0.1))  # 200 ms buffered: it starts, and plays 10 frames without a gap
+    frames = [await track.recv() for _ in range(10)]
+    assert all(f.to_ndarray().any() for f in frames) and slow.underruns == 0
+    slow.complete()
+    track.play(short)
+    short.append(tone(440.0, 0.04))
+    short.complete()  # shorter than the prebuffer, but complete: no reason to wait
+    frames = [await track.recv() for _ in range(3)]
+    assert slow.done.done() and frames[0].to_ndarray().any() and short.first_frame_at is not None
+    track.end()
 
 
 async def test_costs_per_frame() -> None:
