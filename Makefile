@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(BIN)/ruff check runtime media api tests
 	$(BIN)/ruff format --check runtime media api tests
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix runtime media api tests
