@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to offer as a WebRTC host candidate (repeatable; e.g. 127.0.0.1 for local "
         "browsers; env VIVAVOCE_ICE_HOST_ADDRESSES)",
     )
-    serve.add_argument("--speech-processes", type=int, help="worker processes for speech engines (default 1)")
+    serve.add_argument("--speech-processes", type=int, help="recognition worker processes (default: one per core)")
     serve.add_argument("--log-level", default="INFO")
     serve.add_argument(
         "--event-loop",

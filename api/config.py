@@ -25,7 +25,9 @@ class ServerConfig:
     ice_servers: tuple[str, ...] = ()  # STUN/TURN URLs; none by default (a public STUN stalls offline)
     ice_host_addresses: tuple[str, ...] = ()  # host candidate addresses; empty = aioice's default
     voice_connect_timeout_s: float = 15.0  # an offer whose peer does not connect by then is dropped
-    speech_processes: int = 1  # worker processes for recognition and synthesis
+    # worker processes for recognition: one per core, since a PocketSphinx stream costs ~0.17 core
+    # per second of speech and one process saturates at ~6 participants speaking at once
+    speech_processes: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
     speech_inprocess: bool = False  # run speech engines in threads of this process instead
     synthesis_inprocess: bool = True  # synthesis in threads here (eSpeak releases the GIL), recognition in workers
     vad: str = "webrtc"

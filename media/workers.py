@@ -219,6 +219,8 @@ class _Core:
                 stream.error, stream.partial = None, ""
                 stream.recognizer.start()
             except Exception as exc:
+                if sid in self.streams:  # a start sent without waiting: its error comes with finish()
+                    self.streams[sid].error = _error_payload(exc)
                 self.reply(rid, "err", _error_payload(exc))
             else:
                 self.reply(rid, "ok", None)
@@ -804,7 +806,7 @@ class _ParentProtocol(asyncio.Protocol):
 class RecognitionStream:
     """Streaming recognition of one participant, a sequence of utterances, pinned to one worker.
 
-    ``start()`` begins an utterance (waiting for the worker to be up and its recogniser ready), ``feed()``
+    ``start()`` begins an utterance (waiting for the worker to be up, not for its reply), ``feed()``
     sends 16 kHz mono int16 audio without waiting for the worker, ``partial()`` returns the hypothesis
     after everything fed so far, ``finish()`` the final transcript. If the worker dies, the running
     utterance's calls raise :class:`WorkerDied`; the next ``start()`` moves the stream to a live worker.
@@ -835,7 +837,11 @@ class RecognitionStream:
             slot = self._slot
         await slot.ensure_started()
         self._generation = slot.generation
-        await slot.call(slot.generation, self._sid, "start")
+        # Not waiting for the reply: the worker handles a stream's requests in order, and waiting
+        # here would queue the participant's end-of-turn decisions behind every other stream's
+        # audio on this worker. An error starting shows up at partial() or finish().
+        slot.check(slot.generation)
+        slot.send((0, self._sid, "start", None))
 
     async def feed(self, pcm: PCM) -> None:
         generation = self._utterance()
