@@ -21,8 +21,8 @@ decision is put on one queue and handled by one task, in order, so a
 ``SpeechEnded`` is never processed before the ``SpeechStarted`` it closes,
 and the recogniser sees its audio in order. Recognition is finished early when a
 pause reaches ``finalize_after_ms`` (so the transcript is ready when the silence
-window closes); if the participant resumes, the early result is dropped and the
-answer's audio is decoded again before new audio is fed. A playback finishing after the
+window closes); if the participant resumes, the early result is kept as the
+answer's first part and the rest is recognised as a new utterance. A playback finishing after the
 link was replaced or closed reports to a controller that ignores stale links.
 """
 
@@ -66,7 +66,7 @@ log = logging.getLogger("vivavoce.voice")
 PREROLL_FRAMES = 15  # 300 ms of audio before the first voiced frame goes to the recogniser too
 PARTIAL_EVERY_FRAMES = 15  # ask for a partial caption every 300 ms of speech
 AUDIO_BATCH_FRAMES = 3  # speech frames handed to the recogniser together (60 ms); any decision flushes them
-MAX_SEGMENT_SAMPLES = 60 * SAMPLE_RATE  # audio kept for decoding an answer again after a pause
+MAX_PAUSE_SAMPLES = 10 * SAMPLE_RATE  # audio held while an early finish is pending (the pause is < 1 s)
 
 
 def _ms(seconds: float) -> float:
@@ -200,8 +200,9 @@ class VoiceLink:
         self._segment_frames = 0
         self._segment = 0  # counts segments, so a late partial caption of an old one is dropped
         self._partial: asyncio.Task[None] | None = None  # at most one partial request in flight
-        self._segment_audio: list[PCM] = []  # kept to decode again if the participant resumes
-        self._segment_samples = 0
+        self._heard: list[str] = []  # this answer's parts finished early, before the participant resumed
+        self._since_pause: list[PCM] = []  # audio that arrived while an early finish was pending
+        self._since_pause_samples = 0
         self._early: asyncio.Task[str] | None = None  # recognition finished during a pause
         self._answer: AnswerTiming | None = None
         self._playbacks: dict[str, tuple[Playback, Message, float, AnswerTiming | None]] = {}
@@ -389,14 +390,15 @@ class VoiceLink:
             self._segment_frames = 0
             self._segment += 1
             first = np.concatenate(payload)
-            self._segment_audio, self._segment_samples = [first], len(first)
+            self._heard, self._since_pause, self._since_pause_samples = [], [], 0
             await self._recognition.feed(first)
         elif kind == "audio":
             audio = payload[0] if len(payload) == 1 else np.concatenate(payload)
-            if self._segment_samples < MAX_SEGMENT_SAMPLES:
-                self._segment_audio.append(audio)
-                self._segment_samples += len(audio)
-            if self._recognition is not None and self._early is None:
+            if self._early is not None:
+                if self._since_pause_samples < MAX_PAUSE_SAMPLES:
+                    self._since_pause.append(audio)
+                    self._since_pause_samples += len(audio)
+            elif self._recognition is not None:
                 await self._recognition.feed(audio)
                 before = self._segment_frames
                 self._segment_frames += len(payload)
@@ -420,7 +422,7 @@ class VoiceLink:
                 self._early.add_done_callback(_retrieve)
         elif isinstance(decision, Resumed):
             if self._recognition is not None and self._early is not None:
-                await self._take_back_early_finish(self._recognition)
+                await self._continue_after_pause(self._recognition)
         elif isinstance(decision, Noise):
             if self._recognition is not None:
                 await self._recognition.finish()  # discard
@@ -450,33 +452,46 @@ class VoiceLink:
         try:
             partial = await recognition.partial()
             if partial and segment == self._segment and self._early is None:
-                self.peer.send_event({"type": "caption", "role": "user", "final": False, "text": partial})
+                text = " ".join([*self._heard, partial])
+                self.peer.send_event({"type": "caption", "role": "user", "final": False, "text": text})
         except Exception as exc:
             log.debug("partial caption failed: %r", exc)
         finally:
             self._partial = None
 
     async def _final_transcript(self) -> str:
-        """The early result if the pause became the end of the answer, else finish now."""
+        """The answer's parts heard before each pause, and the early result or the rest finished now."""
         early, self._early = self._early, None
-        self._segment_audio, self._segment_samples = [], 0
+        heard, self._heard = self._heard, []
+        self._since_pause, self._since_pause_samples = [], 0
         if early is not None:
-            return await early
-        return await self._recognition.finish() if self._recognition is not None else ""
+            last = await early
+        else:
+            last = await self._recognition.finish() if self._recognition is not None else ""
+        return " ".join(part for part in [*heard, last] if part)
 
-    async def _take_back_early_finish(self, recognition: RecognitionStream) -> None:
-        """The participant spoke again: decode the whole answer so far again as one utterance.
+    async def _continue_after_pause(self, recognition: RecognitionStream) -> None:
+        """The participant spoke again: keep the early result as the answer's first part and
+        recognise the rest as a new utterance, starting with the pause's audio.
 
-        PocketSphinx cannot reopen an utterance, so the audio kept since the segment began
-        (capped at MAX_SEGMENT_SAMPLES) is fed again; this costs ~0.2 s of CPU per 1 s of
-        speech, and only for pauses between finalize_after_ms and the silence window.
+        A pause of at least ``finalize_after_ms`` is a word boundary, so splitting there costs
+        little accuracy (the language model loses its context across it), where decoding the
+        whole answer again would cost ~0.2 s of CPU per second of speech, and on a busy worker
+        hold up every other stream's end of turn.
         """
         early, self._early = self._early, None
         if early is not None:
-            await _quietly(early)
+            try:
+                text = await early
+            except Exception as exc:
+                log.debug("early finish failed: %r", exc)
+            else:
+                if text:
+                    self._heard.append(text)
         await recognition.start()
-        if self._segment_audio:
-            await recognition.feed(np.concatenate(self._segment_audio))
+        if self._since_pause:
+            await recognition.feed(np.concatenate(self._since_pause))
+        self._since_pause, self._since_pause_samples = [], 0
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)

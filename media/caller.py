@@ -26,6 +26,7 @@ from av import AudioFrame
 
 from media.audio import PCM
 from media.resample import Upsampler
+from media.webrtc import set_jitter_prefetch
 
 RATE = 48_000
 FRAME = 960  # 20 ms at 48 kHz
@@ -135,7 +136,14 @@ class OfferRefused(ConnectionError):
 
 
 class VoiceCaller:
-    def __init__(self, *, ice_servers: list[Any] | None = None, mute: bool = False) -> None:
+    def __init__(
+        self, *, ice_servers: list[Any] | None = None, mute: bool = False, jitter_prefetch: int | None = 0
+    ) -> None:
+        """``jitter_prefetch``: frames the caller's jitter buffer holds before playing one. 0 (the
+        default) times what arrives, as a client with no playout delay would hear it; ``None`` keeps
+        aiortc's 4 frames (80 ms). A browser's adaptive buffer sits between, ~20-60 ms on a clean
+        network."""
+        self.jitter_prefetch = jitter_prefetch
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers or [])))
         self.mic = CallerTrack(mute=mute)
         self.heard = Heard()
@@ -154,6 +162,10 @@ class VoiceCaller:
     ) -> None:
         """Offer through ``POST {join_url}/offer`` and wait until connected (:class:`OfferRefused` on an error)."""
         await self.pc.setLocalDescription(await self.pc.createOffer())
+        if self.jitter_prefetch is not None:
+            for transceiver in self.pc.getTransceivers():
+                if transceiver.kind == "audio":
+                    set_jitter_prefetch(transceiver.receiver, self.jitter_prefetch)
         offer = {"sdp": self.pc.localDescription.sdp, "type": self.pc.localDescription.type}
         async with http.post(
             join_url + "/offer",

@@ -13,7 +13,7 @@ Decisions and the latency anchors they carry:
 * :class:`Pausing` after ``finalize_after_ms`` of silence inside speech (shorter than the
   window): the driver's cue to finish recognition early, so the transcript is ready when the
   window closes; :class:`Resumed` if the participant speaks again before it does, so the driver
-  takes the early result back and goes on with the same answer.
+  goes on with the same answer (keeping what it recognised before the pause).
 * :class:`SpeechEnded` after ``eos_silence_ms`` of silence. ``last_voiced_at``
   is T0 of the latency breakdown (the end of the last voiced frame) and
   ``decided_at`` is the end-of-speech decision, so ``eos = decided_at - T0``.

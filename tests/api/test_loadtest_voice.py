@@ -177,7 +177,12 @@ def config_for(server: Server, channel: str, **overrides: Any) -> LoadtestConfig
 async def test_chat_and_voice_callers_mixed_on_two_channels(server_factory: ServerFactory) -> None:
     server, voice_channel = await voice_server(server_factory, SHORT_BLUEPRINT)
     persona = Persona.from_json(
-        {**PERSONA, "barge_in_probability": 0, "pause_probability": 0, "typing_delay_ms": {"distribution": "uniform", "min": 5, "max": 30}}
+        {
+            **PERSONA,
+            "barge_in_probability": 0,
+            "pause_probability": 0,
+            "typing_delay_ms": {"distribution": "uniform", "min": 5, "max": 30},
+        }
     )
     config = config_for(
         server, server.chat_channel_id, more_channel_ids=(voice_channel,), callers=2, runs=2, persona=persona

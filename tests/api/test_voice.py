@@ -315,7 +315,7 @@ async def test_reconnect_resumes_at_the_same_question(voice_server: Server) -> N
 
 async def test_a_pause_inside_an_answer_keeps_one_answer_with_all_its_words(voice_server: Server) -> None:
     """A 300 ms pause outlasts the early-finish point (200 ms) but not the 500 ms window:
-    the recogniser's early result is taken back and the whole answer is decoded as one."""
+    the recogniser's early result becomes the first part of one answer that holds every word."""
     server = voice_server
     job, home = MANIFEST["job"], MANIFEST["home"]
     first = fixture("job")[: int(job["speech_end_s"] * 16_000)]
