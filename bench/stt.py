@@ -35,6 +35,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "bestpath only": {"fwdflat": False},
     "fwdflat only": {"bestpath": False},
     "narrower beams": {"beam": 1e-40, "wbeam": 1e-16, "pbeam": 1e-35},
+    "ds=2": {"ds": 2},
+    "topn=2": {"topn": 2},
+    "maxhmmpf=2000": {"maxhmmpf": 2000},
+    "maxhmmpf=3000, topn=2": {"maxhmmpf": 3000, "topn": 2},
 }  # fmt: skip
 
 

@@ -120,6 +120,17 @@ class ThreadWatch:
         return split
 
 
+def children_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds of each child process of ``pid`` (the speech workers)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                with contextlib.suppress(OSError):
+                    out[int(child)] = cpu_seconds(int(child))
+    return out
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -332,10 +343,12 @@ def main() -> int:
             rss0 = rss_mb(proc.pid)
             asyncio.run(api(url, key, "GET", "/healthz?reset_lag=1"))
             cpu0, watch, t0 = cpu_seconds(proc.pid), ThreadWatch(proc.pid), time.monotonic()
+            workers0 = children_cpu_seconds(proc.pid)
             child = {"url": url, "key": key, "channel": channel["id"], "blueprint": bp["id"], "n": n,
                      "stagger": args.stagger}  # fmt: skip
             load = run_child(["--child", "callers", "--child-args", json.dumps(child)], 600)
             wall, cpu = time.monotonic() - t0, cpu_seconds(proc.pid) - cpu0
+            workers = {pid: c - workers0.get(pid, 0.0) for pid, c in children_cpu_seconds(proc.pid).items()}
             threads = watch.stop()
             peak_rss = rss_mb(proc.pid)
             health = asyncio.run(api(url, key, "GET", "/healthz"))
@@ -375,6 +388,8 @@ def main() -> int:
         "runtime_owned_ms": {"p50": pct(owned, 50), "p95": pct(owned, 95)},
         "loop_lag_ms": health.get("loop_lag_ms"),
         "server_cpu_core_fraction": round(cpu / wall, 3),
+        # the recognition worker processes (one per core): busy near 1.0 means answers queue
+        "recognition_workers_core_fraction": [round(c / wall, 3) for c in workers.values()],
         "server_cpu_per_session": round(cpu_per_session, 4),
         "server_rss_mb": {
             "idle": round(rss0, 1),
