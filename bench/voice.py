@@ -291,8 +291,19 @@ def start_server(data: Path, port: int) -> tuple[subprocess.Popen[str], dict[str
         if m := re.search(r"API key \(shown once, store it now\): (\S+)", line):
             info["key"] = m.group(1)
         if line.startswith("Demo interview"):
+            # keep reading, or a full pipe would block the server (and its workers) on their next log line
+            threading.Thread(target=_keep_log, args=(proc.stdout, SERVER_LOG), daemon=True).start()
             return proc, info
     raise RuntimeError("server did not start")
+
+
+SERVER_LOG: list[str] = []  # the server's warnings and errors during the load
+
+
+def _keep_log(stream: Any, into: list[str]) -> None:
+    for line in stream:
+        into.append(line.rstrip())
+        del into[:-200]
 
 
 def run_child(args: list[str], timeout: float) -> dict[str, Any]:
@@ -367,6 +378,11 @@ def main() -> int:
                 for s in STAGES:
                     stages[s].append(lat[s])
                 owned.append(lat["initial_wait"] + lat["transcriber"] + lat["tts"])
+    per_run = [
+        [round(m["latency_breakdown"]["transcriber"]) for m in run.get("transcript", [])
+         if m["role"] == "assistant" and (m.get("latency_breakdown") or {}).get("eos") is not None]
+        for run in runs
+    ]  # fmt: skip
     v2v = [x * 1000 for c in load["callers"] for x in c["v2v"]]
     errors = [c["error"] for c in load["callers"] if c["error"]]
     completed = sum(1 for r in runs if r.get("status") == "completed")
@@ -380,6 +396,8 @@ def main() -> int:
     sessions_per_core_only = 1 / session_only if session_only else float("inf")
     result = {
         "machine": f"{os.cpu_count()} cores, {os.uname().sysname} {os.uname().release}",
+        "server_log_tail": SERVER_LOG[-20:],
+        "transcriber_ms_per_run": per_run,
         "callers": n,
         "completed": completed,
         "errors": errors,

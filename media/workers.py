@@ -25,7 +25,9 @@ queueing further behind), then advances at most one synthesis by one chunk befor
 again, so a long synthesis never holds up recognition on the same worker. Syntheses on one worker run one
 after another (FIFO): eSpeak NG is one process-wide engine. Recognisers are pooled per worker and reused
 across streams (loading PocketSphinx takes about half a second); with ``warm=True`` each worker loads one
-recogniser and one synthesiser before it reports ready.
+recogniser and one synthesiser before it reports ready, and whenever its inbox is empty it loads spares
+until :data:`SPARE_RECOGNIZERS` wait idle, so a new participant's first answer does not wait for a
+model to load (nor does every other stream on that worker).
 
 Failure: when a worker process dies, its socket closes; every call waiting on it fails at once with
 :class:`WorkerDied`, as does any later call on a recognition utterance that was running there. The
@@ -84,6 +86,7 @@ SynthesizerSpec = Callable[[], Synthesizer] | str
 Request = tuple[int, int, str, Any]  # (request_id, stream_id, op, payload); request_id 0: no reply wanted
 Reply = tuple[int, str, Any]  # (request_id, kind, payload)
 
+SPARE_RECOGNIZERS = 2  # idle recognisers a warm worker keeps loaded for the next streams
 #: Bytes queued towards one worker before ``feed`` waits (about 30 s of 16 kHz audio).
 WRITE_HIGH_WATER = 1 << 20
 _HEADER = 4  # little-endian uint32 length before each pickle
@@ -184,6 +187,12 @@ class _Core:
         if self.config.warm:
             self.idle.append(_make_recognizer(self.config))
             self.synthesizer = _make_synthesizer(self.config)
+
+    def short_of_spares(self) -> bool:
+        return self.config.warm and len(self.idle) < SPARE_RECOGNIZERS
+
+    def add_spare(self) -> None:
+        self.idle.append(_make_recognizer(self.config))
 
     @property
     def busy(self) -> bool:
@@ -314,6 +323,13 @@ def _serve(core: _Core, channel: _Channel, requests: list[Request] | None = None
                 core.handle_batch(requests)
             if core.busy:
                 core.step()
+            elif core.short_of_spares():
+                requests = channel.recv(block=False)
+                if requests is None:
+                    return
+                if not requests:  # nothing waiting: load the next stream's recogniser now, not when it speaks
+                    core.add_spare()
+                continue
             requests = channel.recv(block=not core.busy)
             if requests is None:
                 return
