@@ -182,6 +182,9 @@ class _Core:
         self.synthesizer: Synthesizer | None = None
         self.jobs: deque[_SynthJob] = deque()
         self.stopping = False
+        # The channel as the latest finished utterance left its recogniser (e.g. its cepstral mean):
+        # a recogniser new to a stream starts from it instead of priming on the stream's first answer.
+        self.adaptation: object | None = None
 
     def warm(self) -> None:
         if self.config.warm:
@@ -224,6 +227,8 @@ class _Core:
                 stream = self.streams.get(sid)
                 if stream is None:
                     recognizer = self.idle.pop() if self.idle else _make_recognizer(self.config)
+                    if self.adaptation is not None:
+                        recognizer.adapt(self.adaptation)
                     stream = self.streams[sid] = _Utterances(recognizer)
                 stream.error, stream.partial = None, ""
                 stream.recognizer.start()
@@ -244,6 +249,7 @@ class _Core:
             else:
                 try:
                     text = stream.recognizer.finish()
+                    self.adaptation = stream.recognizer.adaptation() or self.adaptation
                 except Exception as exc:
                     stream.error = _error_payload(exc)
                     self.reply(rid, "err", stream.error)

@@ -23,3 +23,11 @@ class Recognizer(abc.ABC):
     @abc.abstractmethod
     def finish(self) -> str:
         """End the utterance and return the final transcript (lower case words, no punctuation)."""
+
+    def adaptation(self) -> object | None:
+        """What this recogniser has learnt of the audio channel (e.g. a cepstral mean), to start
+        another one from; None if nothing (the default)."""
+        return None
+
+    def adapt(self, state: object) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Start from another recogniser's :meth:`adaptation` instead of learning from scratch."""

@@ -186,6 +186,15 @@ class PocketsphinxRecognizer(Recognizer):
         self._utterance = []
         self._primed = True
 
+    def adaptation(self) -> object | None:
+        """The live cepstral mean, once primed: a new recogniser starting from it skips priming."""
+        return self._decoder.get_cmn(False) if self._primed else None
+
+    def adapt(self, state: object) -> None:
+        if isinstance(state, str) and not self._in_utterance and self._heard == 0:
+            self._decoder.set_cmn(state)
+            self._primed = True
+
     def _hypothesis(self) -> str:
         if self._peak < self._min_peak:
             return ""
