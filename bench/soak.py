@@ -186,7 +186,7 @@ async def soak(args: argparse.Namespace, url: str, key: str, chat_channel: str, 
             reconnect_window_s=5, max_turns=10, deadline=asyncio.get_running_loop().time() + args.deadline_s + 120,
             media_timeout_s=5, voice=VoiceAnswers.load(PERSONA),
         )  # fmt: skip
-        callers: dict[str, Caller] = {
+        callers: dict[str, Caller[Any]] = {
             "chat": ChatCaller(0, ctx, random.Random(rng.random())),
             "voice": VoiceSimCaller(1, ctx, random.Random(rng.random())),
         }

@@ -3,8 +3,10 @@
 A caller gets a :class:`JoinTarget` (a join URL, already checked to be on the
 target origin) and returns a :class:`SessionRecord`: what it measured and how
 the session ended. Scheduling (ramp, budgets, deadlines) and the comparison
-with the server's stored data are the runner's job, so a voice caller only has
-to implement :meth:`Caller.session` the same way and register in ``CALLERS``
+with the server's stored data are the runner's job. :class:`Caller` owns what every
+kind shares (the session's bookkeeping, reconnecting with backoff after a drop, the
+``session.ready`` measures); a kind implements one connection (:meth:`Caller._connect`)
+and registers in ``CALLERS``
 (:class:`api.loadtest.voice.VoiceSimCaller`, the WebRTC participant, is loaded
 only when asked for, by :func:`caller_class`).
 
@@ -30,7 +32,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import aiohttp
 
@@ -204,7 +206,22 @@ class CallerContext:
     voice: Any = None  # voice: the loaded answers (api.loadtest.voice.VoiceAnswers)
 
 
-class Caller(abc.ABC):
+class JoinRefused(Exception):
+    """The server turned the join down for good (a 4xx answer): connecting again cannot help."""
+
+
+class CallerState(Protocol):
+    """What :class:`Caller` reads and writes of a kind's per-run state."""
+
+    rec: SessionRecord
+    ended: bool  # run.ended arrived
+    fatal: str | None  # a reason not to reconnect (e.g. another connection took the run over)
+
+
+S = TypeVar("S", bound=CallerState)
+
+
+class Caller(abc.ABC, Generic[S]):
     """A simulated participant of one channel kind."""
 
     kind: ClassVar[str]
@@ -215,51 +232,23 @@ class Caller(abc.ABC):
         self.rng = rng
         self.sessions = 0
 
-    @abc.abstractmethod
     async def session(self, target: JoinTarget) -> SessionRecord:
         """Join ``target``, take part until the run ends (or fails), and say how it went. Never raises."""
-
-
-class _ChatState:
-    """One run's state across reconnects."""
-
-    def __init__(self, rec: SessionRecord) -> None:
-        self.rec = rec
-        self.ws: aiohttp.ClientWebSocketResponse | None = None  # live and past session.ready
-        self.pending: list[Utterance] = []  # sent (or due) but not acknowledged, in order
-        self.awaiting: tuple[Utterance, Turn] | None = None  # answer waiting for the interviewer's reply
-        self.answer_task: asyncio.Task[None] | None = None
-        self.deferred: dict[str, Any] | None = None  # a question that came while an answer was unacknowledged
-        self.ended = False
-        self.fatal: str | None = None
-        self.first_connect_at: float | None = None
-        self.turn_by_client_id: dict[str, Turn] = {}
-
-
-class ChatCaller(Caller):
-    """A participant on the chat websocket (docs/protocol.md), with the reference client's delivery rules."""
-
-    kind = "chat"
-
-    async def session(self, target: JoinTarget) -> SessionRecord:
         self.sessions += 1
         rec = SessionRecord(self.index, self.kind, target.join_url, target.source, run_id=target.run_id)
         rec.create_ms = target.create_ms
-        state = _ChatState(rec)
+        state = self._new_state(rec)
         counters = self.ctx.counters
         counters.runs_started += 1
         try:
             async with asyncio.timeout_at(self.ctx.deadline):
-                await self._drive(target, state)
+                await self._reconnecting(target, state)
         except TimeoutError:
             rec.fail("deadline: the run was still in progress at the hard deadline")
         except Exception as exc:  # a bug here must not take the whole load test down
             rec.fail(f"caller error: {describe(exc)}")
         finally:
-            if state.answer_task is not None:
-                state.answer_task.cancel()
-                with contextlib.suppress(BaseException):
-                    await state.answer_task
+            await self._wind_up(state)
             rec.ended_at = time.time()
         if rec.failure is None and state.ended and rec.end_reason == "completed":
             rec.ok = True
@@ -271,18 +260,18 @@ class ChatCaller(Caller):
             counters.error(rec.failure or "")
         return rec
 
-    async def _drive(self, target: JoinTarget, state: _ChatState) -> None:
+    async def _reconnecting(self, target: JoinTarget, state: S) -> None:
+        """Connect, and again after each drop with jittered exponential backoff, until the run ends, the
+        join is refused, or no connection has reached ``session.ready`` for ``ctx.reconnect_window_s``."""
         rec = state.rec
         drop_since: float | None = None
         backoff = 0.5
         while True:
             try:
-                reached_ready, outcome = await self._connection(target.ws_url, state)
-            except aiohttp.WSServerHandshakeError as exc:
-                if exc.status in (400, 401, 403, 404, 410):
-                    rec.fail(f"join refused: {describe(exc)}")
-                    return
-                reached_ready, outcome = False, f"connect failed: {describe(exc)}"
+                reached_ready, outcome = await self._connect(target, state)
+            except JoinRefused as exc:
+                rec.fail(f"join refused: {exc}")
+                return
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 reached_ready, outcome = False, f"connect failed: {describe(exc)}"
             if state.ended:
@@ -302,6 +291,67 @@ class ChatCaller(Caller):
             left = self.ctx.reconnect_window_s - (now - drop_since)
             await asyncio.sleep(min(backoff * self.rng.uniform(0.5, 1.0), max(left, 0.05)))
             backoff = min(backoff * 2, 8.0)
+
+    def _session_ready(self, rec: SessionRecord, ms: float) -> None:
+        """``session.ready`` arrived ``ms`` after the connection was started: a join, or a rejoin."""
+        if rec.join_ms is None:
+            rec.join_ms = ms
+        else:
+            rec.rejoin_ms.append(ms)
+        self.ctx.counters.sessions_open += 1
+        if self.ctx.on_ready is not None:
+            self.ctx.on_ready(self.index)
+
+    @abc.abstractmethod
+    def _new_state(self, rec: SessionRecord) -> S:
+        """The kind's state for one run, kept across its connections."""
+
+    @abc.abstractmethod
+    async def _connect(self, target: JoinTarget, state: S) -> tuple[bool, str]:
+        """One connection: (whether ``session.ready`` arrived, why it ended). Raises :class:`JoinRefused`
+        when the server refuses the join for good; network errors are retried."""
+
+    async def _wind_up(self, state: S) -> None:
+        """After the last connection (also on the deadline or a caller error): stop the kind's tasks."""
+
+
+class _ChatState:
+    """One run's state across reconnects."""
+
+    def __init__(self, rec: SessionRecord) -> None:
+        self.rec = rec
+        self.ws: aiohttp.ClientWebSocketResponse | None = None  # live and past session.ready
+        self.pending: list[Utterance] = []  # sent (or due) but not acknowledged, in order
+        self.awaiting: tuple[Utterance, Turn] | None = None  # answer waiting for the interviewer's reply
+        self.answer_task: asyncio.Task[None] | None = None
+        self.deferred: dict[str, Any] | None = None  # a question that came while an answer was unacknowledged
+        self.ended = False
+        self.fatal: str | None = None
+        self.first_connect_at: float | None = None
+        self.turn_by_client_id: dict[str, Turn] = {}
+
+
+class ChatCaller(Caller[_ChatState]):
+    """A participant on the chat websocket (docs/protocol.md), with the reference client's delivery rules."""
+
+    kind = "chat"
+
+    def _new_state(self, rec: SessionRecord) -> _ChatState:
+        return _ChatState(rec)
+
+    async def _connect(self, target: JoinTarget, state: _ChatState) -> tuple[bool, str]:
+        try:
+            return await self._connection(target.ws_url, state)
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status in (400, 401, 403, 404, 410):
+                raise JoinRefused(describe(exc)) from exc
+            raise
+
+    async def _wind_up(self, state: _ChatState) -> None:
+        if state.answer_task is not None:
+            state.answer_task.cancel()
+            with contextlib.suppress(BaseException):
+                await state.answer_task
 
     async def _connection(self, ws_url: str, state: _ChatState) -> tuple[bool, str]:
         """One websocket connection: (whether session.ready arrived, why it ended)."""
@@ -344,14 +394,7 @@ class ChatCaller(Caller):
                     continue
                 if kind == "session.ready" and not ready:
                     ready = True
-                    ms = (now - t0) * 1000
-                    if rec.join_ms is None:
-                        rec.join_ms = ms
-                    else:
-                        rec.rejoin_ms.append(ms)
-                    ctx.counters.sessions_open += 1
-                    if ctx.on_ready is not None:
-                        ctx.on_ready(self.index)
+                    self._session_ready(rec, (now - t0) * 1000)
                     await self._on_ready(ws, state, frame)
                 elif kind == "message":
                     self._on_message(state, frame.get("message") or {}, now)
@@ -487,10 +530,10 @@ class ChatCaller(Caller):
             pass  # the receive loop sees the drop; the answer stays pending and is re-sent
 
 
-CALLERS: dict[str, type[Caller]] = {ChatCaller.kind: ChatCaller}
+CALLERS: dict[str, type[Caller[Any]]] = {ChatCaller.kind: ChatCaller}
 
 
-def caller_class(kind: str) -> type[Caller]:
+def caller_class(kind: str) -> type[Caller[Any]]:
     """The caller class for a kind; the voice caller (aiortc, numpy) is imported on first use."""
     if kind == "voice" and kind not in CALLERS:
         from api.loadtest.voice import VoiceSimCaller

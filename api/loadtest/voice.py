@@ -50,14 +50,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import numpy as np
 import soundfile as sf
 from yarl import URL
 
-from api.loadtest.callers import ANSWERABLE, NOT_ANSWERABLE, Caller, JoinTarget, SessionRecord, Turn, Utterance
+from api.loadtest.callers import (
+    ANSWERABLE,
+    NOT_ANSWERABLE,
+    Caller,
+    JoinRefused,
+    JoinTarget,
+    SessionRecord,
+    Turn,
+    Utterance,
+)
 from api.loadtest.config import ConfigError, Persona
-from api.loadtest.server_api import describe
 
 if TYPE_CHECKING:
     from media.caller import Heard, VoiceCaller
@@ -212,73 +219,25 @@ def offer_base(ws_url: str) -> str:
     return str(url.with_scheme({"ws": "http", "wss": "https"}.get(url.scheme, url.scheme)).with_path(path))
 
 
-class VoiceSimCaller(Caller):
+class VoiceSimCaller(Caller[_VoiceState]):
     """A participant on a ``webrtc_voice`` channel: a real aiortc peer speaking fixture answers in real time."""
 
     kind = "voice"
 
-    async def session(self, target: JoinTarget) -> SessionRecord:
-        self.sessions += 1
-        rec = SessionRecord(self.index, self.kind, target.join_url, target.source, run_id=target.run_id)
-        rec.create_ms = target.create_ms
-        state = _VoiceState(rec)
-        counters = self.ctx.counters
-        counters.runs_started += 1
-        try:
-            async with asyncio.timeout_at(self.ctx.deadline):
-                await self._drive(target, state)
-        except TimeoutError:
-            rec.fail("deadline: the run was still in progress at the hard deadline")
-        except Exception as exc:  # a bug here must not take the whole load test down
-            rec.fail(f"caller error: {describe(exc)}")
-        finally:
-            rec.ended_at = time.time()
-        if rec.failure is None and state.ended and rec.end_reason == "completed":
-            rec.ok = True
-            counters.runs_completed += 1
-        else:
-            if rec.failure is None:
-                rec.fail(f"run ended: {rec.end_reason}" if state.ended else "ended without run.ended")
-            counters.runs_failed += 1
-            counters.error(rec.failure or "")
-        return rec
+    def _new_state(self, rec: SessionRecord) -> _VoiceState:
+        return _VoiceState(rec)
 
-    async def _drive(self, target: JoinTarget, state: _VoiceState) -> None:
+    async def _connect(self, target: JoinTarget, state: _VoiceState) -> tuple[bool, str]:
         from media.caller import OfferRefused
 
-        rec = state.rec
-        url = offer_base(target.ws_url)
-        drop_since: float | None = None
-        backoff = 0.5
-        while True:
-            try:
-                reached_ready, outcome = await self._connection(url, state)
-            except OfferRefused as exc:
-                message = exc.body.get("error", {}).get("message") if isinstance(exc.body, dict) else None
-                detail = f"offer answered HTTP {exc.status}" + (f" ({message})" if message else "")
-                if exc.status in REFUSED:
-                    rec.fail(f"join refused: {detail}")
-                    return
-                reached_ready, outcome = False, f"connect failed: {detail}"
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                reached_ready, outcome = False, f"connect failed: {describe(exc)}"
-            if state.ended:
-                return
-            if state.fatal is not None:
-                rec.fail(state.fatal)
-                return
-            now = time.monotonic()
-            if reached_ready or drop_since is None:
-                drop_since, backoff = now, 0.5
-            rec.errors.append(outcome)
-            self.ctx.counters.error(outcome)
-            if now - drop_since >= self.ctx.reconnect_window_s:
-                rec.fail(f"dropped: {outcome}; no reconnect within {self.ctx.reconnect_window_s:g} s")
-                return
-            rec.reconnects += 1
-            left = self.ctx.reconnect_window_s - (now - drop_since)
-            await asyncio.sleep(min(backoff * self.rng.uniform(0.5, 1.0), max(left, 0.05)))
-            backoff = min(backoff * 2, 8.0)
+        try:
+            return await self._connection(offer_base(target.ws_url), state)
+        except OfferRefused as exc:
+            message = exc.body.get("error", {}).get("message") if isinstance(exc.body, dict) else None
+            detail = f"offer answered HTTP {exc.status}" + (f" ({message})" if message else "")
+            if exc.status in REFUSED:
+                raise JoinRefused(detail) from exc
+            return False, f"connect failed: {detail}"
 
     async def _connection(self, url: str, state: _VoiceState) -> tuple[bool, str]:
         """One peer connection: (whether session.ready arrived, why it ended)."""
@@ -309,15 +268,8 @@ class VoiceSimCaller(Caller):
                 kind = event.get("type")
                 if kind == "session.ready" and not ready:
                     ready = True
-                    ms = (at - t0) * 1000
-                    if rec.join_ms is None:
-                        rec.join_ms = ms
-                    else:
-                        rec.rejoin_ms.append(ms)
                     rec.run_id = rec.run_id or event.get("run_id")
-                    ctx.counters.sessions_open += 1
-                    if ctx.on_ready is not None:
-                        ctx.on_ready(self.index)
+                    self._session_ready(rec, (at - t0) * 1000)
                 elif kind == "message":
                     self._on_message(vc, state, event.get("message") or {}, idx - 1, at)
                 elif kind == "run.ended":
