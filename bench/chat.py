@@ -34,7 +34,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
+from served import free_port  # noqa: E402  (bench/served.py)
 
 from api.loadtest.callers import CallerContext, ChatCaller, Counters, JoinTarget  # noqa: E402
 from api.loadtest.config import Delay, Persona, check_target, join_ws_url, origin_of  # noqa: E402
@@ -62,12 +62,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # --- small helpers ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_bytes(pid: int) -> int:

@@ -26,8 +26,6 @@ import contextlib
 import json
 import os
 import random
-import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
+from served import free_port, start_server  # noqa: E402  (bench/served.py)
 
 from api.loadtest.callers import Caller, CallerContext, ChatCaller, Counters, JoinTarget  # noqa: E402
 from api.loadtest.config import Delay, Persona, check_target, join_ws_url  # noqa: E402
@@ -64,12 +63,6 @@ PERSONA = Persona(
     barge_in_probability=0.2,  # exercise the interruption path too
 )
 TARGETS = {"rss_growth_pct": 5.0}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def proc_status(pid: int) -> dict[str, int]:
@@ -109,41 +102,6 @@ def snapshot(pid: int, runtime: dict[str, Any], runs_done: int, started: float) 
         "tasks_by_name": runtime.get("tasks_by_name"),
         "live_runs": runtime.get("live_runs"),
     }
-
-
-def start_server(data: Path, port: int) -> tuple[subprocess.Popen[str], dict[str, str]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "serve", "--data-dir", str(data), "--port", str(port),
-         "--ice-host-address", "127.0.0.1", "--log-level", "WARNING"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    info: dict[str, str] = {}
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 60
-    for line in proc.stdout:
-        if m := re.search(r"API key \(shown once, store it now\): (\S+)", line):
-            info["key"] = m.group(1)
-        if m := re.search(r"chat channel (\S+);", line):
-            info["chat_channel"] = m.group(1)
-        if line.startswith("Demo interview") or time.monotonic() > deadline:
-            break
-    if "key" not in info:
-        proc.kill()
-        raise RuntimeError("the server did not start")
-    # keep draining its output so it never blocks on a full pipe
-    threading_drain(proc)
-    return proc, info
-
-
-def threading_drain(proc: subprocess.Popen[str]) -> None:
-    import threading
-
-    def drain() -> None:
-        assert proc.stdout is not None
-        for _ in proc.stdout:
-            pass
-
-    threading.Thread(target=drain, daemon=True).start()
 
 
 async def idle(api: ServerApi, *, limit_s: float = 15.0) -> dict[str, Any]:

@@ -28,8 +28,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +40,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from served import free_port, start_server  # noqa: E402  (bench/served.py)
 
 FIXTURES = ROOT / "fixtures" / "answers"
 BLUEPRINT = {
@@ -140,12 +140,6 @@ def rss_mb(pid: int) -> float:
 
 def pct(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 1) if values else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- the raw ceiling: loopback peer pairs that only send and decode audio ------------------------
@@ -279,33 +273,6 @@ async def callers(url: str, key: str, channel: str, blueprint: str, n: int, stag
 # --- orchestration -------------------------------------------------------------------------------
 
 
-def start_server(data: Path, port: int) -> tuple[subprocess.Popen[str], dict[str, str]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "serve", "--data-dir", str(data), "--port", str(port),
-         "--ice-host-address", "127.0.0.1", "--log-level", "WARNING"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    info: dict[str, str] = {}
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if m := re.search(r"API key \(shown once, store it now\): (\S+)", line):
-            info["key"] = m.group(1)
-        if line.startswith("Demo interview"):
-            # keep reading, or a full pipe would block the server (and its workers) on their next log line
-            threading.Thread(target=_keep_log, args=(proc.stdout, SERVER_LOG), daemon=True).start()
-            return proc, info
-    raise RuntimeError("server did not start")
-
-
-SERVER_LOG: list[str] = []  # the server's warnings and errors during the load
-
-
-def _keep_log(stream: Any, into: list[str]) -> None:
-    for line in stream:
-        into.append(line.rstrip())
-        del into[:-200]
-
-
 def run_child(args: list[str], timeout: float) -> dict[str, Any]:
     out = subprocess.run([sys.executable, __file__, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     if out.returncode != 0:
@@ -342,10 +309,11 @@ def main() -> int:
 
     n = args.callers
     raw = run_child(["--child", "raw", "--child-args", json.dumps({"n": n, "seconds": args.raw_seconds})], 120)
+    server_log: list[str] = []  # the server's warnings and errors during the load
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        proc, info = start_server(Path(tmp), port)
+        proc, info = start_server(Path(tmp), port, log=server_log)
         try:
             key = info["key"]
             bp = asyncio.run(api(url, key, "POST", "/v1/blueprints", BLUEPRINT))
@@ -396,7 +364,7 @@ def main() -> int:
     sessions_per_core_only = 1 / session_only if session_only else float("inf")
     result = {
         "machine": f"{os.cpu_count()} cores, {os.uname().sysname} {os.uname().release}",
-        "server_log_tail": SERVER_LOG[-20:],
+        "server_log_tail": server_log[-20:],
         "transcriber_ms_per_run": per_run,
         "callers": n,
         "completed": completed,
