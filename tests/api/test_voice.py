@@ -76,6 +76,15 @@ async def wait_listening(caller: VoiceCaller, after: int) -> None:
                             after=after)  # fmt: skip
 
 
+async def answer_the_first_question(caller: VoiceCaller, pcm: np.ndarray) -> None:
+    """Wait for the "work" question to be spoken, say ``pcm``, and wait for the next question."""
+    await caller.wait_event(is_message("question", "work"), 20 * UNIT)
+    await wait_listening(caller, 0)
+    n = len(caller.events)
+    await caller.say(pcm)
+    await caller.wait_event(is_message("question", "home"), 30 * UNIT, after=n)
+
+
 async def test_voice_interview_completes_with_transcript_breakdowns_and_recording(voice_server: Server) -> None:
     server = voice_server
     run = await server.create_run(channel_id=server.extra["voice_channel"])
@@ -286,11 +295,7 @@ async def test_reconnect_resumes_at_the_same_question(voice_server: Server) -> N
     run = await server.create_run(channel_id=server.extra["voice_channel"])
     caller = await join(server, run)
     try:
-        await caller.wait_event(is_message("question", "work"), 20 * UNIT)
-        await wait_listening(caller, 0)
-        n = len(caller.events)
-        await caller.say(fixture("job"))
-        await caller.wait_event(is_message("question", "home"), 20 * UNIT, after=n)
+        await answer_the_first_question(caller, fixture("job"))
     finally:
         await caller.close()  # the page is closed mid-interview
 
@@ -324,11 +329,7 @@ async def test_a_pause_inside_an_answer_keeps_one_answer_with_all_its_words(voic
     run = await server.create_run(channel_id=server.extra["voice_channel"])
     caller = await join(server, run)
     try:
-        await caller.wait_event(is_message("question", "work"), 20 * UNIT)
-        await wait_listening(caller, 0)
-        n = len(caller.events)
-        await caller.say(paused)
-        await caller.wait_event(is_message("question", "home"), 30 * UNIT, after=n)
+        await answer_the_first_question(caller, paused)
     finally:
         await caller.close()
     done = await server.get_run(run["id"], "transcript")
