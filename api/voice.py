@@ -22,8 +22,9 @@ decision is put on one queue and handled by one task, in order, so a
 and the recogniser sees its audio in order. Recognition is finished early when a
 pause reaches ``finalize_after_ms`` (so the transcript is ready when the silence
 window closes); if the participant resumes, the early result is kept as the
-answer's first part and the rest is recognised as a new utterance. A playback finishing after the
-link was replaced or closed reports to a controller that ignores stale links.
+answer's first part and the rest is recognised as a new utterance. A playback
+finishing after the link was replaced or closed reports to a controller that
+ignores stale links.
 """
 
 from __future__ import annotations
@@ -202,7 +203,6 @@ class VoiceLink:
         self._partial: asyncio.Task[None] | None = None  # at most one partial request in flight
         self._heard: list[str] = []  # this answer's parts finished early, before the participant resumed
         self._since_pause: list[PCM] = []  # audio that arrived while an early finish was pending
-        self._since_pause_samples = 0
         self._early: asyncio.Task[str] | None = None  # recognition finished during a pause
         self._answer: AnswerTiming | None = None
         self._playbacks: dict[str, tuple[Playback, Message, float, AnswerTiming | None]] = {}
@@ -389,15 +389,12 @@ class VoiceLink:
             await self._recognition.start()
             self._segment_frames = 0
             self._segment += 1
-            first = np.concatenate(payload)
-            self._heard, self._since_pause, self._since_pause_samples = [], [], 0
-            await self._recognition.feed(first)
+            await self._recognition.feed(np.concatenate(payload))
         elif kind == "audio":
             audio = payload[0] if len(payload) == 1 else np.concatenate(payload)
             if self._early is not None:
-                if self._since_pause_samples < MAX_PAUSE_SAMPLES:
+                if sum(map(len, self._since_pause)) < MAX_PAUSE_SAMPLES:
                     self._since_pause.append(audio)
-                    self._since_pause_samples += len(audio)
             elif self._recognition is not None:
                 await self._recognition.feed(audio)
                 before = self._segment_frames
@@ -463,7 +460,7 @@ class VoiceLink:
         """The answer's parts heard before each pause, and the early result or the rest finished now."""
         early, self._early = self._early, None
         heard, self._heard = self._heard, []
-        self._since_pause, self._since_pause_samples = [], 0
+        self._since_pause = []
         if early is not None:
             last = await early
         else:
@@ -491,7 +488,7 @@ class VoiceLink:
         await recognition.start()
         if self._since_pause:
             await recognition.feed(np.concatenate(self._since_pause))
-        self._since_pause, self._since_pause_samples = [], 0
+        self._since_pause = []
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
