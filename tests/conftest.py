@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pytest
+import soundfile as sf
 import websockets
 from aiohttp import web
 
@@ -40,6 +42,26 @@ BLUEPRINT = {
     "closing": "Thank you, goodbye.",
 }
 LONG_ANSWER = "This is a long enough answer with many words in it"
+
+# Voice: a short interview, and the spoken fixture answers (fixtures/answers, 16 kHz mono WAV with their text)
+VOICE_BLUEPRINT = {
+    "name": "Voice test",
+    "greeting": "Hello.",
+    "questions": [
+        {"id": "work", "text": "What do you do?", "max_probes": 0},
+        {"id": "home", "text": "Where do you live?", "max_probes": 0},
+    ],
+    "closing": "Thank you, goodbye.",
+}
+ANSWERS_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "answers"
+ANSWERS: dict[str, dict[str, Any]] = {a["id"]: a for a in json.loads((ANSWERS_DIR / "answers.json").read_text())}
+
+
+def spoken_answer(answer_id: str) -> np.ndarray:
+    """A fixture answer's audio: 16 kHz mono int16."""
+    pcm, rate = sf.read(ANSWERS_DIR / ANSWERS[answer_id]["file"], dtype="int16")
+    assert rate == 16_000
+    return pcm
 
 
 @dataclass

@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
-import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,27 +20,9 @@ import soundfile as sf
 from media.caller import VoiceCaller
 from media.stt.wer import word_error_rate
 from runtime.interviewer import Purpose, ReplyPart, ReplyRequest, ScriptedInterviewer
-from tests.conftest import UNIT, Server, ServerFactory, eventually
+from tests.conftest import ANSWERS, UNIT, VOICE_BLUEPRINT, Server, ServerFactory, eventually, spoken_answer
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "answers"
-MANIFEST = {a["id"]: a for a in json.loads((FIXTURES / "answers.json").read_text())}
 STAGES = ("eos", "eos_wait", "transcriber", "llm", "tts", "initial_wait")
-
-VOICE_BLUEPRINT = {
-    "name": "Voice test",
-    "greeting": "Hello.",
-    "questions": [
-        {"id": "work", "text": "What do you do?", "max_probes": 0},
-        {"id": "home", "text": "Where do you live?", "max_probes": 0},
-    ],
-    "closing": "Thank you, goodbye.",
-}
-
-
-def fixture(answer_id: str) -> np.ndarray:
-    pcm, rate = sf.read(FIXTURES / MANIFEST[answer_id]["file"], dtype="int16")
-    assert rate == 16_000
-    return pcm
 
 
 @pytest.fixture
@@ -95,7 +75,7 @@ async def test_voice_interview_completes_with_transcript_breakdowns_and_recordin
         for answer_id, next_message in (("job", is_message("question", "home")), ("home", is_message("closing"))):
             await wait_listening(caller, n)
             n = len(caller.events)
-            spoken_until = await caller.say(fixture(answer_id))
+            spoken_until = await caller.say(spoken_answer(answer_id))
             await caller.wait_event(next_message, 30 * UNIT, after=n)
             heard_at = await caller.heard_after(spoken_until, 10 * UNIT)
             assert heard_at - spoken_until < 5.0  # voice to voice, loosely: figures live in bench/voice.py
@@ -109,7 +89,7 @@ async def test_voice_interview_completes_with_transcript_breakdowns_and_recordin
     done = await server.get_run(run["id"], "transcript", "sessions")
     transcript = done["transcript"]
     users = [m for m in transcript if m["role"] == "user"]
-    said = " ".join(MANIFEST[a]["text"] for a in ("job", "home"))
+    said = " ".join(ANSWERS[a]["text"] for a in ("job", "home"))
     heard = " ".join(m["content"] for m in users)
     assert word_error_rate(said, heard) <= 0.35, heard
     assert [s["type"] for s in done["sessions"]] == ["voice"]
@@ -194,7 +174,7 @@ async def test_barge_in_stops_the_interviewer_and_cuts_the_stored_message(server
     try:
         first_audio = await caller.heard_after(0, 20 * UNIT)
         await asyncio.sleep(1.0)
-        spoken_until = await caller.say(fixture("job"))  # talks over the greeting
+        spoken_until = await caller.say(spoken_answer("job"))  # talks over the greeting
         await caller.wait_event(is_message("question", "home"), 20 * UNIT)  # taken as the answer
     finally:
         await caller.close()
@@ -227,7 +207,7 @@ async def test_a_slow_reply_is_preceded_by_a_spoken_filler(server_factory: Serve
         await caller.wait_event(is_message("question", "work"), 20 * UNIT)
         await wait_listening(caller, 0)
         n = len(caller.events)
-        await caller.say(fixture("job"))
+        await caller.say(spoken_answer("job"))
         filler = await caller.wait_event(is_message("filler"), 20 * UNIT, after=n)
         await caller.wait_event(is_message("question", "home"), 20 * UNIT, after=n)
         await wait_listening(caller, len(caller.events))
@@ -295,7 +275,7 @@ async def test_reconnect_resumes_at_the_same_question(voice_server: Server) -> N
     run = await server.create_run(channel_id=server.extra["voice_channel"])
     caller = await join(server, run)
     try:
-        await answer_the_first_question(caller, fixture("job"))
+        await answer_the_first_question(caller, spoken_answer("job"))
     finally:
         await caller.close()  # the page is closed mid-interview
 
@@ -309,7 +289,7 @@ async def test_reconnect_resumes_at_the_same_question(voice_server: Server) -> N
         assert "Where do you live?" in resumed["message"]["content"]
         await wait_listening(again, 0)
         n = len(again.events)
-        await again.say(fixture("home"))
+        await again.say(spoken_answer("home"))
         await again.wait_event(lambda ev: ev.get("type") == "run.ended", 30 * UNIT, after=n)
     finally:
         await again.close()
@@ -322,9 +302,9 @@ async def test_a_pause_inside_an_answer_keeps_one_answer_with_all_its_words(voic
     """A 300 ms pause outlasts the early-finish point (200 ms) but not the 500 ms window:
     the recogniser's early result becomes the first part of one answer that holds every word."""
     server = voice_server
-    job, home = MANIFEST["job"], MANIFEST["home"]
-    first = fixture("job")[: int(job["speech_end_s"] * 16_000)]
-    second = fixture("home")[int(home["speech_start_s"] * 16_000) :]
+    job, home = ANSWERS["job"], ANSWERS["home"]
+    first = spoken_answer("job")[: int(job["speech_end_s"] * 16_000)]
+    second = spoken_answer("home")[int(home["speech_start_s"] * 16_000) :]
     paused = np.concatenate([first, np.zeros(int(0.3 * 16_000), dtype=np.int16), second])
     run = await server.create_run(channel_id=server.extra["voice_channel"])
     caller = await join(server, run)

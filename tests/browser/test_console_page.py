@@ -13,15 +13,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-import soundfile as sf
 
-from tests.conftest import LONG_ANSWER, UNIT, Server, ServerFactory
+from tests.conftest import LONG_ANSWER, UNIT, VOICE_BLUEPRINT, Server, ServerFactory, spoken_answer
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-ANSWERS = Path(__file__).resolve().parents[2] / "fixtures" / "answers"
 STAGES = ("eos", "eos_wait", "transcriber", "llm", "tts", "initial_wait")
 SCRIPT_ANSWER = "I teach <script>window.__pwned=1</script>"
 BOLD_ANSWER = "<b>bold</b> " + LONG_ANSWER
@@ -236,22 +233,6 @@ async def test_a_researcher_reads_a_chat_run_in_the_console(server: Server, page
 
 # --- a voice run: the recording and the line being spoken -----------------------------------------
 
-VOICE_BLUEPRINT = {
-    "name": "Voice test",
-    "greeting": "Hello.",
-    "questions": [
-        {"id": "work", "text": "What do you do?", "max_probes": 0},
-        {"id": "home", "text": "Where do you live?", "max_probes": 0},
-    ],
-    "closing": "Thank you, goodbye.",
-}
-
-
-def spoken(name: str) -> np.ndarray:
-    pcm, rate = sf.read(ANSWERS / f"{name}.wav", dtype="int16")
-    assert rate == 16_000
-    return pcm
-
 
 async def complete_voice_run(server: Server, run: dict[str, Any]) -> None:
     from media.caller import VoiceCaller
@@ -272,7 +253,7 @@ async def complete_voice_run(server: Server, run: dict[str, Any]) -> None:
         for answer, then in (("job", message("question", "home")), ("home", message("closing"))):
             await caller.wait_event(listening, 20 * UNIT, after=n)
             n = len(caller.events)
-            await caller.say(spoken(answer))
+            await caller.say(spoken_answer(answer))
             await caller.wait_event(then, 30 * UNIT, after=n)
             n = len(caller.events)
         await caller.wait_event(lambda ev: ev.get("type") == "run.ended", 30 * UNIT)
