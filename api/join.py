@@ -28,6 +28,7 @@ from aiohttp import WSMsgType, web
 from api.live import ParticipantLink, PlaybackReport
 from api.openapi import Param, RouteTable
 from api.state import STATE, AppState
+from runtime.errors import StorageUnavailable
 from runtime.serialize import message_text
 from runtime.types import EndReason, Message, Run, RunStatus, SessionType
 
@@ -261,7 +262,10 @@ async def _on_message(
     limit = state.config.max_content_bytes
     if len(content.encode("utf-8")) > limit:
         return await _error(link, "content_too_large", f"the message is longer than {limit} bytes", **extra)
-    message = await controller.participant_message(link, content, client_id=client_id, received_at=received_at)
+    try:
+        message = await controller.participant_message(link, content, client_id=client_id, received_at=received_at)
+    except StorageUnavailable:  # nothing was stored: the participant's page keeps the answer and sends it again
+        return await _error(link, "storage_unavailable", "the answer could not be saved; send it again", **extra)
     if message is not None:
         text = message_text(message, controller.run_started_at)  # encoded once, when it was stored
         await link.send_text(f'{{"type":"message.ack","client_id":{json.dumps(client_id)},"message":{text}}}')

@@ -5,9 +5,10 @@
     VivavoceError
     ├── NotFound          the object does not exist, or belongs to another organization
     ├── Conflict          the object exists but is in the wrong state for this request
-    └── InvalidRequest    the request is malformed (bad cursor, both ids, unknown value)
+    ├── InvalidRequest    the request is malformed (bad cursor, both ids, unknown value)
+    └── StorageUnavailable  the database could not be written (disk gone, file unopenable): nothing was stored
 
-The API maps them to 404, 409 and 400 with the same JSON error shape.
+The API maps them to 404, 409, 400 and 503 with the same JSON error shape.
 """
 
 from __future__ import annotations
@@ -36,3 +37,8 @@ class Conflict(VivavoceError):
 class InvalidRequest(VivavoceError):
     status = 400
     type = "invalid_request"
+
+
+class StorageUnavailable(VivavoceError):
+    status = 503
+    type = "storage_unavailable"

@@ -7,6 +7,7 @@
   const JOIN_PATH = WS_PATH.replace(/\/ws$/, ""); // /join/{token}
   const STORAGE_KEY = "vivavoce:pending:" + WS_PATH;
   const BACKOFF_MIN_MS = 500, BACKOFF_MAX_MS = 8000, TYPING_EVERY_MS = 2000;
+  const RETRY_STORE_MS = 2000; // the server could not save an answer: send it again after this
   const PING_EVERY_MS = 25000, STALE_AFTER_MS = 60000; // keepalive / dead-connection detection
   const CLOSE_REPLACED = 4001, CLOSE_TOO_BIG = 1009;
 
@@ -239,6 +240,14 @@
 
   function onError(frame) {
     const entry = frame.client_id && state.pending.get(frame.client_id);
+    if (entry && frame.code === "storage_unavailable") { // not saved, not refused: keep it and send it again
+      setTimeout(() => {
+        if (state.ready && state.pending.has(entry.client_id)) {
+          sendFrame({ type: "message", content: entry.content, client_id: entry.client_id });
+        }
+      }, RETRY_STORE_MS);
+      return;
+    }
     if (entry) { // assumption: an error may name the rejected message's client_id
       state.pending.delete(frame.client_id);
       savePending();

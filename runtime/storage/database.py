@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -38,6 +39,7 @@ from sqlalchemy import Connection, create_engine, event
 from sqlalchemy.engine import Engine, RootTransaction
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from runtime.errors import StorageUnavailable
 from runtime.storage.schema import metadata
 from runtime.types import Event
 
@@ -45,6 +47,7 @@ EventListener = Callable[[Event], None]
 T = TypeVar("T")
 
 MAX_BATCH = 500  # writes per group commit
+log = logging.getLogger(__name__)
 
 
 class _Retry(Exception):
@@ -232,24 +235,51 @@ class Database:
         return result
 
     def _write_loop(self) -> None:
-        with self.sync_engine.connect() as conn:
-            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-            placeholder = _placeholders(self.sync_engine.dialect.paramstyle)
-            while True:
-                first = self._jobs.get()
-                if first is None:
-                    return
-                batch = [first]
-                while len(batch) < MAX_BATCH:
-                    try:
-                        job = self._jobs.get_nowait()
-                    except queue.Empty:
-                        break
-                    if job is None:
-                        self._jobs.put(None)  # finish this batch, then stop
-                        break
-                    batch.append(job)
-                self._run_batch(conn, cursor, placeholder, batch)
+        """Serve jobs until told to stop. Nothing a write or the database does may end this thread: a
+        job that queued behind a dead writer would wait forever. If the connection fails (the file
+        cannot be opened, the disk went away) or a bug escapes a batch, that batch's writers get
+        :class:`StorageUnavailable` and the next job opens a fresh connection."""
+        stop = False
+        while not stop:
+            batch: list[_Job] = []
+            try:
+                with self.sync_engine.connect() as conn:
+                    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+                    placeholder = _placeholders(self.sync_engine.dialect.paramstyle)
+                    while True:
+                        batch = self._next_batch()
+                        if not batch:
+                            stop = True
+                            break
+                        self._run_batch(conn, cursor, placeholder, batch)
+                        batch = []
+            except BaseException as exc:  # reported to every writer of the batch
+                log.exception("database writer failed; its batch is refused")
+                if not batch:  # the connection could not be opened: refuse the next job, not a later one
+                    batch = self._next_batch()
+                    stop = not batch
+                error = StorageUnavailable(f"the database could not be written: {exc!r}")
+                for job in batch:
+                    job.error, job.events = error, []
+                if batch:
+                    self._announce(batch)
+
+    def _next_batch(self) -> list[_Job]:
+        """Block for the next job, then take whatever else queued meanwhile; [] means stop."""
+        first = self._jobs.get()
+        if first is None:
+            return []
+        batch = [first]
+        while len(batch) < MAX_BATCH:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                self._jobs.put(None)  # finish this batch, then stop
+                break
+            batch.append(job)
+        return batch
 
     def _run_batch(self, conn: Connection, cursor: Any, placeholder: Callable[[str], str], batch: list[_Job]) -> None:
         # Optimistic: the whole batch in one transaction. Only if a write fails is the batch run again,

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
+import pytest
 import websockets
 
+from runtime.errors import StorageUnavailable
+from runtime.types import MessageRole
 from tests.conftest import LONG_ANSWER, UNIT, Server, ServerFactory, eventually, ws_url
 
 
@@ -187,3 +191,31 @@ async def test_join_after_the_run_ended_gets_run_ended(server_factory: ServerFac
     assert ended == {"type": "run.ended", "status": "cancelled", "reason": "cancelled"}
     async with server.http.get(run["join_url"]) as resp:
         assert resp.status == 200 and "cancelled" in await resp.text()
+
+
+async def test_an_answer_the_database_refuses_is_reported_and_stored_when_sent_again(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = server.state.store.runs
+    store_message = runs.add_message
+    refusals = []
+
+    async def disk_gone_once(*args: Any, **kwargs: Any) -> Any:  # the writer's answer when the disk is gone
+        if not refusals and args[1].role is MessageRole.USER:
+            refusals.append(args)
+            raise StorageUnavailable("the database could not be written: OSError('disk I/O error')")
+        return await store_message(*args, **kwargs)
+
+    monkeypatch.setattr(runs, "add_message", disk_gone_once)
+    run = await server.create_run()
+    p = await server.join(run)
+    await p.until("message", kind="question", question_id="q1")
+    await p.send({"type": "message", "content": LONG_ANSWER, "client_id": "a1"})
+    error = await p.until("error")
+    assert (error["code"], error["client_id"]) == ("storage_unavailable", "a1")
+    ack = await p.say(LONG_ANSWER, client_id="a1")  # what the page does 2 s later
+    assert ack["message"]["content"] == LONG_ANSWER
+    await p.until("message", kind="question", question_id="q2")
+    await p.close()
+    transcript = (await server.get_run(run["id"], "transcript"))["transcript"]
+    assert [m["content"] for m in transcript if m["role"] == "user"] == [LONG_ANSWER]

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from runtime.errors import StorageUnavailable
 from runtime.serialize import message_json, message_text
 from runtime.storage import NewMessage, Store
 from runtime.storage import schema as t
-from runtime.storage.database import Transaction
+from runtime.storage.database import Database, Transaction
 from runtime.types import (
     BlueprintContent,
     EndReason,
@@ -27,6 +28,7 @@ from runtime.types import (
     SessionType,
     UtteranceKind,
 )
+from tests.conftest import UNIT
 
 
 async def _store(tmp_path: Path) -> tuple[Store, str, str]:
@@ -245,5 +247,39 @@ async def test_a_stored_message_is_sent_as_the_text_it_was_stored_with(tmp_path:
         assert frame == json.dumps(
             {"type": "message.ack", "client_id": None, "message": message_json(msg, started)}, separators=(",", ":")
         )
+    finally:
+        await store.close()
+
+
+class _Escapes(BaseException):
+    """A failure that is not an ``Exception``: it gets past a write's own error handling."""
+
+
+async def test_a_database_that_cannot_be_opened_refuses_writes_instead_of_hanging(tmp_path: Path) -> None:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'missing' / 'db.sqlite'}")
+    try:
+        for _ in range(2):  # and again: the writer is still there to answer
+            with pytest.raises(StorageUnavailable, match="could not be written"):
+                await asyncio.wait_for(db.write(lambda tx: tx.sql("SELECT 1")), 5 * UNIT)
+    finally:
+        await asyncio.wait_for(db.close(), 5 * UNIT)
+
+
+async def test_a_failure_that_escapes_a_write_refuses_its_batch_and_the_next_write_commits(tmp_path: Path) -> None:
+    store, org, bp_id = await _store(tmp_path)
+    try:
+        run_id = await _run(store, org, bp_id)
+
+        def escape(tx: Transaction) -> None:
+            tx.sql('UPDATE runs SET metadata = \'{"lost": "yes"}\' WHERE id = ?', (run_id,))
+            raise _Escapes
+
+        with pytest.raises(StorageUnavailable):
+            await asyncio.wait_for(store.db.write(escape), 5 * UNIT)
+        new = NewMessage(MessageRole.USER, "still here", started_at=time.time(), ended_at=time.time())
+        _, created = await asyncio.wait_for(store.runs.add_message(run_id, new), 5 * UNIT)
+        assert created
+        assert [m.content for m in await store.runs.list_messages(run_id)] == ["still here"]
+        assert (await store.runs.get_run(run_id)).metadata == {}  # the escaped write was rolled back
     finally:
         await store.close()
