@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import re
 import threading
+import tracemalloc
 from collections import Counter
 
 from aiohttp import web
 from pydantic import BaseModel, Field
 
 from api.openapi import Param, RouteTable
+from api.params import check_query, single
 from api.schemas import HealthOut
 from api.state import STATE
+from runtime.errors import InvalidRequest
 
 routes = RouteTable()
 
@@ -44,6 +48,25 @@ class RuntimeOut(BaseModel):
     open_fds: int | None = Field(description="Open file descriptors (Linux; null elsewhere)")
     live_runs: int
     voice_tasks: int = Field(description="Signalling tasks of voice sessions still running")
+    python_objects: int = Field(description="Objects tracked by the garbage collector (a leak grows this)")
+    python_heap_bytes: int | None = Field(
+        description="Python heap in use, if the server runs with PYTHONTRACEMALLOC set; else null"
+    )
+    python_heap_top: list[str] = Field(description="With PYTHONTRACEMALLOC: the 15 source lines holding most heap")
+    objects_by_type: dict[str, int] | None = Field(
+        description="With ?objects=true: the 25 most numerous object types the garbage collector tracks"
+    )
+
+
+def _count_types(objects: list[object], n: int) -> dict[str, int]:
+    counts = Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in objects)
+    return dict(counts.most_common(n))
+
+
+def _heap_top(n: int) -> list[str]:
+    """Where the Python heap is held (slow on a big heap: a leak hunt, not a health check)."""
+    stats = tracemalloc.take_snapshot().statistics("lineno")[:n]
+    return [f"{s.traceback[0].filename}:{s.traceback[0].lineno} {s.size} B in {s.count} blocks" for s in stats]
 
 
 def _task_name(task: asyncio.Task[object]) -> str:
@@ -52,10 +75,16 @@ def _task_name(task: asyncio.Task[object]) -> str:
 
 
 @routes.route("GET", "/v1/debug/runtime", summary="Counters for leak checks (tasks, threads, file descriptors)",
-              tag="meta", response=RuntimeOut)  # fmt: skip
+              tag="meta", response=RuntimeOut, errors=(400,),
+              params=(Param("objects", "true: also count objects by type (slow)", {"type": "boolean"}),))  # fmt: skip
 async def debug_runtime(request: web.Request) -> web.Response:
     """Soak tests read this before and after thousands of runs: every figure should come back to its baseline."""
+    check_query(request, ("objects",))
+    by_type = single(request, "objects") or "false"
+    if by_type not in ("true", "false"):
+        raise InvalidRequest("objects must be true or false", param="objects")
     state = request.app[STATE]
+    objects = gc.get_objects()
     tasks = [t for t in asyncio.all_tasks() if not t.done()]
     try:
         fds: int | None = len(os.listdir("/proc/self/fd")) - 1  # listdir's own descriptor
@@ -69,6 +98,10 @@ async def debug_runtime(request: web.Request) -> web.Response:
         open_fds=fds,
         live_runs=len(state.live.controllers),
         voice_tasks=len(getattr(state.voice, "_tasks", ())),
+        python_objects=len(objects),
+        python_heap_bytes=tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else None,
+        python_heap_top=_heap_top(15) if tracemalloc.is_tracing() else [],
+        objects_by_type=_count_types(objects, 25) if by_type == "true" else None,
     )
     return web.json_response(body.model_dump())
 

@@ -5,6 +5,7 @@ Imported by the bench scripts as a sibling module (they run as ``python bench/NA
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -24,7 +25,7 @@ def free_port() -> int:
 
 
 def start_server(
-    data: Path, port: int, *, log: list[str] | None = None, timeout_s: float = 60.0
+    data: Path, port: int, *, log: list[str] | None = None, timeout_s: float = 60.0, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[str], dict[str, str]]:
     """Start the server on 127.0.0.1:``port`` with a fresh data dir; return it and what its first start
     printed (``key``, ``chat_channel``). Its output is read until it exits, or a full pipe would block
@@ -32,7 +33,7 @@ def start_server(
     proc = subprocess.Popen(
         [sys.executable, "-m", "api.cli", "serve", "--data-dir", str(data), "--port", str(port),
          "--ice-host-address", "127.0.0.1", "--log-level", "WARNING"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
     )  # fmt: skip
     info: dict[str, str] = {}
     assert proc.stdout is not None

@@ -101,17 +101,26 @@ def snapshot(pid: int, runtime: dict[str, Any], runs_done: int, started: float) 
         "threads_by_name": runtime.get("threads_by_name"),
         "tasks_by_name": runtime.get("tasks_by_name"),
         "live_runs": runtime.get("live_runs"),
+        "python_objects": runtime.get("python_objects"),
+        "python_heap_mb": None
+        if runtime.get("python_heap_bytes") is None
+        else round(runtime["python_heap_bytes"] / 2**20, 2),
+        "python_heap_top": runtime.get("python_heap_top") or None,
+        "objects_by_type": runtime.get("objects_by_type"),
     }
 
 
-async def idle(api: ServerApi, *, limit_s: float = 15.0) -> dict[str, Any]:
-    """Wait until no run is live and the task count holds still for 0.5 s; the last /v1/debug/runtime."""
+async def idle(api: ServerApi, *, limit_s: float = 15.0, objects: bool = False) -> dict[str, Any]:
+    """Wait until no run is live and the task count holds still for 0.5 s; the last /v1/debug/runtime
+    (with the objects counted by type if ``objects``)."""
     give_up = time.monotonic() + limit_s
     previous: int | None = None
     while True:
         runtime = dict(await api.request("GET", "/v1/debug/runtime"))
         settled = runtime["live_runs"] == 0 and runtime["asyncio_tasks"] == previous
         if settled or time.monotonic() > give_up:
+            if objects:
+                return dict(await api.request("GET", "/v1/debug/runtime?objects=true"))
             return runtime
         previous = runtime["asyncio_tasks"] if runtime["live_runs"] == 0 else None
         await asyncio.sleep(0.5)
@@ -148,7 +157,7 @@ async def soak(args: argparse.Namespace, url: str, key: str, chat_channel: str, 
             "chat": ChatCaller(0, ctx, random.Random(rng.random())),
             "voice": VoiceSimCaller(1, ctx, random.Random(rng.random())),
         }
-        series.append(snapshot(pid, await idle(api), 0, started))
+        series.append(snapshot(pid, await idle(api, objects=args.objects), 0, started))
         print(f"start: {series[-1]}", flush=True)
         try:
             for n in range(1, args.runs + 1):
@@ -168,13 +177,13 @@ async def soak(args: argparse.Namespace, url: str, key: str, chat_channel: str, 
                 outcomes[outcome] = outcomes.get(outcome, 0) + 1
                 completed += outcome == "completed"
                 if n == args.warmup or n % args.sample_every == 0 or n == args.runs:
-                    series.append(snapshot(pid, await idle(api), n, started))
+                    series.append(snapshot(pid, await idle(api, objects=args.objects), n, started))
                     if n == args.warmup:
                         baseline = series[-1]
                     print(f"{n:5d} runs ({completed} completed): {series[-1]}", flush=True)
         finally:
             await http.close()
-        end = snapshot(pid, await idle(api, limit_s=30), n if args.runs else 0, started)
+        end = snapshot(pid, await idle(api, limit_s=30, objects=args.objects), n if args.runs else 0, started)
     runs_done = kinds["chat"] + kinds["voice"]
     if baseline is None:  # fewer runs than the warm-up: compare with the start
         baseline = series[0]
@@ -210,6 +219,10 @@ def main() -> int:
     parser.add_argument("--sample-every", type=int, default=100, help="a snapshot every n runs (default 100)")
     parser.add_argument("--deadline-s", type=float, default=1800.0, help="start no run after this (default 1800)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--objects", action="store_true", help="count the server's objects by type at each snapshot")
+    parser.add_argument(
+        "--tracemalloc", action="store_true", help="trace the server's Python heap (slower; for leak hunts)"
+    )
     parser.add_argument("--json", type=Path, help="write every figure here")
     args = parser.parse_args()
     if args.runs < 1 or args.warmup < 0 or args.sample_every < 1:
@@ -217,7 +230,8 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
-        proc, info = start_server(Path(tmp), port)
+        env = {"PYTHONTRACEMALLOC": "1"} if args.tracemalloc else None
+        proc, info = start_server(Path(tmp), port, env=env)
         try:
             result = asyncio.run(soak(args, f"http://127.0.0.1:{port}", info["key"], info["chat_channel"], proc.pid))
         finally:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
+from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,22 +61,32 @@ def message_text(message: Message, run_started_at: float | None) -> str:
     return json.dumps(message_json(message, run_started_at), separators=(",", ":"))
 
 
-def remember_text(message: Message, run_started_at: float | None) -> tuple[dict[str, Any], str]:
+def remember_text(
+    message: Message, run_started_at: float | None, *, now: float | None = None
+) -> tuple[dict[str, Any], str]:
     """Serialize a message just stored, and keep its text for :func:`message_text`; returns (dict, text).
 
     Called from the database writer thread only (the only thread that adds or evicts entries;
-    readers only look up, which is safe beside it).
+    readers only look up, which is safe beside it). A text is wanted only for the moment between
+    storing and sending its message, so it is kept for ``_TEXT_KEPT_S`` and at most
+    ``_TEXTS_KEPT`` are kept: the cache holds about one window of traffic, not the last few
+    thousand messages (a plain size cap made a soak's memory grow until it was full).
     """
     body = message_json(message, run_started_at)
     text = json.dumps(body, separators=(",", ":"))
-    _texts[message.id] = (message, run_started_at, text)
-    if len(_texts) > _TEXTS_KEPT:
-        del _texts[next(iter(_texts))]
+    now = time.monotonic() if now is None else now
+    _texts[message.id] = (message, run_started_at, text, now)
+    while True:  # insertion order is storing order: drop expired texts from the front
+        oldest = next(iter(_texts.values()))
+        if len(_texts) <= _TEXTS_KEPT and oldest[3] > now - _TEXT_KEPT_S:
+            break
+        _texts.popitem(last=False)
     return body, text
 
 
 _TEXTS_KEPT = 4096
-_texts: dict[str, tuple[Message, float | None, str]] = {}
+_TEXT_KEPT_S = 10.0
+_texts: OrderedDict[str, tuple[Message, float | None, str, float]] = OrderedDict()
 
 
 def session_json(session: Session) -> dict[str, Any]:
