@@ -413,3 +413,15 @@ async def test_debug_runtime_counters_need_a_key_and_come_back_after_runs(server
         return bool(after["live_runs"] == 0 and server_tasks(after) == server_tasks(before))
 
     await eventually(back_to_baseline, 10)  # six interviews later, no task was left behind
+
+
+async def test_debug_runtime_counts_objects_by_type_on_request(server: Server) -> None:
+    status, plain = await server.request("GET", "/v1/debug/runtime")
+    assert status == 200 and plain["objects_by_type"] is None and plain["python_objects"] > 1000
+    assert plain["python_heap_bytes"] is None and plain["python_heap_top"] == []  # the suite runs without tracemalloc
+    status, counted = await server.request("GET", "/v1/debug/runtime?objects=true")
+    assert status == 200 and len(counted["objects_by_type"]) == 25
+    assert counted["objects_by_type"]["builtins.function"] > 100
+    for query in ("objects=yes", "object=true"):
+        status, body = await server.request("GET", f"/v1/debug/runtime?{query}")
+        assert status == 400 and body["error"]["param"] in ("objects", "object"), body
