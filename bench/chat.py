@@ -194,9 +194,7 @@ class ServerProc:
 
 def start_vivavoce(data_dir: Path) -> ServerProc:
     port = free_port()
-    prof = ["-m", "cProfile", "-o", os.environ["VV_PROFILE"]] if os.environ.get("VV_PROFILE") else []
-    entry = [os.environ["VV_SERVE"]] if os.environ.get("VV_SERVE") else ["-m", "api.cli"]
-    cmd = [sys.executable, *prof, *entry, "serve", "--data-dir", str(data_dir), "--port", str(port),
+    cmd = [sys.executable, "-m", "api.cli", "serve", "--data-dir", str(data_dir), "--port", str(port),
            "--log-level", "WARNING"]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
