@@ -58,6 +58,13 @@ class RuntimeOut(BaseModel):
     )
 
 
+def _flag(request: web.Request, name: str) -> bool:
+    value = single(request, name) or "false"
+    if value not in ("true", "false"):
+        raise InvalidRequest(f"{name} must be true or false", param=name)
+    return value == "true"
+
+
 def _count_types(objects: list[object], n: int) -> dict[str, int]:
     counts = Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in objects)
     return dict(counts.most_common(n))
@@ -76,14 +83,16 @@ def _task_name(task: asyncio.Task[object]) -> str:
 
 @routes.route("GET", "/v1/debug/runtime", summary="Counters for leak checks (tasks, threads, file descriptors)",
               tag="meta", response=RuntimeOut, errors=(400,),
-              params=(Param("objects", "true: also count objects by type (slow)", {"type": "boolean"}),))  # fmt: skip
+              params=(Param("objects", "true: also count objects by type (slow)", {"type": "boolean"}),
+                      Param("collect", "true: run a full garbage collection first, so that only live objects "
+                            "count (slow)", {"type": "boolean"})))  # fmt: skip
 async def debug_runtime(request: web.Request) -> web.Response:
     """Soak tests read this before and after thousands of runs: every figure should come back to its baseline."""
-    check_query(request, ("objects",))
-    by_type = single(request, "objects") or "false"
-    if by_type not in ("true", "false"):
-        raise InvalidRequest("objects must be true or false", param="objects")
+    check_query(request, ("objects", "collect"))
+    by_type, collect = (_flag(request, name) for name in ("objects", "collect"))
     state = request.app[STATE]
+    if collect:  # cyclic garbage (aiortc leaves plenty) is not a leak: count what survives a full collection
+        gc.collect()
     objects = gc.get_objects()
     tasks = [t for t in asyncio.all_tasks() if not t.done()]
     try:
@@ -101,7 +110,7 @@ async def debug_runtime(request: web.Request) -> web.Response:
         python_objects=len(objects),
         python_heap_bytes=tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else None,
         python_heap_top=_heap_top(15) if tracemalloc.is_tracing() else [],
-        objects_by_type=_count_types(objects, 25) if by_type == "true" else None,
+        objects_by_type=_count_types(objects, 25) if by_type else None,
     )
     return web.json_response(body.model_dump())
 

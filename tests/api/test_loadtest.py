@@ -7,6 +7,7 @@ and once as a separate process through its command line.
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import json
 import os
@@ -415,13 +416,24 @@ async def test_debug_runtime_counters_need_a_key_and_come_back_after_runs(server
     await eventually(back_to_baseline, 10)  # six interviews later, no task was left behind
 
 
-async def test_debug_runtime_counts_objects_by_type_on_request(server: Server) -> None:
+async def test_debug_runtime_counts_objects_by_type_and_collects_garbage_on_request(server: Server) -> None:
     status, plain = await server.request("GET", "/v1/debug/runtime")
     assert status == 200 and plain["objects_by_type"] is None and plain["python_objects"] > 1000
     assert plain["python_heap_bytes"] is None and plain["python_heap_top"] == []  # the suite runs without tracemalloc
     status, counted = await server.request("GET", "/v1/debug/runtime?objects=true")
     assert status == 200 and len(counted["objects_by_type"]) == 25
     assert counted["objects_by_type"]["builtins.function"] > 100
-    for query in ("objects=yes", "object=true"):
+    gc.disable()  # the automatic collector would free the cycles below on its own
+    try:
+        garbage: list[list[object]] = [[] for _ in range(2000)]
+        for cycle in garbage:
+            cycle.append(cycle)  # only a garbage collection frees these
+        del garbage
+        _, uncollected = await server.request("GET", "/v1/debug/runtime")
+        status, collected = await server.request("GET", "/v1/debug/runtime?collect=true")
+    finally:
+        gc.enable()
+    assert status == 200 and collected["python_objects"] <= uncollected["python_objects"] - 2000
+    for query, param in (("objects=yes", "objects"), ("object=true", "object"), ("collect=1", "collect")):
         status, body = await server.request("GET", f"/v1/debug/runtime?{query}")
-        assert status == 400 and body["error"]["param"] in ("objects", "object"), body
+        assert status == 400 and body["error"]["param"] == param, body
