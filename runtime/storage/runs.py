@@ -284,19 +284,17 @@ class RunStore:
         return await self.get_run(run_id)
 
     async def get_run(self, run_id: str, *, org_id: str | None = None) -> Run:
-        query = select(t.runs).where(t.runs.c.id == run_id)
-        if org_id is not None:
-            query = query.where(t.runs.c.org_id == org_id)
-        async with self.db.read() as conn:
-            row = (await conn.execute(query)).first()
-        if row is None:
+        if org_id is None:
+            rows = await self.db.fetch(f"SELECT {_RUN_SELECT} FROM runs WHERE id = ?", (run_id,))
+        else:
+            rows = await self.db.fetch(f"SELECT {_RUN_SELECT} FROM runs WHERE id = ? AND org_id = ?", (run_id, org_id))
+        if not rows:
             raise NotFound(f"No run {run_id!r}", param="id")
-        return _run(row)
+        return _run_raw(rows[0])
 
     async def run_by_token(self, token: str) -> Run | None:
-        async with self.db.read() as conn:
-            row = (await conn.execute(select(t.runs).where(t.runs.c.join_token == token))).first()
-        return None if row is None else _run(row)
+        rows = await self.db.fetch(f"SELECT {_RUN_SELECT} FROM runs WHERE join_token = ?", (token,))
+        return _run_raw(rows[0]) if rows else None
 
     async def list_runs(
         self, org_id: str, *, limit: int, starting_after: str | None, where: RunFilter
