@@ -384,7 +384,7 @@ class RunController:
 
     def _typing(self, active: bool) -> None:
         if self.link is not None:
-            self._spawn(_quietly(self.link.send({"type": "typing", "active": active})))
+            self._spawn(_send_quietly(self.link, {"type": "typing", "active": active}))
 
     # --- time -----------------------------------------------------------------------------
 
@@ -419,6 +419,12 @@ class RunController:
 
 _RESTARTING = "The server is restarting; reconnect in a moment to continue."
 _REPLACED = "This interview was opened in another window; this one has been disconnected."
+
+
+async def _send_quietly(link: ParticipantLink, frame: dict[str, Any]) -> None:
+    """:func:`_quietly` for a spawned send: the send starts only if the task does (a task cancelled
+    before it ran, as the run ended, would otherwise leave a send coroutine never awaited)."""
+    await _quietly(link.send(frame))
 
 
 async def _quietly(awaitable: Any) -> None:
