@@ -17,7 +17,10 @@ server-side turn time from the stored latency breakdowns (``initial_wait + llm``
 reply, fetched through the API afterwards); server RSS growth per open session (RSS with N
 sessions open minus RSS before they connected, over N); the server's event-loop lag
 measured from outside (round trips of ``GET /healthz`` every 100 ms during the interview
-phase, against the same when idle); message throughput during the interview phase.
+phase, against the same when idle); message throughput during the interview phase. With a typing delay
+both servers are offered the same load, so that ratio says how much of it each served; with
+``--typing-min-ms 0 --typing-max-ms 0`` every participant answers as soon as the reply arrives (closed
+loop), and the ratio compares the two servers' ceilings.
 
 The load generator must not be the bottleneck: it runs in its own process(es) with uvloop,
 and each reports its CPU use and its own event-loop lag during the interview phase; the
@@ -561,9 +564,15 @@ async def orchestrate(args: argparse.Namespace) -> int:
     print_table(results)
     top = max(levels)
     comp = comparisons(results, top)
+    closed = args.typing_max_ms == 0
+    what = (
+        "closed-loop throughput (answers/s, each server's ceiling)"
+        if closed
+        else "answers/s at the same offered load (not the echo's ceiling: see --typing-max-ms 0)"
+    )
     for c in comp:
         line = (
-            f"N={c['n']}: message throughput (answers/s) vivavoce/echo {fmt(c['throughput_ratio'], 2)} "
+            f"N={c['n']}: {what} vivavoce/echo {fmt(c['throughput_ratio'], 2)} "
             f"({'PASS' if c['target_throughput_ge_0_6'] else 'FAIL'} vs >= 0.6); p99 turn vivavoce/echo "
             f"{fmt(c['p99_ratio'])}x ({fmt(c['vivavoce_p99_ms'])} vs {fmt(c['echo_p99_ms'])} ms)"
         )
