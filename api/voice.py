@@ -59,6 +59,7 @@ from runtime.endpointing import (
     SpeechStarted,
     State,
 )
+from runtime.errors import StorageUnavailable
 from runtime.serialize import message_json
 from runtime.types import ChannelSettings, LatencyBreakdown, Message, Run, SessionType, UtteranceKind
 
@@ -68,6 +69,7 @@ PREROLL_FRAMES = 15  # 300 ms of audio before the first voiced frame goes to the
 PARTIAL_EVERY_FRAMES = 15  # ask for a partial caption every 300 ms of speech
 AUDIO_BATCH_FRAMES = 3  # speech frames handed to the recogniser together (60 ms); any decision flushes them
 MAX_PAUSE_SAMPLES = 10 * SAMPLE_RATE  # audio held while an early finish is pending (the pause is < 1 s)
+SAY_AGAIN = "Sorry, your answer could not be saved. Please say it again."
 
 
 def _ms(seconds: float) -> float:
@@ -433,13 +435,18 @@ class VoiceLink:
             if not text.strip():
                 return
             self._answer = AnswerTiming(decision.last_voiced_at, decision.decided_at, committed_at, transcript_at)
-            stored = await ctl.participant_message(
-                self,
-                text,
-                client_id=None,
-                received_at=transcript_at,
-                spoken=(decision.onset_at, decision.last_voiced_at),
-            )
+            try:
+                stored = await ctl.participant_message(
+                    self,
+                    text,
+                    client_id=None,
+                    received_at=transcript_at,
+                    spoken=(decision.onset_at, decision.last_voiced_at),
+                )
+            except StorageUnavailable:  # nothing was stored and the interview did not move on: ask again
+                log.warning("a spoken answer could not be stored in run %s", ctl.run_id)
+                self.peer.send_event({"type": "error", "code": "storage_unavailable", "message": SAY_AGAIN})
+                return
             if stored is not None:
                 self.peer.send_event({"type": "caption", "role": "user", "final": True, "text": stored.content})
 

@@ -19,7 +19,10 @@ import soundfile as sf
 
 from media.caller import VoiceCaller
 from media.stt.wer import word_error_rate
+from runtime.errors import StorageUnavailable
 from runtime.interviewer import Purpose, ReplyPart, ReplyRequest, ScriptedInterviewer
+from runtime.storage import NewMessage
+from runtime.types import MessageRole
 from tests.conftest import ANSWERS, UNIT, VOICE_BLUEPRINT, Server, ServerFactory, eventually, spoken_answer
 
 STAGES = ("eos", "eos_wait", "transcriber", "llm", "tts", "initial_wait")
@@ -317,3 +320,38 @@ async def test_a_pause_inside_an_answer_keeps_one_answer_with_all_its_words(voic
     assert len(users) == 1, users
     heard = users[0]["content"]
     assert word_error_rate(f"{job['text']} {home['text']}", heard) <= 0.35, heard
+
+
+async def test_a_spoken_answer_the_database_refuses_is_asked_for_again(
+    voice_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = voice_server
+    runs = server.state.store.runs
+    store_message = runs.add_message
+    refused: list[str] = []
+
+    async def disk_gone_once(run_id: str, new: NewMessage, **kwargs: Any) -> Any:  # what the writer says then
+        if not refused and new.role is MessageRole.USER:
+            refused.append(new.content)
+            raise StorageUnavailable("the database could not be written: OSError('disk I/O error')")
+        return await store_message(run_id, new, **kwargs)
+
+    monkeypatch.setattr(runs, "add_message", disk_gone_once)
+    run = await server.create_run(channel_id=server.extra["voice_channel"])
+    caller = await join(server, run)
+    try:
+        await caller.wait_event(is_message("question", "work"), 20 * UNIT)
+        await wait_listening(caller, 0)
+        n = len(caller.events)
+        await caller.say(spoken_answer("job"))
+        error = await caller.wait_event(lambda ev: ev.get("type") == "error", 30 * UNIT, after=n)
+        assert error["code"] == "storage_unavailable" and "say it again" in error["message"]
+        n = len(caller.events)
+        await caller.say(spoken_answer("job"))  # the participant says it again; now it is kept
+        await caller.wait_event(is_message("question", "home"), 30 * UNIT, after=n)
+    finally:
+        await caller.close()
+    transcript = (await server.get_run(run["id"], "transcript"))["transcript"]
+    answers = [m["content"] for m in transcript if m["role"] == "user"]
+    assert len(refused) == 1 and len(answers) == 1
+    assert word_error_rate(ANSWERS["job"]["text"], answers[0]) <= 0.35
