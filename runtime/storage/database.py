@@ -40,6 +40,7 @@ from sqlalchemy.engine import Engine, RootTransaction
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from runtime.errors import StorageUnavailable
+from runtime.storage.readers import SQLiteReaders
 from runtime.storage.schema import metadata
 from runtime.types import Event
 
@@ -198,6 +199,9 @@ class Database:
         self._raw_transactions = self.sync_engine.dialect.name == "sqlite"
         self._adopting = False  # SQLAlchemy is joining a transaction the writer began itself
         self._placeholder = _placeholders(self.sync_engine.dialect.paramstyle)
+        path = make_url(url).database
+        file_db = self._raw_transactions and path not in (None, "", ":memory:")
+        self._readers = SQLiteReaders(path, size=READ_CONNECTIONS) if file_db and path else None
         if self.engine.dialect.name == "sqlite":
             mode = synchronous.upper()
             for engine in (self.engine.sync_engine, self.sync_engine):
@@ -226,6 +230,8 @@ class Database:
             await conn.run_sync(metadata.create_all)
 
     async def close(self) -> None:
+        if self._readers is not None:
+            await self._readers.close()
         if self._writer is not None:
             self._jobs.put(None)
             await asyncio.to_thread(self._writer.join)
@@ -379,14 +385,13 @@ class Database:
     async def fetch(self, statement: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
         """One plain-SQL read (``?`` placeholders), for the reads of every join and turn.
 
-        On SQLite it goes straight to the driver (aiosqlite: one hop to its thread): a small query
-        through SQLAlchemy's async engine took ~1.4 ms against ~0.4 ms this way (measured,
-        docs/benchmarks.md), and joins make several.
+        On a SQLite file it goes to :class:`SQLiteReaders` (aiosqlite, no SQLAlchemy): a small query
+        through SQLAlchemy's async engine took ~1.4 ms against ~0.4 ms straight to the driver
+        (measured, docs/benchmarks.md), and joins make several.
         """
+        if self._readers is not None:
+            return await self._readers.fetch(statement, params)
         async with self.engine.connect() as conn:
-            if self._raw_transactions:
-                raw = await conn.get_raw_connection()
-                return list(await raw.driver_connection.execute_fetchall(statement, params))  # type: ignore[union-attr]
             result = await conn.exec_driver_sql(self._placeholder(statement), tuple(params))
             return [tuple(row) for row in result]
 
