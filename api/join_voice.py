@@ -97,6 +97,9 @@ async def join_offer(request: web.Request) -> web.Response:
     except InvalidOffer as exc:
         await link.close(1000, "bad offer")
         raise InvalidRequest(str(exc), param="sdp") from None
+    except BaseException:  # cancelled (the server is stopping) or failed: its sockets must not outlive it
+        await asyncio.shield(link.close(1000, "offer not answered"))
+        raise
     voice.spawn(_start_session(state, link, controller, record=channel.settings.recording))
     return web.json_response({"sdp": answer.sdp, "type": answer.type})
 
@@ -106,6 +109,9 @@ async def _start_session(state: AppState, link: VoiceLink, controller: RunContro
         connected = await asyncio.wait_for(link.peer.wait_connected(), state.config.voice_connect_timeout_s)
     except TimeoutError:
         connected = False
+    except BaseException:  # the server is stopping before the peer connected: close it, or its sockets leak
+        await asyncio.shield(link.close(1001, "server stopping"))
+        raise
     if not connected:
         log.info("voice peer for run %s never connected", controller.run_id)
         await link.close(1000, "never connected")

@@ -291,8 +291,8 @@ class VoiceSimCaller(Caller[_VoiceState]):
                 ctx.counters.sessions_open -= 1
             if connected:
                 ctx.counters.connected -= 1
-            with contextlib.suppress(Exception):
-                await vc.close()
+            with contextlib.suppress(Exception):  # shielded: a caller stopped mid-close must not leak its sockets
+                await asyncio.shield(vc.close())
 
     async def _next_event(self, vc: VoiceCaller, state: _VoiceState, idx: int) -> str | None:
         """Wait until event ``idx`` exists (None) or the connection is dead (why)."""
