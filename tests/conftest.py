@@ -27,7 +27,10 @@ from api.app import create_app
 from api.bootstrap import bootstrap
 from api.config import ServerConfig
 from api.state import STATE, AppState
+from runtime.errors import StorageUnavailable
 from runtime.interviewer import Interviewer
+from runtime.storage import NewMessage
+from runtime.types import MessageRole
 
 UNIT = float(os.environ.get("VIVAVOCE_TEST_UNIT", "1.0"))
 
@@ -215,6 +218,25 @@ class Participant:
 
     async def close(self) -> None:
         await self.ws.close()
+
+
+def refuse_first_answer(server: Server, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make the database refuse the next participant answer once, as the writer does when the disk is gone.
+
+    Returns the list the refused answer's text is put in. Messages from the interviewer are stored as usual.
+    """
+    runs = server.state.store.runs
+    store_message = runs.add_message
+    refused: list[str] = []
+
+    async def disk_gone_once(run_id: str, new: NewMessage, **kwargs: Any) -> Any:
+        if not refused and new.role is MessageRole.USER:
+            refused.append(new.content)
+            raise StorageUnavailable("the database could not be written: OSError('disk I/O error')")
+        return await store_message(run_id, new, **kwargs)
+
+    monkeypatch.setattr(runs, "add_message", disk_gone_once)
+    return refused
 
 
 ServerFactory = Callable[..., Awaitable[Server]]

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
 import pytest
 import websockets
 
-from runtime.errors import StorageUnavailable
-from runtime.types import MessageRole
-from tests.conftest import LONG_ANSWER, UNIT, Server, ServerFactory, eventually, ws_url
+from tests.conftest import LONG_ANSWER, UNIT, Server, ServerFactory, eventually, refuse_first_answer, ws_url
 
 
 async def complete_interview(server: Server, run: dict) -> list[str]:
@@ -196,17 +193,7 @@ async def test_join_after_the_run_ended_gets_run_ended(server_factory: ServerFac
 async def test_an_answer_the_database_refuses_is_reported_and_stored_when_sent_again(
     server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runs = server.state.store.runs
-    store_message = runs.add_message
-    refusals = []
-
-    async def disk_gone_once(*args: Any, **kwargs: Any) -> Any:  # the writer's answer when the disk is gone
-        if not refusals and args[1].role is MessageRole.USER:
-            refusals.append(args)
-            raise StorageUnavailable("the database could not be written: OSError('disk I/O error')")
-        return await store_message(*args, **kwargs)
-
-    monkeypatch.setattr(runs, "add_message", disk_gone_once)
+    refused = refuse_first_answer(server, monkeypatch)
     run = await server.create_run()
     p = await server.join(run)
     await p.until("message", kind="question", question_id="q1")
@@ -219,3 +206,4 @@ async def test_an_answer_the_database_refuses_is_reported_and_stored_when_sent_a
     await p.close()
     transcript = (await server.get_run(run["id"], "transcript"))["transcript"]
     assert [m["content"] for m in transcript if m["role"] == "user"] == [LONG_ANSWER]
+    assert refused == [LONG_ANSWER]  # refused once, then stored once

@@ -19,11 +19,17 @@ import soundfile as sf
 
 from media.caller import VoiceCaller
 from media.stt.wer import word_error_rate
-from runtime.errors import StorageUnavailable
 from runtime.interviewer import Purpose, ReplyPart, ReplyRequest, ScriptedInterviewer
-from runtime.storage import NewMessage
-from runtime.types import MessageRole
-from tests.conftest import ANSWERS, UNIT, VOICE_BLUEPRINT, Server, ServerFactory, eventually, spoken_answer
+from tests.conftest import (
+    ANSWERS,
+    UNIT,
+    VOICE_BLUEPRINT,
+    Server,
+    ServerFactory,
+    eventually,
+    refuse_first_answer,
+    spoken_answer,
+)
 
 STAGES = ("eos", "eos_wait", "transcriber", "llm", "tts", "initial_wait")
 
@@ -59,12 +65,18 @@ async def wait_listening(caller: VoiceCaller, after: int) -> None:
                             after=after)  # fmt: skip
 
 
-async def answer_the_first_question(caller: VoiceCaller, pcm: np.ndarray) -> None:
-    """Wait for the "work" question to be spoken, say ``pcm``, and wait for the next question."""
+async def say_to_the_first_question(caller: VoiceCaller, pcm: np.ndarray) -> int:
+    """Wait for the "work" question to be spoken, then say ``pcm``; returns how many events came before."""
     await caller.wait_event(is_message("question", "work"), 20 * UNIT)
     await wait_listening(caller, 0)
     n = len(caller.events)
     await caller.say(pcm)
+    return n
+
+
+async def answer_the_first_question(caller: VoiceCaller, pcm: np.ndarray) -> None:
+    """Say ``pcm`` to the "work" question and wait for the next question."""
+    n = await say_to_the_first_question(caller, pcm)
     await caller.wait_event(is_message("question", "home"), 30 * UNIT, after=n)
 
 
@@ -207,10 +219,7 @@ async def test_a_slow_reply_is_preceded_by_a_spoken_filler(server_factory: Serve
     run = await voice_run(server, filler_after_ms=300)
     caller = await join(server, run)
     try:
-        await caller.wait_event(is_message("question", "work"), 20 * UNIT)
-        await wait_listening(caller, 0)
-        n = len(caller.events)
-        await caller.say(spoken_answer("job"))
+        n = await say_to_the_first_question(caller, spoken_answer("job"))
         filler = await caller.wait_event(is_message("filler"), 20 * UNIT, after=n)
         await caller.wait_event(is_message("question", "home"), 20 * UNIT, after=n)
         await wait_listening(caller, len(caller.events))
@@ -326,24 +335,11 @@ async def test_a_spoken_answer_the_database_refuses_is_asked_for_again(
     voice_server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = voice_server
-    runs = server.state.store.runs
-    store_message = runs.add_message
-    refused: list[str] = []
-
-    async def disk_gone_once(run_id: str, new: NewMessage, **kwargs: Any) -> Any:  # what the writer says then
-        if not refused and new.role is MessageRole.USER:
-            refused.append(new.content)
-            raise StorageUnavailable("the database could not be written: OSError('disk I/O error')")
-        return await store_message(run_id, new, **kwargs)
-
-    monkeypatch.setattr(runs, "add_message", disk_gone_once)
+    refused = refuse_first_answer(server, monkeypatch)
     run = await server.create_run(channel_id=server.extra["voice_channel"])
     caller = await join(server, run)
     try:
-        await caller.wait_event(is_message("question", "work"), 20 * UNIT)
-        await wait_listening(caller, 0)
-        n = len(caller.events)
-        await caller.say(spoken_answer("job"))
+        n = await say_to_the_first_question(caller, spoken_answer("job"))
         error = await caller.wait_event(lambda ev: ev.get("type") == "error", 30 * UNIT, after=n)
         assert error["code"] == "storage_unavailable" and "say it again" in error["message"]
         n = len(caller.events)
