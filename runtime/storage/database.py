@@ -199,9 +199,9 @@ class Database:
         self._raw_transactions = self.sync_engine.dialect.name == "sqlite"
         self._adopting = False  # SQLAlchemy is joining a transaction the writer began itself
         self._placeholder = _placeholders(self.sync_engine.dialect.paramstyle)
-        path = make_url(url).database
-        file_db = self._raw_transactions and path not in (None, "", ":memory:")
-        self._readers = SQLiteReaders(path, size=READ_CONNECTIONS) if file_db and path else None
+        path = make_url(url).database  # the hottest reads skip SQLAlchemy on a SQLite file (readers.py)
+        on_file = self._raw_transactions and path not in (None, "", ":memory:")
+        self._readers = SQLiteReaders(str(path), size=READ_CONNECTIONS) if on_file else None
         if self.engine.dialect.name == "sqlite":
             mode = synchronous.upper()
             for engine in (self.engine.sync_engine, self.sync_engine):
@@ -269,13 +269,12 @@ class Database:
             try:
                 with self.sync_engine.connect() as conn:
                     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-                    placeholder = _placeholders(self.sync_engine.dialect.paramstyle)
                     while True:
                         batch = self._next_batch()
                         if not batch:
                             stop = True
                             break
-                        self._run_batch(conn, cursor, placeholder, batch)
+                        self._run_batch(conn, cursor, self._placeholder, batch)
                         batch = []
             except BaseException as exc:  # reported to every writer of the batch
                 log.exception("database writer failed; its batch is refused")

@@ -23,7 +23,7 @@ class SQLiteReaders:
         self.size = size
         self._free: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all: list[aiosqlite.Connection] = []
-        self._opening: asyncio.Lock | None = None
+        self._opening = asyncio.Lock()
 
     async def fetch(self, statement: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
         """Run one read (``?`` placeholders) and return its rows."""
@@ -36,8 +36,6 @@ class SQLiteReaders:
             self._free.put_nowait(conn)
 
     async def _open_one(self) -> None:
-        if self._opening is None:
-            self._opening = asyncio.Lock()
         async with self._opening:
             if len(self._all) >= self.size or not self._free.empty():
                 return
