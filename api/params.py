@@ -47,6 +47,14 @@ def single(request: web.Request, name: str) -> str | None:
     return values[0] if values else None
 
 
+def flag(request: web.Request, name: str) -> bool:
+    """A boolean query parameter: ``true`` or ``false`` (default false)."""
+    value = single(request, name) or "false"
+    if value not in ("true", "false"):
+        raise InvalidRequest(f"{name} must be true or false", param=name)
+    return value == "true"
+
+
 def page(request: web.Request, kind: str) -> tuple[int, str | None]:
     """``limit`` (1..100, default 10) and the ``starting_after`` cursor (an id of ``kind``)."""
     raw = single(request, "limit")

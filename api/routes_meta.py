@@ -14,10 +14,9 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from api.openapi import Param, RouteTable
-from api.params import check_query, single
+from api.params import check_query, flag
 from api.schemas import HealthOut
 from api.state import STATE
-from runtime.errors import InvalidRequest
 
 routes = RouteTable()
 
@@ -58,13 +57,6 @@ class RuntimeOut(BaseModel):
     )
 
 
-def _flag(request: web.Request, name: str) -> bool:
-    value = single(request, name) or "false"
-    if value not in ("true", "false"):
-        raise InvalidRequest(f"{name} must be true or false", param=name)
-    return value == "true"
-
-
 def _count_types(objects: list[object], n: int) -> dict[str, int]:
     counts = Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in objects)
     return dict(counts.most_common(n))
@@ -89,7 +81,7 @@ def _task_name(task: asyncio.Task[object]) -> str:
 async def debug_runtime(request: web.Request) -> web.Response:
     """Soak tests read this before and after thousands of runs: every figure should come back to its baseline."""
     check_query(request, ("objects", "collect"))
-    by_type, collect = (_flag(request, name) for name in ("objects", "collect"))
+    by_type, collect = (flag(request, name) for name in ("objects", "collect"))
     state = request.app[STATE]
     if collect:  # cyclic garbage (aiortc leaves plenty) is not a leak: count what survives a full collection
         gc.collect()
