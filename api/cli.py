@@ -1,4 +1,4 @@
-"""The ``vivavoce`` command: ``serve`` and ``keys create``."""
+"""The ``vivavoce`` command: ``serve``, ``keys create``, ``db upgrade`` and ``loadtest``."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ import sys
 from pathlib import Path
 
 from aiohttp import web
+from sqlalchemy import create_engine
 
 from api.app import create_app
 from api.bootstrap import bootstrap
 from api.config import ServerConfig
 from api.loadtest import cli as loadtest_cli
 from api.state import STATE
-from runtime.storage import Store
+from runtime.storage import Store, migrations
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     create = keys_sub.add_parser("create", help="create an API key and print it once")
     _common(create)
     create.add_argument("--org", help="organization id (default: the one created on first start)")
+    db = sub.add_parser("db", help="manage the database schema")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_sub.add_parser("upgrade", help="apply schema migrations (serve does this on start)")
+    _common(upgrade)
     loadtest_cli.add_parser(sub)
     return parser
 
@@ -143,7 +148,20 @@ def main(argv: list[str] | None = None) -> int:
     config = _config(args)
     if config.database_url is None:
         config.data_dir.mkdir(parents=True, exist_ok=True)
+    if args.command == "db":
+        return upgrade_database(config)
     return asyncio.run(create_key(config, args.org))
+
+
+def upgrade_database(config: ServerConfig) -> int:
+    engine = create_engine(config.db_url.replace("+aiosqlite", "", 1))
+    try:
+        before = migrations.current(engine)
+        after = migrations.upgrade(engine)
+    finally:
+        engine.dispose()
+    print(f"database {config.db_url}: {before or 'empty'} -> {after}")
+    return 0
 
 
 if __name__ == "__main__":

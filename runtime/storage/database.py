@@ -40,8 +40,8 @@ from sqlalchemy.engine import Engine, RootTransaction
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from runtime.errors import StorageUnavailable
+from runtime.storage import migrations
 from runtime.storage.readers import SQLiteReaders
-from runtime.storage.schema import metadata
 from runtime.types import Event
 
 EventListener = Callable[[Event], None]
@@ -226,8 +226,8 @@ class Database:
                     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     async def create_schema(self) -> None:
-        async with self.engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+        """Bring the schema to the newest migration (a new database is created from the migrations)."""
+        await asyncio.to_thread(migrations.upgrade, self.sync_engine)
 
     async def close(self) -> None:
         if self._readers is not None:
