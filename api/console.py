@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from aiohttp import web
+from pydantic import BaseModel, Field
 
 from api.auth import CONSOLE_COOKIE, cookie_key
 from api.openapi import Param, RouteTable
@@ -45,6 +46,13 @@ SIGN_IN = "/console/sign-in"
 MAX_KEY_CHARS = 200  # issued keys are 46 characters; anything far longer is not one
 NEXT_RE = re.compile(r"^/console(/runs/[a-z0-9_]{1,40})?(\?[A-Za-z0-9_=&%.\-]{0,300})?$")
 RUN_ID = Param("id", "Run id", where="path")
+
+
+class SignInForm(BaseModel):
+    """The sign-in form's fields."""
+
+    key: str = Field(min_length=1, pattern=r"\S", description="An API key")
+    next: str | None = Field(None, description="Console page to return to")
 
 
 def _safe_next(value: object) -> str:
@@ -129,7 +137,7 @@ async def console_runs(request: web.Request) -> web.Response:
 
 
 @routes.route("GET", "/console/runs/{id}", summary="Researcher console: one run", tag="console", auth=False,
-              content_types=("text/html",), errors=(404,), params=(RUN_ID,))  # fmt: skip
+              content_types=("text/html",), errors=(404,), error_type="text/html", params=(RUN_ID,))  # fmt: skip
 async def console_run(request: web.Request) -> web.Response:
     org_id = await _signed_in(request)
     if org_id is None:
@@ -154,7 +162,8 @@ async def sign_in_form(request: web.Request) -> web.Response:
 
 
 @routes.route("POST", SIGN_IN, summary="Researcher console: sign in with an API key (sets an HttpOnly cookie)",
-              tag="console", auth=False, status=303, content_types=("text/html",), errors=(401, 403, 413))  # fmt: skip
+              tag="console", auth=False, status=303, content_types=(), errors=(401, 403), error_type="text/html",
+              body=SignInForm, body_types=("application/x-www-form-urlencoded",))  # fmt: skip
 async def sign_in(request: web.Request) -> web.Response:
     if not _same_origin(request):
         return _html("<!doctype html><title>Forbidden</title><p>Sign in from this server's own page.</p>", 403)
@@ -173,8 +182,8 @@ async def sign_in(request: web.Request) -> web.Response:
     return response
 
 
-@routes.route("POST", "/console/sign-out", summary="Researcher console: sign out (clears the cookie)",
-              tag="console", auth=False, status=303, content_types=("text/html",))  # fmt: skip
+@routes.route("POST", "/console/sign-out", summary="Researcher console: sign out (clears the cookie)", tag="console",
+              auth=False, status=303, content_types=(), errors=(403,), error_type="text/html")  # fmt: skip
 async def sign_out(request: web.Request) -> web.Response:
     if not _same_origin(request):  # another site cannot sign the researcher out either
         return _html("<!doctype html><title>Forbidden</title><p>Sign out from this server's own page.</p>", 403)

@@ -125,6 +125,7 @@ def _page(title: str, body: str, status: int = 200) -> web.Response:
     auth=False,
     content_types=("text/html",),
     errors=(404,),
+    error_type="text/html",
     params=(TOKEN,),
 )
 async def join_page(request: web.Request) -> web.Response:

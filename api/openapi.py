@@ -44,8 +44,10 @@ class RouteDoc:
     status: int = 200
     params: tuple[Param, ...] = ()
     auth: bool = True
-    content_types: tuple[str, ...] = ("application/json",)
+    content_types: tuple[str, ...] = ("application/json",)  # of the success response; () for none (a redirect)
     errors: tuple[int, ...] = ()
+    body_types: tuple[str, ...] = ("application/json",)  # what the request body may be sent as
+    error_type: str = "application/json"  # pages answer their errors as pages (text/html)
 
 
 class RouteTable:
@@ -106,12 +108,17 @@ def _operation(r: RouteDoc, refs: dict[Any, Any]) -> dict[str, Any]:
         ],
     }
     if r.body is not None:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": refs[r.body]}}}
+        body = {"schema": refs[r.body]}
+        op["requestBody"] = {"required": True, "content": {ctype: body for ctype in r.body_types}}
     content: dict[str, Any] = {}
     for ctype in r.content_types:
         content[ctype] = {"schema": refs[r.response]} if r.response and ctype == "application/json" else {}
-    responses: dict[str, Any] = {str(r.status): {"description": "OK", "content": content}}
-    error = {"content": {"application/json": {"schema": refs[ErrorOut]}}}
+    success: dict[str, Any] = {"description": "OK"}
+    if content:
+        success["content"] = content
+    responses: dict[str, Any] = {str(r.status): success}
+    schema = {"schema": refs[ErrorOut]} if r.error_type == "application/json" else {}
+    error = {"content": {r.error_type: schema}}
     for status in sorted({400, *r.errors, *((401,) if r.auth else ())}):
         responses[str(status)] = {"description": _ERROR_TEXT.get(status, "Error"), **error}
     op["responses"] = responses

@@ -29,6 +29,7 @@ routes = RouteTable()
 PAGE = 500
 MAX_LIST = 1000
 _SEQ = re.compile(r"[0-9]{1,15}")
+MAX_SEQ = 10**15 - 1
 
 
 def event_json(ev: Event) -> dict[str, object]:
@@ -69,8 +70,13 @@ def _wants_json(request: web.Request) -> bool:
     content_types=("text/event-stream", "application/json"),
     params=(
         ID,
-        Param("after_seq", "Only events with a larger seq", {"type": "integer", "minimum": 0}),
-        Param("Last-Event-ID", "SSE resume point (same as after_seq)", where="header"),
+        Param("after_seq", "Only events with a larger seq", {"type": "integer", "minimum": 0, "maximum": MAX_SEQ}),
+        Param(
+            "Last-Event-ID",
+            "SSE resume point (same as after_seq; empty means from the start)",
+            {"type": "string", "pattern": "^[0-9]{0,15}$"},
+            where="header",
+        ),
     ),
 )
 async def run_events(request: web.Request) -> web.StreamResponse:

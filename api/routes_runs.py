@@ -8,7 +8,7 @@ from aiohttp import web
 
 from api.openapi import Param, RouteTable
 from api.params import check_query, page, parse_body, path_id, single
-from api.routes_catalog import ID, PAGE_PARAMS
+from api.routes_catalog import ID, page_params
 from api.schemas import ListOut, RunIn, RunOut
 from api.state import ORG_ID, STATE, AppState
 from runtime.analysis import analyse, collect_responses, latency_summary
@@ -113,7 +113,7 @@ async def create_run(request: web.Request) -> web.Response:
     tag="runs",
     response=ListOut,
     params=(
-        *PAGE_PARAMS,
+        *page_params("run"),
         Param("blueprint_id", "Only runs of this blueprint"),
         Param("status", "Only runs with this status", {"type": "string", "enum": [s.value for s in RunStatus]}),
         Param("metadata[key]", "Only runs whose metadata has this key with this value"),

@@ -55,6 +55,11 @@ def new_id(kind: str, *, now: float | None = None) -> str:
     return f"{PREFIXES[kind]}_{_encode(ms, 10)}{_encode(rand, 16)}"
 
 
+def id_pattern(kind: str) -> str:
+    """The regular expression an id of ``kind`` matches (for documents that describe ids)."""
+    return f"^{PREFIXES[kind]}_[0-9a-hjkmnp-tv-z]{{26}}$"
+
+
 def is_id(value: str, kind: str) -> bool:
     return value.startswith(PREFIXES[kind] + "_") and ID_RE.match(value) is not None
 
