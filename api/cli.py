@@ -1,4 +1,9 @@
-"""The ``vivavoce`` command: ``serve``, ``keys create``, ``db upgrade`` and ``loadtest``."""
+"""The ``vivavoce`` command: ``serve``, ``orgs create|list``, ``keys create``, ``db upgrade`` and ``loadtest``.
+
+The commands that manage an existing server's data (``orgs``, ``keys``) never
+create a database: run from the wrong directory, they say where they looked
+instead of leaving an empty database behind.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from aiohttp import web
@@ -63,7 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="create an API key and print it once")
     _common(create)
-    create.add_argument("--org", help="organization id (default: the one created on first start)")
+    create.add_argument("--org", help="organization id or name (default: the one created on first start)")
+    orgs = sub.add_parser("orgs", help="manage organizations (each has its own API keys and data)")
+    orgs_sub = orgs.add_subparsers(dest="orgs_command", required=True)
+    org_create = orgs_sub.add_parser("create", help="create an organization and print its id")
+    _common(org_create)
+    org_create.add_argument("name", help="the organization's name")
+    org_list = orgs_sub.add_parser("list", help="list organizations")
+    _common(org_list)
     db = sub.add_parser("db", help="manage the database schema")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     upgrade = db_sub.add_parser("upgrade", help="apply schema migrations (serve does this on start)")
@@ -114,20 +127,68 @@ async def serve(config: ServerConfig) -> None:
     await runner.cleanup()
 
 
-async def create_key(config: ServerConfig, org_id: str | None) -> int:
+async def create_key(config: ServerConfig, org: str | None) -> int:
     store = Store(config.db_url, synchronous=config.sqlite_synchronous)
     await store.open()
     try:
-        if org_id is None:
+        if org is None:
             marker = await store.catalog.get_setting("bootstrap")
             if marker is None:
                 print("no organization yet: run `vivavoce serve` once first, or pass --org", file=sys.stderr)
                 return 1
             org_id = marker["org_id"]
+        else:
+            found = await store.catalog.find_organization(org)
+            if found is None:
+                print(f"no organization {org!r} (by id or name); `vivavoce orgs list` shows them", file=sys.stderr)
+                return 1
+            org_id = found.id
         print(await store.catalog.create_api_key(org_id))
         return 0
     finally:
         await store.close()
+
+
+async def create_org(config: ServerConfig, name: str) -> int:
+    if not name.strip():
+        print("an organization needs a name", file=sys.stderr)
+        return 1
+    store = Store(config.db_url, synchronous=config.sqlite_synchronous)
+    await store.open()
+    try:
+        org_id = await store.catalog.create_organization(name.strip())
+    finally:
+        await store.close()
+    print(org_id)
+    print(f"make its first API key with: vivavoce keys create --org {org_id}", file=sys.stderr)
+    return 0
+
+
+async def list_orgs(config: ServerConfig) -> int:
+    store = Store(config.db_url, synchronous=config.sqlite_synchronous)
+    await store.open()
+    try:
+        orgs = await store.catalog.list_organizations()
+    finally:
+        await store.close()
+    print(f"{'id':<30}  {'keys':>4}  {'created (UTC)':<16}  name")
+    for org in orgs:
+        created = datetime.fromtimestamp(org.created_at, UTC).strftime("%Y-%m-%d %H:%M")
+        print(f"{org.id:<30}  {org.api_keys:>4}  {created:<16}  {org.name}")
+    return 0
+
+
+def existing_database(config: ServerConfig) -> str | None:
+    """Why the data commands cannot run here (no database where they looked), or None if there is one."""
+    if config.database_url is not None:
+        return None
+    path = config.data_dir / "vivavoce.db"
+    if path.is_file():
+        return None
+    return (
+        f"no database at {path.resolve()}: run this where `vivavoce serve` runs, "
+        "or pass --data-dir (or --database-url) to point at the server's data"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,10 +207,18 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(serve(config))
         return 0
     config = _config(args)
-    if config.database_url is None:
-        config.data_dir.mkdir(parents=True, exist_ok=True)
     if args.command == "db":
+        if config.database_url is None:
+            config.data_dir.mkdir(parents=True, exist_ok=True)
         return upgrade_database(config)
+    missing = existing_database(config)
+    if missing is not None:
+        print(missing, file=sys.stderr)
+        return 1
+    if args.command == "orgs":
+        if args.orgs_command == "create":
+            return asyncio.run(create_org(config, args.name))
+        return asyncio.run(list_orgs(config))
     return asyncio.run(create_key(config, args.org))
 
 

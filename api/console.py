@@ -127,6 +127,12 @@ def _app_page() -> web.Response:
     return _html((STATIC_DIR / "console.html").read_text(encoding="utf-8"))
 
 
+@routes.route("GET", "/", summary="The server's front door: to the researcher console", tag="console", auth=False,
+              status=303, content_types=())  # fmt: skip
+async def front_door(request: web.Request) -> web.Response:
+    return _redirect("/console")
+
+
 @routes.route("GET", "/console", summary="Researcher console: the runs list (signs in first)", tag="console",
               auth=False, content_types=("text/html",),
               params=(Param("status", "Status filter"), Param("starting_after", "Page cursor")))  # fmt: skip

@@ -28,9 +28,9 @@ from aiohttp import WSMsgType, web
 from api.live import ParticipantLink, PlaybackReport
 from api.openapi import Param, RouteTable
 from api.state import STATE, AppState
-from runtime.errors import StorageUnavailable
+from runtime.errors import Conflict, StorageUnavailable
 from runtime.serialize import message_text
-from runtime.types import EndReason, Message, Run, RunStatus, SessionType
+from runtime.types import ChannelType, EndReason, Message, Run, RunStatus, SessionType
 
 routes = RouteTable()
 
@@ -39,6 +39,13 @@ STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/cs
 CSP = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; media-src 'self' blob:"
 CLIENT_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 TOKEN = Param("token", "The run's join token", where="path")
+
+# Channel types whose participants this server cannot serve yet. Their runs are refused at creation, and a
+# join URL of one (made before this check) says so: it must never fall back to a chat page.
+UNSERVED_CHANNELS = {
+    ChannelType.TELEPHONY: "phone interviews (telephony channels) are not available yet",
+    ChannelType.CUSTOM: "the custom media socket (custom channels) is not available yet",
+}
 
 END_TEXT = {
     EndReason.COMPLETED: "This interview is complete. Thank you for taking part!",
@@ -99,6 +106,14 @@ class ChatLink:
 _: type[ParticipantLink] = ChatLink  # ChatLink satisfies the link protocol
 
 
+async def unserved(state: AppState, run: Run) -> str | None:
+    """Why this run cannot be joined on this server's pages (its channel type is not served yet), or None."""
+    if run.channel_id is None:
+        return None
+    channel = await state.store.catalog.get_channel(run.org_id, run.channel_id)
+    return UNSERVED_CHANNELS.get(channel.type)
+
+
 async def _current(state: AppState, run: Run) -> Run:
     """The run, failed as join_expired first if its join window has passed."""
     if run.status is RunStatus.PENDING and time.time() >= run.join_expires_at:
@@ -124,7 +139,7 @@ def _page(title: str, body: str, status: int = 200) -> web.Response:
     tag="participant",
     auth=False,
     content_types=("text/html",),
-    errors=(404,),
+    errors=(404, 409),
     error_type="text/html",
     params=(TOKEN,),
 )
@@ -135,6 +150,10 @@ async def join_page(request: web.Request) -> web.Response:
         return _page(
             "Interview not found", "This interview link is not valid. Please check the link you were given.", 404
         )
+    why = await unserved(state, run)
+    if why is not None:
+        text = f"This interview cannot be joined from a browser: {why}. Please contact the researcher."
+        return _page("Interview not available", text, 409)
     run = await _current(state, run)
     if run.status.is_terminal:
         return _page("Interview ended", END_TEXT[run.end_reason or EndReason.ERROR])
@@ -176,7 +195,7 @@ async def static_file(request: web.Request) -> web.Response:
     auth=False,
     status=101,
     content_types=(),
-    errors=(404,),
+    errors=(404, 409),
     params=(TOKEN,),
 )
 async def join_socket(request: web.Request) -> web.StreamResponse:
@@ -184,6 +203,9 @@ async def join_socket(request: web.Request) -> web.StreamResponse:
     run = await state.store.runs.run_by_token(request.match_info["token"])
     if run is None:
         raise web.HTTPNotFound(text="This interview link is not valid.")
+    why = await unserved(state, run)
+    if why is not None:
+        raise Conflict(f"This interview cannot be joined over the chat websocket: {why}.")
     ws = web.WebSocketResponse(max_msg_size=state.config.max_frame_bytes, autoping=False)
     await ws.prepare(request)
     link = ChatLink(ws)

@@ -22,7 +22,7 @@ from aiohttp import web
 from aiortc import RTCIceServer
 
 from api.errors import read_json
-from api.join import TOKEN, _current
+from api.join import TOKEN, _current, unserved
 from api.live import RunController
 from api.openapi import Param, RouteTable
 from api.params import path_id
@@ -42,12 +42,15 @@ def ice_servers(state: AppState) -> list[RTCIceServer]:
 
 
 @routes.route("GET", "/join/{token}/info", summary="How the join page connects: chat or voice, run status, ICE servers",
-              tag="participant", auth=False, errors=(404,), params=(TOKEN,))  # fmt: skip
+              tag="participant", auth=False, errors=(404, 409), params=(TOKEN,))  # fmt: skip
 async def join_info(request: web.Request) -> web.Response:
     state = request.app[STATE]
     run = await state.store.runs.run_by_token(request.match_info["token"])
     if run is None:
         raise NotFound("This interview link is not valid.", param="token")
+    why = await unserved(state, run)
+    if why is not None:
+        raise Conflict(f"This interview cannot be joined from a browser: {why}.", param="token")
     run = await _current(state, run)
     channel = await state.store.catalog.get_channel(run.org_id, run.channel_id) if run.channel_id else None
     voice = channel is not None and channel.type is ChannelType.WEBRTC_VOICE

@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
+from api.join import UNSERVED_CHANNELS
 from api.openapi import Param, RouteTable
 from api.params import check_query, page, parse_body, path_id, single
 from api.routes_catalog import ID, page_params
@@ -78,8 +79,13 @@ async def render_run(state: AppState, run: Run, expand: set[str] = frozenset()) 
 async def create_run(request: web.Request) -> web.Response:
     check_query(request, ())
     state = request.app[STATE]
-    org_id = request[ORG_ID]
     body = await parse_body(request, RunIn)
+    run = await new_run(state, request[ORG_ID], body)
+    return web.json_response(await render_run(state, run), status=201)
+
+
+async def new_run(state: AppState, org_id: str, body: RunIn) -> Run:
+    """Create a run as ``POST /v1/runs`` does (the MCP tool and study links too)."""
     if not is_id(body.blueprint_id, "blueprint"):
         raise NotFound(f"No blueprint {body.blueprint_id!r}", param="blueprint_id")
     try:
@@ -89,11 +95,17 @@ async def create_run(request: web.Request) -> web.Response:
     if body.channel_id is not None:
         if not is_id(body.channel_id, "channel"):
             raise NotFound(f"No channel {body.channel_id!r}", param="channel_id")
-        await state.store.catalog.get_channel(org_id, body.channel_id)
+        channel = await state.store.catalog.get_channel(org_id, body.channel_id)
+        if channel.type in UNSERVED_CHANNELS:
+            raise Conflict(
+                f"Channel {channel.id} is a {channel.type.value} channel: {UNSERVED_CHANNELS[channel.type]}; "
+                "use a chat or webrtc_voice channel",
+                param="channel_id",
+            )
     else:
         raise NotFound(f"No connector {body.connector_id!r}", param="connector_id")
     p = body.participant
-    run = await state.store.runs.create_run(
+    return await state.store.runs.create_run(
         org_id,
         blueprint_id=body.blueprint_id,
         blueprint_version=version,
@@ -103,7 +115,6 @@ async def create_run(request: web.Request) -> web.Response:
         metadata=body.metadata,
         join_window_s=state.config.scaled(state.config.join_window_s),
     )
-    return web.json_response(await render_run(state, run), status=201)
 
 
 @routes.route(

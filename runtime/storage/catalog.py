@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, func, select, update
 
 from runtime.errors import Conflict, NotFound
 from runtime.ids import hash_secret, new_api_key, new_id
@@ -34,6 +35,14 @@ def content_from_json(d: JSON) -> BlueprintContent:
         closing=d["closing"],
         language=d.get("language", "en"),
     )
+
+
+@dataclass(frozen=True)
+class Organization:
+    id: str
+    name: str
+    created_at: float
+    api_keys: int
 
 
 def _channel(row: Any) -> Channel:
@@ -76,6 +85,27 @@ class Catalog:
 
         await self.db.write(write)
         return org_id
+
+    async def list_organizations(self) -> list[Organization]:
+        """Every organization, oldest first, with how many API keys each has."""
+        keys = select(t.api_keys.c.org_id, func.count().label("n")).group_by(t.api_keys.c.org_id).subquery()
+        query = (
+            select(t.organizations, func.coalesce(keys.c.n, 0).label("keys"))
+            .outerjoin(keys, keys.c.org_id == t.organizations.c.id)
+            .order_by(t.organizations.c.created_at, t.organizations.c.id)
+        )
+        async with self.db.read() as conn:
+            rows = list(await conn.execute(query))
+        return [Organization(r.id, r.name, r.created_at, r.keys) for r in rows]
+
+    async def find_organization(self, id_or_name: str) -> Organization | None:
+        """An organization by id, or by name if exactly one has it."""
+        orgs = await self.list_organizations()
+        by_id = [o for o in orgs if o.id == id_or_name]
+        if by_id:
+            return by_id[0]
+        by_name = [o for o in orgs if o.name == id_or_name]
+        return by_name[0] if len(by_name) == 1 else None
 
     async def create_api_key(self, org_id: str) -> str:
         """Create a key and return the secret; only its hash is stored."""

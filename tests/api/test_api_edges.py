@@ -6,9 +6,10 @@ import json
 from typing import Any
 
 import pytest
+import websockets
 
 from tests.api.test_rest import assert_error
-from tests.conftest import BLUEPRINT, Server
+from tests.conftest import BLUEPRINT, UNIT, Server, ws_url
 
 
 async def test_a_validation_error_lists_every_problem_in_plain_words(server: Server) -> None:
@@ -131,3 +132,37 @@ async def test_a_405_names_the_allowed_methods(server: Server, method: str, path
         assert resp.headers["Allow"] == allowed
         body = await resp.json()
     assert body["error"]["type"] == "method_not_allowed" and allowed in body["error"]["message"]
+
+
+async def test_the_front_door_leads_to_the_console(server: Server) -> None:
+    async with server.http.get(server.url + "/", allow_redirects=False) as resp:
+        assert resp.status == 303 and resp.headers["Location"] == "/console"
+    async with server.http.get(server.url + "/") as resp:  # followed: the console asks to sign in
+        assert resp.status == 200 and resp.url.path == "/console/sign-in"
+
+
+@pytest.mark.parametrize("kind", ["telephony", "custom"])
+async def test_telephony_and_custom_runs_never_fall_back_to_chat(server: Server, kind: str) -> None:
+    status, channel = await server.request("POST", "/v1/channels", json={"type": kind, "name": kind})
+    assert status == 201, channel  # the channel types stay: their transports arrive later
+    bp = await server.create_blueprint()
+    body = {"blueprint_id": bp, "channel_id": channel["id"]}
+    status, answer = await server.request("POST", "/v1/runs", json=body)
+    assert_error(status, answer, 409, "conflict", "channel_id")
+    assert f"{kind} channel" in answer["error"]["message"] and "not available yet" in answer["error"]["message"]
+
+    # a run on such a channel made before this check (an older server): its join URL refuses too
+    run = await server.create_run(blueprint_id=bp)
+    await server.state.store.db.write(
+        lambda tx: tx.change("UPDATE runs SET channel_id = ? WHERE id = ?", (channel["id"], run["id"]))
+    )
+    async with server.http.get(run["join_url"]) as resp:
+        page = await resp.text()
+        assert resp.status == 409 and "Interview not available" in page and "not available yet" in page
+        assert "/ws" not in page  # no chat page behind it
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await websockets.connect(ws_url(run), open_timeout=5 * UNIT)
+    assert refused.value.response.status_code == 409
+    async with server.http.get(run["join_url"] + "/info") as resp:
+        assert resp.status == 409
+    assert (await server.get_run(run["id"]))["status"] == "pending"  # nothing was started
