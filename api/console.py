@@ -22,6 +22,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from api.auth import CONSOLE_COOKIE, cookie_key
+from api.errors import NOT_BLANK
 from api.openapi import Param, RouteTable
 from api.state import STATE
 from runtime.errors import NotFound
@@ -51,7 +52,7 @@ RUN_ID = Param("id", "Run id", where="path")
 class SignInForm(BaseModel):
     """The sign-in form's fields."""
 
-    key: str = Field(min_length=1, pattern=r"\S", description="An API key")
+    key: str = Field(min_length=1, pattern=NOT_BLANK, description="An API key")
     next: str | None = Field(None, description="Console page to return to")
 
 
@@ -134,7 +135,7 @@ async def front_door(request: web.Request) -> web.Response:
 
 
 @routes.route("GET", "/console", summary="Researcher console: the runs list (signs in first)", tag="console",
-              auth=False, content_types=("text/html",),
+              auth=False, content_types=("text/html",), redirects=True,
               params=(Param("status", "Status filter"), Param("starting_after", "Page cursor")))  # fmt: skip
 async def console_runs(request: web.Request) -> web.Response:
     if await _signed_in(request) is None:
@@ -143,7 +144,8 @@ async def console_runs(request: web.Request) -> web.Response:
 
 
 @routes.route("GET", "/console/runs/{id}", summary="Researcher console: one run", tag="console", auth=False,
-              content_types=("text/html",), errors=(404,), error_type="text/html", params=(RUN_ID,))  # fmt: skip
+              content_types=("text/html",), redirects=True, errors=(404,), error_type="text/html",
+              params=(RUN_ID,))  # fmt: skip
 async def console_run(request: web.Request) -> web.Response:
     org_id = await _signed_in(request)
     if org_id is None:
@@ -159,7 +161,8 @@ async def console_run(request: web.Request) -> web.Response:
 
 
 @routes.route("GET", SIGN_IN, summary="Researcher console: the sign-in form", tag="console", auth=False,
-              content_types=("text/html",), params=(Param("next", "Console page to return to"),))  # fmt: skip
+              content_types=("text/html",), redirects=True,
+              params=(Param("next", "Console page to return to"),))  # fmt: skip
 async def sign_in_form(request: web.Request) -> web.Response:
     next_path = _safe_next(request.query.get("next"))
     if await _signed_in(request) is not None:
@@ -168,12 +171,17 @@ async def sign_in_form(request: web.Request) -> web.Response:
 
 
 @routes.route("POST", SIGN_IN, summary="Researcher console: sign in with an API key (sets an HttpOnly cookie)",
-              tag="console", auth=False, status=303, content_types=(), errors=(401, 403), error_type="text/html",
+              tag="console", auth=False, status=303, content_types=(), errors=(401, 403, 415), error_type="text/html",
               body=SignInForm, body_types=("application/x-www-form-urlencoded",))  # fmt: skip
 async def sign_in(request: web.Request) -> web.Response:
     if not _same_origin(request):
         return _html("<!doctype html><title>Forbidden</title><p>Sign in from this server's own page.</p>", 403)
-    form = await request.post()
+    if request.content_type not in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        return _sign_in_page(next_path="/console", error="Sign in with the form.", status=415)
+    try:
+        form = await request.post()
+    except ValueError:  # a multipart type without its boundary, or a body that is not what it says
+        return _sign_in_page(next_path="/console", error="Sign in with the form.", status=400)
     raw_key, raw_next = form.get("key"), form.get("next")
     key = raw_key.strip() if isinstance(raw_key, str) else ""
     next_path = _safe_next(raw_next)

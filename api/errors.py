@@ -49,13 +49,21 @@ def error_response(
     return web.json_response({"error": error}, status=status, headers=headers)
 
 
+# "Says something": at least one character outside JSON Schema's (ECMA-262's) \s, spelled out, since Python's,
+# Rust's (pydantic-core's) and ECMA's \s disagree on a few characters (U+0085 is a space only to the first two).
+SPACES = "\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"  # for [...] classes
+NOT_BLANK = f"[^{SPACES}]"
+EMAIL = f"^[^@{SPACES}]+@[^@{SPACES}]+$"
+_PATTERN_WORDS = {NOT_BLANK: "must not be blank", EMAIL: "must be an email address (name@host)"}
+
+
 def _plain(problem: Any) -> str:
     """What is wrong with one field, said plainly (pydantic's own messages name its classes and modes)."""
     kind, ctx = problem["type"], problem.get("ctx") or {}
     if kind == "value_error" and "error" in ctx:
         return str(ctx["error"])
-    if kind == "string_pattern_mismatch" and ctx.get("pattern") == r"\S":
-        return "must not be blank"
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") in _PATTERN_WORDS:
+        return _PATTERN_WORDS[ctx["pattern"]]
     if kind in _PLAIN:
         return _PLAIN[kind].format(**ctx)
     text = re.sub(r" or instance of \w+", "", str(problem["msg"]))

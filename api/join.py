@@ -22,6 +22,7 @@ import struct
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import WSMsgType, web
 
@@ -195,10 +196,14 @@ async def static_file(request: web.Request) -> web.Response:
     auth=False,
     status=101,
     content_types=(),
+    redirects=True,
     errors=(404, 409),
     params=(TOKEN,),
 )
 async def join_socket(request: web.Request) -> web.StreamResponse:
+    """A plain GET (a browser given this URL instead of the page's) is sent to the page."""
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        return web.Response(status=303, headers={"Location": f"/join/{quote(request.match_info['token'], safe='')}"})
     state = request.app[STATE]
     run = await state.store.runs.run_by_token(request.match_info["token"])
     if run is None:

@@ -48,6 +48,7 @@ class RouteDoc:
     errors: tuple[int, ...] = ()
     body_types: tuple[str, ...] = ("application/json",)  # what the request body may be sent as
     error_type: str = "application/json"  # pages answer their errors as pages (text/html)
+    redirects: bool = False  # may also answer 303 See Other (no body)
 
 
 class RouteTable:
@@ -117,10 +118,17 @@ def _operation(r: RouteDoc, refs: dict[Any, Any]) -> dict[str, Any]:
     if content:
         success["content"] = content
     responses: dict[str, Any] = {str(r.status): success}
+    if r.redirects:
+        responses["303"] = {"description": "See Other (the Location header says where)"}
     schema = {"schema": refs[ErrorOut]} if r.error_type == "application/json" else {}
     error = {"content": {r.error_type: schema}}
-    for status in sorted({400, *r.errors, *((401,) if r.auth else ())}):
-        responses[str(status)] = {"description": _ERROR_TEXT.get(status, "Error"), **error}
+    body_limit = (413,) if r.body is not None else ()  # api.app's body limit answers before any handler
+    for status in sorted({400, *r.errors, *body_limit, *((401,) if r.auth else ())}):
+        json_error = {"content": {"application/json": {"schema": refs[ErrorOut]}}}
+        responses[str(status)] = {
+            "description": _ERROR_TEXT.get(status, "Error"),
+            **(json_error if status == 413 else error),
+        }
     op["responses"] = responses
     if r.auth:
         op["security"] = [{"bearer": []}, {"apiKey": []}]

@@ -44,12 +44,15 @@ def event_json(ev: Event) -> dict[str, object]:
 
 
 def _after_seq(request: web.Request) -> int:
-    raw = single(request, "after_seq")
-    param = "after_seq"
-    if raw is None:
-        raw, param = request.headers.get("Last-Event-ID"), "Last-Event-ID"
-    if raw is None or raw == "":
-        return 0
+    """``after_seq`` if given, else ``Last-Event-ID``; both are checked when both are sent."""
+    query = _seq(single(request, "after_seq"), "after_seq")
+    header = _seq(request.headers.get("Last-Event-ID"), "Last-Event-ID")
+    return query if query is not None else (header or 0)
+
+
+def _seq(raw: str | None, param: str) -> int | None:
+    if raw is None or (raw == "" and param == "Last-Event-ID"):
+        return None
     if not _SEQ.fullmatch(raw):
         raise InvalidRequest(f"{param} must be a non-negative integer below 10^15", param=param)
     return int(raw)

@@ -217,7 +217,8 @@ async def cancel_run(request: web.Request) -> web.Response:
 )
 async def get_transcript(request: web.Request) -> web.Response:
     check_query(request, ("format",))
-    raw = single(request, "format") or "json"
+    raw = single(request, "format")
+    raw = "json" if raw is None else raw
     try:
         fmt = TranscriptFormat(raw)
     except ValueError:

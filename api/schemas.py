@@ -7,7 +7,7 @@ documented limits (docs/api.md).
 The document must say exactly what the server accepts (an outside fuzzer,
 schemathesis, holds the two to each other): integers are JSON integers (not
 ``true``, not ``"5"``; ``5.0`` is one), booleans are ``true``/``false``, text that
-must say something has a non-space character (``\\S``), and metadata declares
+must say something has a non-space character (:data:`api.errors.NOT_BLANK`), and metadata declares
 its key pattern and limits. Strings are taken as sent, not stripped: a stripped
 string would no longer be the one the document's length limits were checked on.
 """
@@ -30,6 +30,7 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
+from api.errors import EMAIL, NOT_BLANK
 from runtime.types import ChannelType, EndReason, MessageRole, RunStatus, SessionStatus, SessionType
 
 _META_KEY = re.compile(r"^[A-Za-z0-9_.\-]{1,40}$")
@@ -81,7 +82,6 @@ JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 JsonBool = Annotated[bool, Field(strict=True)]
 
 
-NOT_BLANK = r"\S"  # at least one character that is not a space: searched, as JSON Schema patterns are
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=NOT_BLANK)]
 Utterance = Annotated[str, Field(min_length=1, max_length=2000, pattern=NOT_BLANK)]
 
@@ -212,7 +212,7 @@ class ChannelOut(BaseModel):
 class ParticipantIn(Strict):
     external_id: str | None = Field(None, max_length=200)
     name: str | None = Field(None, max_length=200)
-    email: str | None = Field(None, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+    email: str | None = Field(None, max_length=320, pattern=EMAIL)
     metadata: Metadata = Field(default_factory=dict)
 
 
