@@ -10,7 +10,16 @@ from typing import Any
 
 from aiohttp import web
 
-from api import console, join, join_voice, routes_catalog, routes_events, routes_meta, routes_runs
+from api import (
+    console,
+    join,
+    join_voice,
+    routes_catalog,
+    routes_events,
+    routes_meta,
+    routes_runs,
+    routes_webhooks,
+)
 from api.auth import auth_middleware
 from api.config import ServerConfig
 from api.errors import error_middleware, error_response
@@ -19,11 +28,13 @@ from api.loop_lag import LoopLagMonitor
 from api.openapi import RouteTable
 from api.state import STATE, AppState
 from api.voice import Recordings, VoiceServices
+from api.webhooks import AddressGuard, DeliveryWorker
 from media.webrtc import configure_host_addresses
 from media.workers import SpeechWorkers
 from runtime.events import EventHub
 from runtime.interviewer import Interviewer, ScriptedInterviewer
 from runtime.storage import Store
+from runtime.webhooks import RetryPolicy
 
 log = logging.getLogger("vivavoce.app")
 
@@ -32,6 +43,7 @@ TABLES = (
     routes_catalog.routes,
     routes_runs.routes,
     routes_events.routes,
+    routes_webhooks.routes,
     join.routes,
     join_voice.routes,
     console.routes,
@@ -80,7 +92,29 @@ def create_app(config: ServerConfig, *, interviewer: Interviewer | None = None) 
         )
     voice = VoiceServices(workers, Recordings(config.data_dir / "recordings"), synthesis)
     live.on_run_finished.append(voice.recordings.finish)
-    app[STATE] = AppState(config=config, store=store, hub=hub, live=live, voice=voice, loop_lag=LoopLagMonitor())
+    guard = AddressGuard(allow_private=config.webhooks_allow_private)
+    deliveries = DeliveryWorker(
+        store.webhooks,
+        guard,
+        policy=RetryPolicy(
+            base_s=config.scaled(config.webhook_retry_base_s),
+            cap_s=config.scaled(config.webhook_retry_cap_s),
+            window_s=config.scaled(config.webhook_retry_window_s),
+        ),
+        timeout_s=config.webhook_timeout_s,
+        poll_s=config.scaled(config.webhook_poll_s),
+    )
+    store.db.add_listener(deliveries.on_event)
+    app[STATE] = AppState(
+        config=config,
+        store=store,
+        hub=hub,
+        live=live,
+        voice=voice,
+        loop_lag=LoopLagMonitor(),
+        webhook_guard=guard,
+        webhooks=deliveries,
+    )
     table = all_routes()
     table.add_to(app.router)
     app[routes_meta.OPENAPI] = table.document(title="vivavoce", version=routes_meta.VERSION)
@@ -105,7 +139,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         log.info("resumed %d run(s) in progress", recovered)
     sweeper = asyncio.create_task(_sweep(state), name="join-expiry-sweeper")
     state.loop_lag.start()
+    state.webhooks.start()
     yield
+    await state.webhooks.close()
     await state.loop_lag.stop()
     sweeper.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to offer as a WebRTC host candidate (repeatable; e.g. 127.0.0.1 for local "
         "browsers; env VIVAVOCE_ICE_HOST_ADDRESSES)",
     )
+    serve.add_argument(
+        "--webhooks-allow-private",
+        action="store_true",
+        default=None,
+        help="let webhooks go to loopback, private and link-local addresses (local development only; "
+        "env VIVAVOCE_WEBHOOKS_ALLOW_PRIVATE=1)",
+    )
     serve.add_argument("--speech-processes", type=int, help="recognition worker processes (default: one per core)")
     serve.add_argument("--log-level", default="INFO")
     serve.add_argument(
@@ -97,6 +104,7 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         ice_servers=tuple(args.ice_servers) if getattr(args, "ice_servers", None) else None,
         ice_host_addresses=tuple(args.ice_host_addresses) if getattr(args, "ice_host_addresses", None) else None,
         speech_processes=getattr(args, "speech_processes", None),
+        webhooks_allow_private=getattr(args, "webhooks_allow_private", None),
     )
 
 

@@ -33,6 +33,13 @@ class ServerConfig:
     vad: str = "webrtc"
     recognizer: str = "pocketsphinx"
     synthesizer: str = "espeak"
+    # webhooks (api/webhooks.py)
+    webhooks_allow_private: bool = False  # deliver to loopback/private/link-local addresses (development, tests)
+    webhook_timeout_s: float = 10.0  # one attempt (not scaled by time_scale)
+    webhook_retry_base_s: float = 30.0  # first retry after this, doubling...
+    webhook_retry_cap_s: float = 3600.0  # ...to at most this apart...
+    webhook_retry_window_s: float = 24 * 3600.0  # ...for this long after the event, then the delivery fails
+    webhook_poll_s: float = 5.0  # look for due deliveries at least this often
     # Multiplies every runtime duration (timeouts, join window, sweeps, heartbeats).
     # 1.0 in production; tests use a small value so timeouts fire in milliseconds.
     time_scale: float = 1.0
@@ -74,6 +81,10 @@ class ServerConfig:
             values["ice_host_addresses"] = tuple(a for a in env["VIVAVOCE_ICE_HOST_ADDRESSES"].split(",") if a)
         if "VIVAVOCE_SPEECH_PROCESSES" in env:
             values["speech_processes"] = int(env["VIVAVOCE_SPEECH_PROCESSES"])
+        if "VIVAVOCE_WEBHOOKS_ALLOW_PRIVATE" in env:
+            values["webhooks_allow_private"] = env["VIVAVOCE_WEBHOOKS_ALLOW_PRIVATE"].lower() in ("1", "true", "yes")
+        if "VIVAVOCE_WEBHOOK_TIMEOUT_S" in env:
+            values["webhook_timeout_s"] = float(env["VIVAVOCE_WEBHOOK_TIMEOUT_S"])
         if "VIVAVOCE_SQLITE_SYNCHRONOUS" in env:
             values["sqlite_synchronous"] = env["VIVAVOCE_SQLITE_SYNCHRONOUS"]
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -10,6 +10,7 @@ from api.config import ServerConfig
 from api.live import LiveRuns
 from api.loop_lag import LoopLagMonitor
 from api.voice import VoiceServices
+from api.webhooks import AddressGuard, DeliveryWorker
 from runtime.events import EventHub
 from runtime.storage import Store
 
@@ -22,6 +23,8 @@ class AppState:
     live: LiveRuns
     voice: VoiceServices
     loop_lag: LoopLagMonitor
+    webhook_guard: AddressGuard
+    webhooks: DeliveryWorker
 
     def join_url(self, token: str) -> str:
         return f"{self.config.base_url}/join/{token}"

@@ -28,8 +28,12 @@ PREFIXES = {
     "run": "run",
     "session": "ses",
     "message": "msg",
+    "webhook": "wh",
+    "webhook_delivery": "whd",
+    "study_link": "sl",
+    "issue": "iss",
 }
-ID_RE = re.compile(r"^(org|key|bp|chn|con|run|ses|msg)_[0-9a-hjkmnp-tv-z]{26}$")
+ID_RE = re.compile(r"^(org|key|bp|chn|con|run|ses|msg|wh|whd|sl|iss)_[0-9a-hjkmnp-tv-z]{26}$")
 
 
 def _encode(value: int, length: int) -> str:
@@ -67,6 +71,10 @@ def is_id(value: str, kind: str) -> bool:
 def new_join_token() -> str:
     """The participant's only credential: 192 random bits, URL-safe."""
     return secrets.token_urlsafe(24)
+
+
+def new_webhook_secret() -> str:
+    return "whsec_" + secrets.token_urlsafe(32)
 
 
 def new_api_key() -> str:

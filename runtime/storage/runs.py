@@ -2,7 +2,8 @@
 
 Every state change writes its event(s) in the same transaction, numbered from
 the run's ``last_seq`` counter, so a run's events are gapless from 1 and each
-one is committed before any listener hears of it.
+one is committed before any listener hears of it. The webhook deliveries of an
+event (:mod:`runtime.storage.webhooks`) are written beside it, in that transaction.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from runtime.errors import NotFound
 from runtime.ids import new_id, new_join_token
 from runtime.serialize import message_json, remember_text, run_event_json, session_json
 from runtime.storage import schema as t
+from runtime.storage import webhooks
 from runtime.storage.database import Database, Transaction
 from runtime.types import (
     JSON,
@@ -39,6 +41,7 @@ from runtime.types import (
     SessionType,
     UtteranceKind,
 )
+from runtime.webhooks import WEBHOOK_EVENT_SET
 
 
 def _run(row: Any) -> Run:
@@ -214,6 +217,8 @@ class RunStore:
         tx.change(_INSERT_EVENT, (run_id, seq, type.value, now, _dumps(data) if text is None else text))
         ev = Event(run_id, seq, type, now, data)
         tx.events.append(ev)
+        if type.value in WEBHOOK_EVENT_SET:  # its webhook deliveries commit with it (or not at all)
+            webhooks.enqueue(tx, ev)
         return ev
 
     async def list_events(self, run_id: str, *, after_seq: int = 0, limit: int = 1000) -> list[Event]:

@@ -159,3 +159,51 @@ events = Table(
     Column("created_at", Float, nullable=False),
     Column("data", JSON, nullable=False),
 )
+
+# --- webhooks (runtime/storage/webhooks.py) ---------------------------------------------------------------
+
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("org_id", String, ForeignKey("organizations.id"), nullable=False, index=True),
+    Column("url", String, nullable=False),
+    Column("events", JSON, nullable=False),
+    Column("description", String, nullable=True),
+    Column("secret", String, nullable=False),  # needed to sign every delivery, so kept (shown to the user once)
+    Column("created_at", Float, nullable=False),
+)
+
+# One row per (endpoint, event type) subscribed: the outbox insert beside every such event is an indexed join.
+webhook_subscriptions = Table(
+    "webhook_subscriptions",
+    metadata,
+    Column("endpoint_id", String, ForeignKey("webhook_endpoints.id"), primary_key=True),
+    Column("event_type", String, primary_key=True),
+    Column("org_id", String, nullable=False),
+    Index("ix_webhook_subscriptions_org_id_event_type", "org_id", "event_type"),
+)
+
+# The outbox: written in the transaction of the event it carries; (endpoint, run, seq) is one delivery, ever.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("endpoint_id", String, ForeignKey("webhook_endpoints.id"), nullable=False),
+    Column("run_id", String, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("event_type", String, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("status", String, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("locked_until", Float, nullable=True),  # a claimed delivery's lease: past it, another worker may take it
+    Column("last_status_code", Integer, nullable=True),
+    Column("last_error", String, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("delivered_at", Float, nullable=True),
+    UniqueConstraint("endpoint_id", "run_id", "seq", name="uq_webhook_deliveries_endpoint_run_seq"),
+    Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+    Index("ix_webhook_deliveries_endpoint_id_id", "endpoint_id", "id"),
+    Index("ix_webhook_deliveries_run_id", "run_id"),
+)
