@@ -122,6 +122,7 @@ class RunController:
         self._composing: dict[int, asyncio.Task[None]] = {}  # turn id -> its interviewer task
         self._answered: dict[int, tuple[str, ...]] = {}  # turn id -> the participant messages it answers
         self._reply_ids: dict[int, str] = {}  # turn id -> its reply's id, unique across restarts (meta "turn")
+        self._last_message: dict[int, str] = {}  # turn id -> the last message it delivered
         self._speculation: Speculation | None = None
         self.speculation_stats = speculation_stats or SpeculationStats()
         # The machine's next deadline, as one loop timer: rescheduled only when the deadline moves
@@ -334,6 +335,7 @@ class RunController:
                 task = self._composing.pop(action.turn_id, None)
                 self._answered.pop(action.turn_id, None)
                 self._reply_ids.pop(action.turn_id, None)
+                self._last_message.pop(action.turn_id, None)
                 if task is not None and task is not asyncio.current_task():
                     task.cancel()
         self._reschedule()
@@ -360,6 +362,8 @@ class RunController:
         )
         message, _ = await self.store.runs.add_message(self.run_id, new)
         self._remember(message)
+        if utt.kind is not UtteranceKind.FILLER:
+            self._last_message[action.turn_id] = message.id
         if link is None:
             return []
         await quietly(link.deliver(message, self.run_started_at))
@@ -430,11 +434,10 @@ class RunController:
             async for part in parts:
                 if isinstance(part, Delta):
                     if link is not None and link is self.link and action.turn_id in self._composing:
-                        frame = {
-                            "type": "message.delta",
-                            "turn": self._reply_ids.get(action.turn_id),
-                            "delta": part.text,
-                        }
+                        turn = self._reply_ids.get(action.turn_id)
+                        frame: dict[str, Any] = {"type": "message.delta", "turn": turn, "delta": part.text}
+                        if part.restart:
+                            frame["restart"] = True
                         await quietly(link.send(frame))
                     continue
                 async with self._lock:
@@ -461,6 +464,9 @@ class RunController:
     async def _turn_ended(self, action: Compose, end: TurnEnd) -> None:
         answered = self._answered.pop(action.turn_id, ())
         self._reply_ids.pop(action.turn_id, None)
+        last = self._last_message.pop(action.turn_id, None)
+        if end.record and last is not None:  # the turn's record came after its last message was out
+            await self.store.runs.update_message(last, meta=dict(end.record))
         if end.flags:  # the researcher sees which answers were flagged, on the answers themselves
             for message_id in answered:
                 await self.store.runs.update_message(message_id, meta={"flags": list(end.flags)})

@@ -30,7 +30,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from runtime.interviewer import policy, prompt, speech
@@ -140,6 +140,7 @@ class _Turn:
         self.deadline = time.monotonic() + deadline_s
         self.call = _Call(sent_at=time.monotonic())
         self.spoken: list[Utterance] = []  # utterances already yielded this turn (voice)
+        self.tail: list[ReplyPart] = []  # voice: the last streamed sentence, said with the turn's record
         self.previewed = ""  # text already sent as deltas (chat)
 
     def base_meta(self) -> dict[str, Any]:
@@ -162,9 +163,14 @@ class _Turn:
             except (_Unusable, DecisionError) as exc:
                 self.call.reasons.append(str(exc))
                 log.info("interviewer turn attempt %d unusable (%s): %s", attempt + 1, self.model, exc)
-                if self.spoken or self.previewed or isinstance(exc, _Unusable) or self._left() < 0.5:
+                if self.spoken or isinstance(exc, _Unusable) or self._left() < 0.5:
                     break  # already said something, or out of time: no second attempt
                 correction = str(exc)
+                if self.previewed:  # the preview was of a reply that will not be sent
+                    self.previewed = ""
+                    yield Delta("", restart=True)
+        if self.previewed:
+            yield Delta("", restart=True)
         for part in self._fallback():
             yield part
 
@@ -209,7 +215,7 @@ class _Turn:
             except TimeoutError:
                 raise _Unusable(f"no usable reply within the turn's deadline ({self._deadline_s():.0f} s)") from None
             except BadRequest as exc:
-                if tools and settings.tool_mode is ToolMode.AUTO and not streamed:
+                if tools and settings.tool_mode is ToolMode.AUTO and not streamed and exc.status in (400, 422):
                     log.warning("model server refused tools for %s (%s); asking for JSON from now on", self.model, exc)
                     self.owner._no_tools.add(self.model)
                     continue
@@ -258,9 +264,8 @@ class _Turn:
                 for part in streaming.feed(held):
                     yield part
                 held = ""
-        if streaming is not None:
-            for part in streaming.finish():
-                yield part
+        if streaming is not None:  # the last sentence waits for the turn's record (usage came with the end)
+            self.tail = streaming.finish()
         yield parse_decision(arguments or None, content)
 
     # --- what the runtime makes of the decision -------------------------------------------------
@@ -373,6 +378,14 @@ class _Turn:
 
     def _finish_with(self, parts: list[ReplyPart], meta: dict[str, Any]) -> list[ReplyPart]:
         """Stamp the turn's record on its utterances: usage on the last one, so it is counted once."""
+        parts = [p for p in [*self.tail, *parts] if not isinstance(p, Utterance) or p.text.strip()]
+        self.tail = []
+        said = [p for p in parts if isinstance(p, Utterance)]
+        if self.previewed and not self.request.speech and said:  # the preview ends as the message it became
+            final = said[0].text
+            rest = final[len(self.previewed) :] if final.startswith(self.previewed) else None
+            self.previewed = ""
+            parts = [Delta(rest) if rest is not None else Delta(final, restart=True), *parts]
         utterances = [i for i, p in enumerate(parts) if isinstance(p, Utterance)]
         out: list[ReplyPart] = []
         for i, part in enumerate(parts):
@@ -381,6 +394,8 @@ class _Turn:
                 if i == utterances[-1]:
                     stamp.update(self._record())
                 part = _with_meta(part, stamp)  # type: ignore[assignment]
+            elif isinstance(part, TurnEnd) and not utterances:  # all of it was said while it streamed
+                part = replace(part, record={**meta, **self._record()})
             out.append(part)
         return out
 

@@ -69,9 +69,13 @@ class ReplyRequest:
 
 @dataclass(frozen=True)
 class Delta:
-    """A streamed piece of the next utterance's text (a preview: the stored utterance is what counts)."""
+    """A streamed piece of the next utterance's text (a preview: the stored utterance is what counts).
+
+    ``restart``: drop what was previewed so far (the interviewer is writing the reply again).
+    """
 
     text: str
+    restart: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,9 @@ class TurnEnd:
     completes: bool = False  # the interview is over once these utterances are delivered
     end_reason: EndReason | None = None  # why, if not simply completed (e.g. the participant asked to stop)
     flags: tuple[str, ...] = ()  # what the answer was flagged as (off_topic, manipulation, abusive)
+    # The turn's record (usage, ...) when its last utterance was already out before it was known:
+    # the driver adds it to the last message of the turn.
+    record: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
 ReplyPart = Delta | Utterance | TurnEnd

@@ -577,9 +577,11 @@ class RunStore:
 
         def write(tx: Transaction) -> Any:
             if meta:
-                rows = tx.sql("SELECT meta FROM messages WHERE id = ?", (message_id,))
-                current = json.loads(rows[0][0]) if rows and rows[0][0] else {}
+                rows = tx.sql("SELECT meta, run_id FROM messages WHERE id = ?", (message_id,))
+                current = _json_value(rows[0][0]) if rows and rows[0][0] else {}
                 values["meta"] = {**current, **meta}
+                if rows and isinstance(meta.get("usage"), Mapping) and "usage" not in current:
+                    add_usage(tx, rows[0][1], meta["usage"])
             tx.conn.execute(update(t.messages).where(t.messages.c.id == message_id).values(**values))
             msg = _message((tx.conn.execute(select(t.messages).where(t.messages.c.id == message_id))).one())
             seq, started = self._next_seq(tx, msg.run_id)
