@@ -419,7 +419,11 @@ class VoiceLink:
             if self._recognition is not None and self._early is None:
                 self._early = asyncio.create_task(self._recognition.finish(), name="voice-early-finish")
                 self._early.add_done_callback(_retrieve)
+                if ctl is not None:
+                    self._spawn(self._speculate(ctl, self._early, list(self._heard)))
         elif isinstance(decision, Resumed):
+            if ctl is not None:
+                await ctl.speech(self, "resumed")  # a reply composed on the pause is obsolete
             if self._recognition is not None and self._early is not None:
                 await self._continue_after_pause(self._recognition)
         elif isinstance(decision, Noise):
@@ -449,6 +453,16 @@ class VoiceLink:
                 return
             if stored is not None:
                 self.peer.send_event({"type": "caption", "role": "user", "final": True, "text": stored.content})
+
+    async def _speculate(self, ctl: RunController, early: asyncio.Task[str], heard: list[str]) -> None:
+        """Once the pause's early transcript is ready, let the controller compose its reply ahead
+        (api/live/speculation.py): if the turn ends on these words, the reply is ready or under way."""
+        try:
+            text = await asyncio.shield(early)
+        except Exception:
+            return
+        if early is self._early and text.strip():
+            await ctl.speculate(self, " ".join([*heard, text]))
 
     async def _caption(self, recognition: RecognitionStream, segment: int) -> None:
         """A partial caption, off the decision path: waiting for it would hold up the end of the turn
