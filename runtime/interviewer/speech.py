@@ -25,7 +25,8 @@ _LEAK = re.compile(
     re.IGNORECASE,
 )
 _PRAISE = re.compile(
-    r"\b(great(?! (deal|many|number|amount|lengths|distance))|excellent|wonderful|fantastic|amazing|awesome|brilliant|perfect|impressive|fascinating"
+    r"\b(great(?! (deal|many|number|amount|lengths|distance))|excellent|wonderful|fantastic|amazing|awesome"
+    r"|brilliant|perfect|impressive|fascinating"
     r"|interesting|love (that|this|it|hearing)|good (answer|point|question)|well said|nice)\b",
     re.IGNORECASE,
 )
