@@ -19,6 +19,8 @@ from api.loop_lag import LoopLagMonitor
 from api.openapi import RouteTable
 from api.state import STATE, AppState
 from api.voice import Recordings, VoiceServices
+from media.synthesis import SynthesisThreads
+from media.tts import embedded_for_language
 from media.webrtc import configure_host_addresses
 from media.workers import SpeechWorkers
 from runtime.events import EventHub
@@ -62,23 +64,7 @@ def create_app(config: ServerConfig, *, interviewer: Interviewer | None = None) 
     hub = EventHub()
     store.db.add_listener(hub.publish)
     live = LiveRuns(store, interviewer or ScriptedInterviewer(), settings=LiveSettings(time_scale=config.time_scale))
-    workers = SpeechWorkers(
-        processes=config.speech_processes,
-        recognizer=config.recognizer,
-        synthesizer=config.synthesizer,
-        inprocess=config.speech_inprocess,
-    )
-    synthesis = None
-    if config.synthesis_inprocess and not config.speech_inprocess:
-        synthesis = SpeechWorkers(
-            processes=1,
-            inprocess=True,
-            recognizer=config.recognizer,
-            synthesizer=config.synthesizer,
-            warm=False,
-            thread_name_prefix="synthesis",  # bench/voice.py tells this CPU apart from the sessions' by name
-        )
-    voice = VoiceServices(workers, Recordings(config.data_dir / "recordings"), synthesis)
+    voice = VoiceServices(_speech_workers(config), Recordings(config.data_dir / "recordings"), _synthesis(config))
     live.on_run_finished.append(voice.recordings.finish)
     app[STATE] = AppState(config=config, store=store, hub=hub, live=live, voice=voice, loop_lag=LoopLagMonitor())
     table = all_routes()
@@ -87,6 +73,27 @@ def create_app(config: ServerConfig, *, interviewer: Interviewer | None = None) 
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_let_participants_go)
     return app
+
+
+def _speech_workers(config: ServerConfig) -> SpeechWorkers:
+    """Recognition workers; they synthesise too only when synthesis is not on threads of this process
+    (then with one engine, the configured one for English: a worker holds one synthesiser)."""
+    synthesizer = "espeak" if config.synthesis_inprocess else embedded_for_language(config.synthesizer, "en")[0]
+    return SpeechWorkers(
+        processes=config.speech_processes,
+        recognizer=config.recognizer,
+        synthesizer=synthesizer,
+        inprocess=config.speech_inprocess,
+    )
+
+
+def _synthesis(config: ServerConfig) -> SynthesisThreads | None:
+    if not config.synthesis_inprocess:
+        return None
+    # the thread name tells bench/voice.py this CPU apart from the sessions'
+    return SynthesisThreads(
+        synthesizer=config.synthesizer, threads=config.synthesis_threads, thread_name_prefix="synthesis"
+    )
 
 
 async def _let_participants_go(app: web.Application) -> None:

@@ -29,10 +29,11 @@ class ServerConfig:
     # per second of speech and one process saturates at ~6 participants speaking at once
     speech_processes: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
     speech_inprocess: bool = False  # run speech engines in threads of this process instead
-    synthesis_inprocess: bool = True  # synthesis in threads here (eSpeak releases the GIL), recognition in workers
+    synthesis_inprocess: bool = True  # synthesis on threads here (its engines release the GIL), recognition in workers
+    synthesis_threads: int = 1  # threads making the replies of every session, piece by piece (media/synthesis.py)
     vad: str = "webrtc"
     recognizer: str = "pocketsphinx"
-    synthesizer: str = "espeak"
+    synthesizer: str = "auto"  # auto: Piper's English voice for English blueprints, eSpeak NG for other languages
     # Multiplies every runtime duration (timeouts, join window, sweeps, heartbeats).
     # 1.0 in production; tests use a small value so timeouts fire in milliseconds.
     time_scale: float = 1.0
@@ -74,6 +75,10 @@ class ServerConfig:
             values["ice_host_addresses"] = tuple(a for a in env["VIVAVOCE_ICE_HOST_ADDRESSES"].split(",") if a)
         if "VIVAVOCE_SPEECH_PROCESSES" in env:
             values["speech_processes"] = int(env["VIVAVOCE_SPEECH_PROCESSES"])
+        if "VIVAVOCE_SYNTHESIZER" in env:
+            values["synthesizer"] = env["VIVAVOCE_SYNTHESIZER"]
+        if "VIVAVOCE_SYNTHESIS_THREADS" in env:
+            values["synthesis_threads"] = int(env["VIVAVOCE_SYNTHESIS_THREADS"])
         if "VIVAVOCE_SQLITE_SYNCHRONOUS" in env:
             values["sqlite_synchronous"] = env["VIVAVOCE_SQLITE_SYNCHRONOUS"]
         values.update({k: v for k, v in overrides.items() if v is not None})

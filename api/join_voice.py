@@ -88,7 +88,7 @@ async def join_offer(request: web.Request) -> web.Response:
     link = VoiceLink(
         ice_servers=ice_servers(state),
         workers=voice.workers,
-        synthesis=voice.synthesis,
+        synthesis=voice.speaker(controller.blueprint.language),
         settings=channel.settings,
         vad=state.config.vad,
     )

@@ -5,8 +5,9 @@ Inbound: 20 ms frames of 16 kHz audio → VAD → :class:`~runtime.endpointing.E
 a recogniser in a worker process while the participant speaks, so that only
 the tail is left to decode when they stop.
 
-Outbound: each assistant message is synthesised in a worker (in chunks),
-upsampled to 48 kHz and queued on the peer's paced :class:`SpeechTrack`; when
+Outbound: each assistant message is synthesised piece by piece on the server's synthesis threads
+(:mod:`media.synthesis`; Piper for English, eSpeak NG for other languages), upsampled to 48 kHz and
+queued on the peer's paced :class:`SpeechTrack`; when
 it has been played (or cut by a barge-in) the controller gets a
 :class:`~api.live.PlaybackReport` with its latency breakdown.
 
@@ -33,6 +34,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ from media.audio import FRAME_SAMPLES, PCM, SAMPLE_RATE
 from media.recording import Recorder
 from media.resample import Upsampler, single_threaded_blas
 from media.speech_track import Playback, SpeechTrack
+from media.synthesis import Speaker, SpeechChunk, SynthesisThreads
 from media.vad import create_vad
 from media.webrtc import VoicePeer
 from media.workers import RecognitionStream, SpeechWorkers
@@ -118,12 +121,18 @@ class VoiceServices:
 
     Recognition runs in worker processes (pocketsphinx holds the GIL while it
     decodes: ~0.35 s of CPU per second of speech). Synthesis runs in threads of
-    this process by default: eSpeak NG releases the GIL inside its C call and
-    needs ~0.3 % of real time, and a worker busy decoding would otherwise make
-    every reply wait behind recognition (measured: tts p50 850 ms at 10 callers).
+    this process by default (:class:`~media.synthesis.SynthesisThreads`): eSpeak NG
+    and onnxruntime release the GIL while they work, and a worker busy decoding
+    would otherwise make every reply wait behind recognition (measured: tts p50
+    850 ms at 10 callers). ``synthesis`` may also be speech workers (processes).
     """
 
-    def __init__(self, workers: SpeechWorkers, recordings: Recordings, synthesis: SpeechWorkers | None = None) -> None:
+    def __init__(
+        self,
+        workers: SpeechWorkers,
+        recordings: Recordings,
+        synthesis: SynthesisThreads | SpeechWorkers | None = None,
+    ) -> None:
         # the resamplers' small matrix products run on the event loop: one BLAS thread, no spinning helpers
         single_threaded_blas()
         self.workers = workers
@@ -144,6 +153,12 @@ class VoiceServices:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def speaker(self, language: str) -> Speaker:
+        """What a session in ``language`` (the blueprint's) speaks with."""
+        if isinstance(self.synthesis, SynthesisThreads):
+            return self.synthesis.speaker(language)
+        return _WorkerSpeaker(self.synthesis)  # speech workers: the one engine they were started with
+
     async def _start(self) -> None:
         await self.workers.start()
         if self.synthesis is not self.workers:
@@ -160,11 +175,23 @@ class VoiceServices:
                 await self.synthesis.close()
 
 
-def cut_to_played(text: str, fraction: float) -> str:
-    """The words of ``text`` that were heard, estimated from the fraction of audio played."""
+def cut_to_played(text: str, playback: Playback) -> str:
+    """The words of ``text`` that were heard, estimated from the audio played (and, when the engine
+    counts them, the words of each piece: see :meth:`Playback.words_heard`)."""
     words = text.split()
-    keep = round(len(words) * min(max(fraction, 0.0), 1.0))
+    keep = round(min(max(playback.words_heard(len(words)), 0.0), len(words)))
     return " ".join(words[:keep])
+
+
+class _WorkerSpeaker:
+    """Speech workers as a :class:`~media.synthesis.Speaker` (their chunks carry no word counts)."""
+
+    def __init__(self, workers: SpeechWorkers) -> None:
+        self.workers = workers
+
+    async def synthesize(self, text: str) -> AsyncIterator[SpeechChunk]:
+        async for pcm, rate in self.workers.synthesize(text):
+            yield SpeechChunk(pcm, rate)
 
 
 class VoiceLink:
@@ -175,7 +202,7 @@ class VoiceLink:
         self,
         *,
         workers: SpeechWorkers,
-        synthesis: SpeechWorkers,
+        synthesis: Speaker,
         settings: ChannelSettings,
         ice_servers: list[RTCIceServer] | None = None,
         vad: str = "webrtc",
@@ -285,10 +312,12 @@ class VoiceLink:
     async def _synthesize(self, playback: Playback) -> None:
         upsampler: Upsampler | None = None
         try:
-            async for pcm, rate in self.synthesis.synthesize(playback.text):
-                if upsampler is None:
-                    upsampler = Upsampler(rate, 48_000)
-                playback.append(upsampler.process(pcm))
+            async for chunk in self.synthesis.synthesize(playback.text):
+                if upsampler is None or upsampler.rate_in != chunk.rate:  # a fallback engine may speak at another rate
+                    if upsampler is not None:
+                        playback.append(upsampler.flush())
+                    upsampler = Upsampler(chunk.rate, 48_000)
+                playback.append(upsampler.process(chunk.pcm), words=chunk.words)
             if upsampler is not None:
                 playback.append(upsampler.flush())
         except Exception:
@@ -310,7 +339,7 @@ class VoiceLink:
     def _report(self, playback: Playback) -> PlaybackReport:
         _, message, text_ready_at, anchor = self._playbacks[playback.id]
         ended_at = playback.finished_at or time.time()
-        content = cut_to_played(message.content, playback.played_fraction) if playback.interrupted else message.content
+        content = cut_to_played(message.content, playback) if playback.interrupted else message.content
         return PlaybackReport(
             message_id=message.id,
             started_at=playback.first_frame_at,

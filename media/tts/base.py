@@ -17,3 +17,10 @@ class Synthesizer(abc.ABC):
     @abc.abstractmethod
     def synthesize(self, text: str) -> Iterator[PCM]:
         """Yield mono int16 chunks at :attr:`sample_rate` as they are produced."""
+
+    def speak(self, text: str) -> Iterator[tuple[PCM, int]]:
+        """Like :meth:`synthesize`, each chunk with the number of words of ``text`` it completes (0: not
+        known, or inside a word group). Engines that make whole pieces say so: a barge-in is then cut at
+        the words really heard even while the rest of the reply is still being made."""
+        for chunk in self.synthesize(text):
+            yield chunk, 0

@@ -150,10 +150,18 @@ class PiperSynthesizer(Synthesizer):
 
     def synthesize(self, text: str) -> Generator[PCM, None, None]:
         """Yield each piece of ``text`` as mono ``int16`` at :attr:`sample_rate`, in order."""
+        for pcm, _ in self.speak(text):
+            yield pcm
+
+    def speak(self, text: str) -> Generator[tuple[PCM, int], None, None]:
+        """Each piece's audio with its number of words (a piece with no phonemes adds its words to the next)."""
+        words = 0
         for piece in pieces(text, first_words=self.first_words):
+            words += sum(clause.words for clause in piece)
             phonemes = self.phonemes(piece)
             if phonemes:
-                yield self.run(phonemes)
+                yield self.run(phonemes), words
+                words = 0
 
     def run(self, phonemes: str) -> PCM:
         """One inference: the audio of ``phonemes`` (a piece's worth; the model takes no more at once)."""
