@@ -137,13 +137,20 @@ class OfferRefused(ConnectionError):
 
 class VoiceCaller:
     def __init__(
-        self, *, ice_servers: list[Any] | None = None, mute: bool = False, jitter_prefetch: int | None = 0
+        self,
+        *,
+        ice_servers: list[Any] | None = None,
+        mute: bool = False,
+        jitter_prefetch: int | None = 0,
+        answer_pings: bool = True,
     ) -> None:
         """``jitter_prefetch``: frames the caller's jitter buffer holds before playing one. 0 (the
         default) times what arrives, as a client with no playout delay would hear it; ``None`` keeps
         aiortc's 4 frames (80 ms). A browser's adaptive buffer sits between, ~20-60 ms on a clean
-        network."""
+        network. ``answer_pings=False``: ignore the server's data-channel pings, as any WebRTC client
+        but our page does."""
         self.jitter_prefetch = jitter_prefetch
+        self.answer_pings = answer_pings
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers or [])))
         self.mic = CallerTrack(mute=mute)
         self.heard = Heard()
@@ -235,7 +242,8 @@ class VoiceCaller:
             return
         if isinstance(event, dict):
             if event.get("type") == "ping":
-                self.channel.send(json.dumps({"type": "pong", "t": event.get("t")}))
+                if self.answer_pings:
+                    self.channel.send(json.dumps({"type": "pong", "t": event.get("t")}))
                 return
             self.events.append(event)
             self.event_times.append(time.time())

@@ -18,6 +18,7 @@ import pytest
 import soundfile as sf
 
 from api.state import STATE
+from api.voice import VoiceLink
 from media.caller import VoiceCaller
 from media.resample import resample
 from media.stt import create_recognizer
@@ -374,3 +375,23 @@ async def test_a_spoken_answer_the_database_refuses_is_asked_for_again(
     answers = [m["content"] for m in transcript if m["role"] == "user"]
     assert len(refused) == 1 and len(answers) == 1
     assert word_error_rate(ANSWERS["job"]["text"], answers[0]) <= 0.35
+
+
+async def test_network_is_measured_for_a_client_that_ignores_our_pings(voice_server: Server) -> None:
+    """Any WebRTC client answers RTCP sender reports: the round trip comes from them when the client does not
+    answer the data-channel pings that only our page answers."""
+    server = voice_server
+    run = await server.create_run(channel_id=server.extra["voice_channel"])
+    caller = VoiceCaller(answer_pings=False)
+    await caller.join(server.http, run["join_url"], timeout=10 * UNIT)
+    try:
+        await answer_the_first_question(caller, spoken_answer("job"))
+        link = server.app[STATE].live.controllers[run["id"]].link
+        assert isinstance(link, VoiceLink)
+        assert link.peer.last_pong_at is None and link.peer.rtcp_rtt is not None  # pings never answered
+    finally:
+        await caller.close()
+    done = await server.get_run(run["id"], "transcript")
+    reply = next(m for m in done["transcript"] if m.get("question_id") == "home")
+    network = reply["latency_breakdown"]["network"]
+    assert network is not None and 0.0 <= network < 50.0  # one way, in ms, on loopback
