@@ -64,7 +64,13 @@ def create_app(config: ServerConfig, *, interviewer: Interviewer | None = None) 
     hub = EventHub()
     store.db.add_listener(hub.publish)
     live = LiveRuns(store, interviewer or ScriptedInterviewer(), settings=LiveSettings(time_scale=config.time_scale))
-    voice = VoiceServices(_speech_workers(config), Recordings(config.data_dir / "recordings"), _synthesis(config))
+    voice = VoiceServices(
+        _speech_workers(config),
+        Recordings(config.data_dir / "recordings"),
+        _synthesis(config),
+        hosted_stt=config.hosted_engine("stt"),
+        hosted_tts=config.hosted_engine("tts"),
+    )
     live.on_run_finished.append(voice.recordings.finish)
     app[STATE] = AppState(config=config, store=store, hub=hub, live=live, voice=voice, loop_lag=LoopLagMonitor())
     table = all_routes()
@@ -72,6 +78,10 @@ def create_app(config: ServerConfig, *, interviewer: Interviewer | None = None) 
     app[routes_meta.OPENAPI] = table.document(title="vivavoce", version=routes_meta.VERSION)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_let_participants_go)
+    for engine in (voice.hosted_stt, voice.hosted_tts):
+        if engine is not None:  # the key's variable is named, never its value
+            key = "set" if engine.api_key() else "not set"
+            log.info("hosted %s; embedded engines behind it; key from $%s (%s)", engine.describe(), engine.key_env, key)
     return app
 
 

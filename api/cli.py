@@ -19,6 +19,19 @@ from api.loadtest import cli as loadtest_cli
 from api.state import STATE
 from runtime.storage import Store
 
+HOSTED_OPTIONS = (
+    "hosted_stt",
+    "hosted_stt_url",
+    "hosted_stt_model",
+    "hosted_stt_key_env",
+    "hosted_tts",
+    "hosted_tts_url",
+    "hosted_tts_model",
+    "hosted_tts_voice",
+    "hosted_tts_key_env",
+    "hosted_timeout_s",
+)
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, help="data directory (env VIVAVOCE_DATA_DIR, default ./.vivavoce)")
@@ -51,6 +64,24 @@ def build_parser() -> argparse.ArgumentParser:
         "browsers; env VIVAVOCE_ICE_HOST_ADDRESSES)",
     )
     serve.add_argument("--speech-processes", type=int, help="recognition worker processes (default: one per core)")
+    serve.add_argument(
+        "--synthesizer",
+        help="embedded voice: auto (Piper for English, eSpeak NG otherwise; default), piper or espeak "
+        "(env VIVAVOCE_SYNTHESIZER)",
+    )
+    hosted = serve.add_argument_group("hosted engines (docs/speech.md; keys only from the environment)")
+    hosted.add_argument("--hosted-stt", choices=("openai", "deepgram"), help="env VIVAVOCE_HOSTED_STT")
+    hosted.add_argument("--hosted-stt-url", help="base URL (env VIVAVOCE_HOSTED_STT_URL)")
+    hosted.add_argument("--hosted-stt-model", help="env VIVAVOCE_HOSTED_STT_MODEL")
+    hosted.add_argument("--hosted-stt-key-env", metavar="VAR", help="variable holding the key (default "
+                        "OPENAI_API_KEY / DEEPGRAM_API_KEY; env VIVAVOCE_HOSTED_STT_KEY_ENV)")  # fmt: skip
+    hosted.add_argument("--hosted-tts", choices=("openai",), help="env VIVAVOCE_HOSTED_TTS")
+    hosted.add_argument("--hosted-tts-url", help="base URL (env VIVAVOCE_HOSTED_TTS_URL)")
+    hosted.add_argument("--hosted-tts-model", help="env VIVAVOCE_HOSTED_TTS_MODEL")
+    hosted.add_argument("--hosted-tts-voice", help="env VIVAVOCE_HOSTED_TTS_VOICE")
+    hosted.add_argument("--hosted-tts-key-env", metavar="VAR", help="variable holding the key (default "
+                        "OPENAI_API_KEY; env VIVAVOCE_HOSTED_TTS_KEY_ENV)")  # fmt: skip
+    hosted.add_argument("--hosted-timeout-s", type=float, help="a slower hosted call falls back (default 8)")
     serve.add_argument("--log-level", default="INFO")
     serve.add_argument(
         "--event-loop",
@@ -79,6 +110,8 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         ice_servers=tuple(args.ice_servers) if getattr(args, "ice_servers", None) else None,
         ice_host_addresses=tuple(args.ice_host_addresses) if getattr(args, "ice_host_addresses", None) else None,
         speech_processes=getattr(args, "speech_processes", None),
+        synthesizer=getattr(args, "synthesizer", None),
+        **{name: getattr(args, name, None) for name in HOSTED_OPTIONS},
     )
 
 

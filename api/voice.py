@@ -37,20 +37,26 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import aiohttp
 import numpy as np
 from aiortc import RTCIceServer
 
 from api.live import PlaybackReport, RunController
 from media.audio import FRAME_SAMPLES, PCM, SAMPLE_RATE
+from media.fallback import FallbackRecognition, FallbackSpeaker
+from media.hosted import HostedEngine
 from media.recording import Recorder
 from media.resample import Upsampler, single_threaded_blas
 from media.speech_track import Playback, SpeechTrack
+from media.stt import create_hosted_recognizer
+from media.stt.base import StreamingRecognition
 from media.synthesis import Speaker, SpeechChunk, SynthesisThreads
+from media.tts import create_hosted_synthesizer
 from media.vad import create_vad
 from media.webrtc import VoicePeer
-from media.workers import RecognitionStream, SpeechWorkers
+from media.workers import SpeechWorkers
 from runtime.endpointing import (
     Endpointer,
     EndpointSettings,
@@ -125,6 +131,9 @@ class VoiceServices:
     and onnxruntime release the GIL while they work, and a worker busy decoding
     would otherwise make every reply wait behind recognition (measured: tts p50
     850 ms at 10 callers). ``synthesis`` may also be speech workers (processes).
+
+    Hosted engines (``hosted_stt``, ``hosted_tts``) run on this event loop, through one HTTP
+    session, with the embedded engines behind them for any utterance they fail (:mod:`media.fallback`).
     """
 
     def __init__(
@@ -132,12 +141,18 @@ class VoiceServices:
         workers: SpeechWorkers,
         recordings: Recordings,
         synthesis: SynthesisThreads | SpeechWorkers | None = None,
+        *,
+        hosted_stt: HostedEngine | None = None,
+        hosted_tts: HostedEngine | None = None,
     ) -> None:
         # the resamplers' small matrix products run on the event loop: one BLAS thread, no spinning helpers
         single_threaded_blas()
         self.workers = workers
         self.synthesis = synthesis or workers
         self.recordings = recordings
+        self.hosted_stt = hosted_stt
+        self.hosted_tts = hosted_tts
+        self._http: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._started: asyncio.Task[None] | None = None
 
@@ -155,9 +170,27 @@ class VoiceServices:
 
     def speaker(self, language: str) -> Speaker:
         """What a session in ``language`` (the blueprint's) speaks with."""
+        embedded: Speaker
         if isinstance(self.synthesis, SynthesisThreads):
-            return self.synthesis.speaker(language)
-        return _WorkerSpeaker(self.synthesis)  # speech workers: the one engine they were started with
+            embedded = self.synthesis.speaker(language)
+        else:
+            embedded = _WorkerSpeaker(self.synthesis)  # speech workers: the one engine they were started with
+        if self.hosted_tts is None:
+            return embedded
+        hosted = create_hosted_synthesizer(self.hosted_tts.service, engine=self.hosted_tts, session=self.http())
+        return FallbackSpeaker(hosted, embedded, what=self.hosted_tts.describe())
+
+    def listener(self, language: str) -> Listener:
+        """What a session in ``language`` is recognised by."""
+        if self.hosted_stt is None:
+            return self.workers
+        return _HostedListener(self, self.hosted_stt, language)
+
+    def http(self) -> aiohttp.ClientSession:
+        """The HTTP session of the hosted engines, opened on first use."""
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        return self._http
 
     async def _start(self) -> None:
         await self.workers.start()
@@ -169,6 +202,8 @@ class VoiceServices:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.recordings.close_all()
+        if self._http is not None:
+            await self._http.close()
         if self._started is not None:
             await self.workers.close()
             if self.synthesis is not self.workers:
@@ -181,6 +216,25 @@ def cut_to_played(text: str, playback: Playback) -> str:
     words = text.split()
     keep = round(min(max(playback.words_heard(len(words)), 0.0), len(words)))
     return " ".join(words[:keep])
+
+
+class Listener(Protocol):
+    """Where a voice session's recognition streams come from: speech workers, or a hosted service."""
+
+    def recognition(self) -> StreamingRecognition: ...
+
+
+class _HostedListener:
+    def __init__(self, services: VoiceServices, engine: HostedEngine, language: str) -> None:
+        self.services = services
+        self.engine = engine
+        self.language = language
+
+    def recognition(self) -> StreamingRecognition:
+        hosted = create_hosted_recognizer(
+            self.engine.service, engine=self.engine, session=self.services.http(), language=self.language
+        )
+        return FallbackRecognition(hosted, self.services.workers.recognition, what=self.engine.describe())
 
 
 class _WorkerSpeaker:
@@ -201,7 +255,7 @@ class VoiceLink:
     def __init__(
         self,
         *,
-        workers: SpeechWorkers,
+        workers: Listener,
         synthesis: Speaker,
         settings: ChannelSettings,
         ice_servers: list[RTCIceServer] | None = None,
@@ -226,7 +280,7 @@ class VoiceLink:
         self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._preroll: deque[PCM] = deque(maxlen=PREROLL_FRAMES)
         self._batch: list[PCM] = []  # speech frames not yet queued for the recogniser
-        self._recognition: RecognitionStream | None = None
+        self._recognition: StreamingRecognition | None = None
         self._segment_frames = 0
         self._segment = 0  # counts segments, so a late partial caption of an old one is dropped
         self._partial: asyncio.Task[None] | None = None  # at most one partial request in flight
@@ -479,7 +533,7 @@ class VoiceLink:
             if stored is not None:
                 self.peer.send_event({"type": "caption", "role": "user", "final": True, "text": stored.content})
 
-    async def _caption(self, recognition: RecognitionStream, segment: int) -> None:
+    async def _caption(self, recognition: StreamingRecognition, segment: int) -> None:
         """A partial caption, off the decision path: waiting for it would hold up the end of the turn
         whenever the worker is behind."""
         try:
@@ -503,7 +557,7 @@ class VoiceLink:
             last = await self._recognition.finish() if self._recognition is not None else ""
         return " ".join(part for part in [*heard, last] if part)
 
-    async def _continue_after_pause(self, recognition: RecognitionStream) -> None:
+    async def _continue_after_pause(self, recognition: StreamingRecognition) -> None:
         """The participant spoke again: keep the early result as the answer's first part and
         recognise the rest as a new utterance, starting with the pause's audio.
 

@@ -12,9 +12,18 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from media.tts.base import Synthesizer
+from media.tts.base import HostedSynthesizer, Synthesizer
 
-__all__ = ["AUTO", "SYNTHESIZERS", "Synthesizer", "create_synthesizer", "embedded_for_language"]
+__all__ = [
+    "AUTO",
+    "HOSTED_SYNTHESIZERS",
+    "SYNTHESIZERS",
+    "HostedSynthesizer",
+    "Synthesizer",
+    "create_hosted_synthesizer",
+    "create_synthesizer",
+    "embedded_for_language",
+]
 
 #: name -> "module:class"; imported on first use.
 SYNTHESIZERS: dict[str, str] = {
@@ -51,3 +60,20 @@ def embedded_for_language(name: str, language: str) -> tuple[str, dict[str, Any]
     if name in (AUTO, "piper", "espeak"):
         return "espeak", {"voice": "en-us" if primary == "en" else language.lower()}
     return name, {}
+
+
+#: Hosted services (network-bound, async, run on the server's event loop): name -> "module:class".
+HOSTED_SYNTHESIZERS: dict[str, str] = {"openai": "media.tts.openai:OpenAISpeech"}
+
+
+def create_hosted_synthesizer(name: str, **options: Any) -> HostedSynthesizer:
+    """A hosted voice (``engine`` and ``session`` among ``options``)."""
+    try:
+        target = HOSTED_SYNTHESIZERS[name]
+    except KeyError:
+        known = ", ".join(sorted(HOSTED_SYNTHESIZERS))
+        raise ValueError(f"unknown hosted synthesizer {name!r}; known: {known}") from None
+    module_name, _, class_name = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    synthesizer: HostedSynthesizer = cls(**options)
+    return synthesizer

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 from media.audio import PCM
 
@@ -24,3 +24,15 @@ class Synthesizer(abc.ABC):
         the words really heard even while the rest of the reply is still being made."""
         for chunk in self.synthesize(text):
             yield chunk, 0
+
+
+class HostedSynthesizer(abc.ABC):
+    """A speech service reached over the network: async, on the event loop; failures raise
+    :class:`media.hosted.HostedError`."""
+
+    name: str
+    sample_rate: int
+
+    @abc.abstractmethod
+    def stream(self, text: str) -> AsyncIterator[PCM]:
+        """Mono int16 chunks at :attr:`sample_rate` as they arrive."""
