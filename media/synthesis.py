@@ -125,13 +125,17 @@ class SynthesisThreads:
         self._engines: dict[tuple[str, tuple[tuple[str, Any], ...]], Synthesizer] = {}
         self._engines_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._warming: list[asyncio.Future[Synthesizer]] = []
         self._stopping = False
         self.closed = False
 
     # --- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the threads and load the engines of the ``warm`` languages (idempotent)."""
+        """Start the threads and begin loading the engines of the ``warm`` languages (idempotent).
+
+        Loading goes on in the background (a Piper voice takes 1.5-5 s): a first join does not wait for
+        it, and a reply that comes before it is ready waits for that engine only (:meth:`warmed`)."""
         if self.closed:
             raise RuntimeError("synthesis threads are closed")
         if not self._threads:
@@ -141,8 +145,14 @@ class SynthesisThreads:
                 )
                 thread.start()
                 self._threads.append(thread)
-        for language in self.warm:
-            await asyncio.to_thread(self._engine, self.engine_key(language))
+            self._warming = [
+                asyncio.ensure_future(asyncio.to_thread(self._engine, self.engine_key(language)))
+                for language in self.warm
+            ]
+
+    async def warmed(self) -> None:
+        """Wait until the ``warm`` engines are loaded (a failure to load was logged and replaced)."""
+        await asyncio.gather(*self._warming, return_exceptions=True)
 
     async def close(self) -> None:
         """Stop the threads after the pieces they are making; pending syntheses end."""
@@ -155,6 +165,7 @@ class SynthesisThreads:
             self._cond.notify_all()
         for job in jobs:
             job.post(_END)
+        await self.warmed()
         threads, self._threads = self._threads, []
         for thread in threads:
             await asyncio.to_thread(thread.join, 30.0)

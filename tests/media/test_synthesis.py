@@ -17,6 +17,7 @@ LONG = " ".join(f"This is sentence number {n} of a long reply that goes on for a
 async def threads() -> SynthesisThreads:
     pool = SynthesisThreads(threads=1)
     await pool.start()
+    await pool.warmed()
     yield pool  # type: ignore[misc]
     await pool.close()
 
