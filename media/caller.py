@@ -11,7 +11,7 @@ generation): it sends pre-encoded Opus packets (each utterance encoded once per 
 silence is one pre-encoded packet) instead of encoding 50 frames a second, and it does not decode what
 it receives: each RTP frame is timed as it arrives, a 3-byte frame is the encoder's digital silence,
 and only the first frames after a silence are decoded to tell speech from near-silence. It also times
-every frame against its RTP timestamp, to count frames that arrive late (:attr:`Heard.lateness`).
+every frame against its RTP timestamp, to count frames that arrive late (:meth:`Heard.lateness`).
 """
 
 from __future__ import annotations
@@ -117,11 +117,18 @@ class CallerTrack(MediaStreamTrack):
 @dataclass
 class Heard:
     """What the caller heard: per 20 ms frame, when it arrived and whether it was audible; for a light
-    caller also how late each frame came after its RTP timestamp, against the fastest frame so far."""
+    caller also its delay, arrival minus its RTP media time (plus an arbitrary constant): a frame's
+    lateness is its delay minus the smallest delay over the stretch considered (:meth:`late_frames`)."""
 
     times: list[float] = field(default_factory=list)
     audible: list[bool] = field(default_factory=list)
-    lateness: list[float] = field(default_factory=list)
+    delays: list[float] = field(default_factory=list)
+
+    def lateness(self, start: int = 0) -> list[float]:
+        """Seconds each frame from index ``start`` came after the schedule set by the fastest of them."""
+        window = self.delays[start:]
+        fastest = min(window, default=0.0)
+        return [d - fastest for d in window]
 
     def first_audible_after(self, t: float) -> float | None:
         for at, loud in zip(self.times, self.audible, strict=True):
@@ -211,7 +218,6 @@ class _FrameTimer(queue.Queue[Any]):
         self.heard = heard
         self.decoder: Any = None
         self.speaking = False  # the previous frame was audible: the next loud-sized frame is too
-        self.offset: float | None = None
         self.first_ts: int | None = None
         self.unwrapped = 0
         self.last_ts = 0
@@ -236,13 +242,9 @@ class _FrameTimer(queue.Queue[Any]):
             self.first_ts = self.last_ts = ts
         self.unwrapped += (ts - self.last_ts) & 0xFFFFFFFF if ts != self.last_ts else 0
         self.last_ts = ts
-        media = self.unwrapped / RATE
-        late = now - media
-        if self.offset is None or late < self.offset:
-            self.offset = late
         self.heard.times.append(now)
         self.heard.audible.append(loud)
-        self.heard.lateness.append(late - self.offset)
+        self.heard.delays.append(now - self.unwrapped / RATE)
 
     def _audible(self, encoded: Any) -> bool:
         from aiortc.codecs.opus import OpusDecoder

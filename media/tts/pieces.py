@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass
 
 SENTENCE_END = frozenset(".?!…")
-#: Words of the first piece at most: about 1.5 s of speech, ~0.15 s to synthesise on one core.
-FIRST_PIECE_WORDS = 7
+#: Words of the first piece at most: about 1-1.5 s of speech, ~0.1 s to synthesise on a free core.
+FIRST_PIECE_WORDS = 5
 #: A later sentence longer than this is split at its clauses (bounds any one synthesis call).
 MAX_PIECE_WORDS = 40
 
