@@ -1,6 +1,13 @@
 """Voice benchmark: N concurrent aiortc callers against one vivavoce server process, beside the raw aiortc ceiling.
 
     .venv/bin/python bench/voice.py --callers 10 [--json out.json]
+    .venv/bin/python bench/voice.py --capacity [--steps 1,2,4,6,8,10,12,16]
+
+Callers are light by default (media/caller.py ``light=True``: pre-encoded Opus out, RTP frames timed
+and not decoded in), so the generator costs a small fraction of a server session; its CPU is printed
+beside the server's. ``--capacity`` finds the most callers for which client-measured voice-to-voice
+p95 <= end-of-speech window + 600 ms, no reply frame arrives more than 60 ms after its RTP schedule
+and every interview completes, beside the most raw aiortc pairs that keep real time, in the same run.
 
 Three processes: the server (``vivavoce serve``, speech engines in its worker
 process), the callers (real aiortc peers speaking fixture answers in real
