@@ -20,6 +20,19 @@ from api.loadtest import cli as loadtest_cli
 from api.state import STATE
 from runtime.storage import Store, migrations
 
+HOSTED_OPTIONS = (
+    "hosted_stt",
+    "hosted_stt_url",
+    "hosted_stt_model",
+    "hosted_stt_key_env",
+    "hosted_tts",
+    "hosted_tts_url",
+    "hosted_tts_model",
+    "hosted_tts_voice",
+    "hosted_tts_key_env",
+    "hosted_timeout_s",
+)
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, help="data directory (env VIVAVOCE_DATA_DIR, default ./.vivavoce)")
@@ -60,6 +73,24 @@ def build_parser() -> argparse.ArgumentParser:
     llm.add_argument("--llm-voice-timeout-s", type=float, help="per voice turn (default 4)")
     llm.add_argument("--llm-tool-mode", choices=("auto", "tools", "json"), help="how decisions are asked for")
     llm.add_argument("--llm-prices", type=Path, help="JSON file of prices per model (env VIVAVOCE_LLM_PRICES: JSON)")
+    serve.add_argument(
+        "--synthesizer",
+        help="embedded voice: auto (Piper for English, eSpeak NG otherwise; default), piper or espeak "
+        "(env VIVAVOCE_SYNTHESIZER)",
+    )
+    hosted = serve.add_argument_group("hosted engines (docs/speech.md; keys only from the environment)")
+    hosted.add_argument("--hosted-stt", choices=("openai", "deepgram"), help="env VIVAVOCE_HOSTED_STT")
+    hosted.add_argument("--hosted-stt-url", help="base URL (env VIVAVOCE_HOSTED_STT_URL)")
+    hosted.add_argument("--hosted-stt-model", help="env VIVAVOCE_HOSTED_STT_MODEL")
+    hosted.add_argument("--hosted-stt-key-env", metavar="VAR", help="variable holding the key (default "
+                        "OPENAI_API_KEY / DEEPGRAM_API_KEY; env VIVAVOCE_HOSTED_STT_KEY_ENV)")  # fmt: skip
+    hosted.add_argument("--hosted-tts", choices=("openai",), help="env VIVAVOCE_HOSTED_TTS")
+    hosted.add_argument("--hosted-tts-url", help="base URL (env VIVAVOCE_HOSTED_TTS_URL)")
+    hosted.add_argument("--hosted-tts-model", help="env VIVAVOCE_HOSTED_TTS_MODEL")
+    hosted.add_argument("--hosted-tts-voice", help="env VIVAVOCE_HOSTED_TTS_VOICE")
+    hosted.add_argument("--hosted-tts-key-env", metavar="VAR", help="variable holding the key (default "
+                        "OPENAI_API_KEY; env VIVAVOCE_HOSTED_TTS_KEY_ENV)")  # fmt: skip
+    hosted.add_argument("--hosted-timeout-s", type=float, help="a slower hosted call falls back (default 8)")
     serve.add_argument("--log-level", default="INFO")
     serve.add_argument(
         "--event-loop",
@@ -99,6 +130,8 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         llm_voice_timeout_s=getattr(args, "llm_voice_timeout_s", None),
         llm_tool_mode=getattr(args, "llm_tool_mode", None),
         llm_prices=args.llm_prices.read_text() if getattr(args, "llm_prices", None) else None,
+        synthesizer=getattr(args, "synthesizer", None),
+        **{name: getattr(args, name, None) for name in HOSTED_OPTIONS},
     )
 
 

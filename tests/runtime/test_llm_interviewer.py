@@ -408,7 +408,7 @@ def test_the_prompt_stays_bounded_over_a_long_interview() -> None:
     guide = replace(GUIDE, questions=questions)
     long_answer = " ".join(["word"] * 400)
     transcript: list[Exchange] = []
-    for i, q in enumerate(questions):
+    for q in questions:
         for probe in range(3):
             transcript.append(Exchange("assistant", f"{q.text} ({probe})", q.id, K.PROBE if probe else K.QUESTION))
             transcript.append(Exchange("user", long_answer, q.id, None))
