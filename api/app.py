@@ -73,7 +73,9 @@ def create_app(config: ServerConfig, *, interviewer: Interviewer | None = None) 
         fixed=interviewer,
         llm=None if model is None else LLMInterviewer(model, settings=llm_settings(config), prices=prices),
     )
-    live = LiveRuns(store, interviewers, settings=LiveSettings(time_scale=config.time_scale))
+    live = LiveRuns(
+        store, interviewers, settings=LiveSettings(time_scale=config.time_scale, speculate=config.speculate)
+    )
     analyst = Analyst(model, default_model=config.llm_model or "default", timeout_s=max(60.0, config.llm_timeout_s))
     jobs = JobRunner(store, analyst, prices, time_scale=config.time_scale)
     voice = VoiceServices(

@@ -55,6 +55,7 @@ class ServerConfig:
     llm_voice_timeout_s: float = 4.0  # per voice turn (fillers cover the wait)
     llm_tool_mode: str = "auto"  # auto | tools | json: how the model is asked for its decision
     llm_prices: str | None = None  # JSON: {"model": {"input": USD/Mtok, "output": ..., "cached_input": ...}}
+    speculate: bool = True  # voice: compose the reply during the participant's pause (api/live/speculation.py)
     synthesizer: str = "auto"  # auto: Piper's English voice for English blueprints, eSpeak NG for other languages
     # Hosted engines (docs/speech.md): a service name turns one on; unset fields take the service's defaults.
     # Their keys are read from the environment variable named by *_key_env, never stored here.
@@ -124,6 +125,8 @@ class ServerConfig:
         for name in ("llm_base_url", "llm_api_key", "llm_model", "llm_tool_mode", "llm_prices"):
             if f"VIVAVOCE_{name.upper()}" in env:
                 values[name] = env[f"VIVAVOCE_{name.upper()}"]
+        if "VIVAVOCE_SPECULATE" in env:
+            values["speculate"] = env["VIVAVOCE_SPECULATE"].lower() not in ("0", "false", "no", "off")
         for name in ("llm_timeout_s", "llm_voice_timeout_s"):
             if f"VIVAVOCE_{name.upper()}" in env:
                 values[name] = float(env[f"VIVAVOCE_{name.upper()}"])
