@@ -129,10 +129,19 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         llm_timeout_s=getattr(args, "llm_timeout_s", None),
         llm_voice_timeout_s=getattr(args, "llm_voice_timeout_s", None),
         llm_tool_mode=getattr(args, "llm_tool_mode", None),
-        llm_prices=args.llm_prices.read_text() if getattr(args, "llm_prices", None) else None,
+        llm_prices=_read_prices(getattr(args, "llm_prices", None)),
         synthesizer=getattr(args, "synthesizer", None),
         **{name: getattr(args, name, None) for name in HOSTED_OPTIONS},
     )
+
+
+def _read_prices(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read the LLM prices file {path}: {exc.strerror}") from None
 
 
 async def serve(config: ServerConfig) -> None:
@@ -184,7 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         return loadtest_cli.run(args)
     if args.command == "serve":
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        config = _config(args)
+        try:
+            config = _config(args)
+        except ValueError as exc:  # a setting that cannot work: say which, before anything starts
+            print(f"vivavoce serve: {exc}", file=sys.stderr)
+            return 2
         config.data_dir.mkdir(parents=True, exist_ok=True)
         if args.event_loop == "uvloop":
             import uvloop

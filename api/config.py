@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from media.hosted import HostedEngine
+from runtime.llm import Prices
 
 _HOSTED_FIELDS = (
     "hosted_stt",
@@ -86,6 +87,14 @@ class ServerConfig:
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'vivavoce.db').resolve()}"
+
+    def __post_init__(self) -> None:
+        if self.llm_prices is not None:
+            Prices.parse(self.llm_prices)  # a ValueError names what is wrong
+        if self.llm_tool_mode not in ("auto", "tools", "json"):
+            raise ValueError(f"llm_tool_mode must be auto, tools or json, not {self.llm_tool_mode!r}")
+        if self.llm_timeout_s <= 0 or self.llm_voice_timeout_s <= 0:
+            raise ValueError("the LLM turn timeouts must be positive")
 
     @property
     def llm_enabled(self) -> bool:

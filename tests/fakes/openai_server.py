@@ -66,6 +66,7 @@ class FakeOpenAI:
     # per request, monotonic times: received, first (first content chunk sent), done (last chunk sent),
     # sentence (the chunk that completed the reply's first sentence), and the last user message it answered
     timings: list[dict[str, Any]] = field(default_factory=list)
+    seen_headers: list[dict[str, str]] = field(default_factory=list)  # of every completion request
     model: str = MODEL
     _runner: web.AppRunner | None = None
     port: int = 0
@@ -115,6 +116,7 @@ class FakeOpenAI:
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or "model" not in body:
             return _error(400, "'messages' and 'model' are required properties", "invalid_request_error")
         self.requests.append(body)
+        self.seen_headers.append(dict(request.headers))
         timing: dict[str, Any] = {"received": time.monotonic(), "answer": _last_user(body)}
         self.timings.append(timing)
         reply = self.script.popleft() if self.script else (self.responder(body) if self.responder else Reply("OK."))
