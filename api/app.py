@@ -23,16 +23,23 @@ from api import (
 from api.auth import auth_middleware
 from api.config import ServerConfig
 from api.errors import error_middleware, error_response
-from api.live import LiveRuns, LiveSettings
+from api.jobs import JobRunner
+from api.live import Interviewers, LiveRuns, LiveSettings
 from api.loop_lag import LoopLagMonitor
 from api.openapi import RouteTable
 from api.state import STATE, AppState
 from api.voice import Recordings, VoiceServices
 from api.webhooks import AddressGuard, DeliveryWorker
+from media.synthesis import SynthesisThreads
+from media.tts import embedded_for_language
 from media.webrtc import configure_host_addresses
 from media.workers import SpeechWorkers
 from runtime.events import EventHub
-from runtime.interviewer import Interviewer, ScriptedInterviewer
+from runtime.interviewer import Interviewer
+from runtime.interviewer.llm import LLMInterviewer, LLMSettings, ToolMode
+from runtime.llm import ChatModel, Prices
+from runtime.llm.openai_compat import OpenAICompatModel
+from runtime.results import Analyst
 from runtime.storage import Store
 from runtime.webhooks import RetryPolicy
 
@@ -73,24 +80,23 @@ def create_app(config: ServerConfig, *, interviewer: Interviewer | None = None) 
     store = Store(config.db_url, synchronous=config.sqlite_synchronous)
     hub = EventHub()
     store.db.add_listener(hub.publish)
-    live = LiveRuns(store, interviewer or ScriptedInterviewer(), settings=LiveSettings(time_scale=config.time_scale))
-    workers = SpeechWorkers(
-        processes=config.speech_processes,
-        recognizer=config.recognizer,
-        synthesizer=config.synthesizer,
-        inprocess=config.speech_inprocess,
+    model, prices = language_model(config)
+    interviewers = Interviewers(
+        fixed=interviewer,
+        llm=None if model is None else LLMInterviewer(model, settings=llm_settings(config), prices=prices),
     )
-    synthesis = None
-    if config.synthesis_inprocess and not config.speech_inprocess:
-        synthesis = SpeechWorkers(
-            processes=1,
-            inprocess=True,
-            recognizer=config.recognizer,
-            synthesizer=config.synthesizer,
-            warm=False,
-            thread_name_prefix="synthesis",  # bench/voice.py tells this CPU apart from the sessions' by name
-        )
-    voice = VoiceServices(workers, Recordings(config.data_dir / "recordings"), synthesis)
+    live = LiveRuns(
+        store, interviewers, settings=LiveSettings(time_scale=config.time_scale, speculate=config.speculate)
+    )
+    analyst = Analyst(model, default_model=config.llm_model or "default", timeout_s=max(60.0, config.llm_timeout_s))
+    jobs = JobRunner(store, analyst, prices, time_scale=config.time_scale)
+    voice = VoiceServices(
+        _speech_workers(config),
+        Recordings(config.data_dir / "recordings"),
+        _synthesis(config),
+        hosted_stt=config.hosted_engine("stt"),
+        hosted_tts=config.hosted_engine("tts"),
+    )
     live.on_run_finished.append(voice.recordings.finish)
     guard = AddressGuard(allow_private=config.webhooks_allow_private)
     deliveries = DeliveryWorker(
@@ -114,13 +120,56 @@ def create_app(config: ServerConfig, *, interviewer: Interviewer | None = None) 
         loop_lag=LoopLagMonitor(),
         webhook_guard=guard,
         webhooks=deliveries,
+        jobs=jobs,
     )
     table = all_routes()
     table.add_to(app.router)
     app[routes_meta.OPENAPI] = table.document(title="vivavoce", version=routes_meta.VERSION)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_let_participants_go)
+    for engine in (voice.hosted_stt, voice.hosted_tts):
+        if engine is not None:  # the key's variable is named, never its value
+            key = "set" if engine.api_key() else "not set"
+            log.info("hosted %s; embedded engines behind it; key from $%s (%s)", engine.describe(), engine.key_env, key)
     return app
+
+
+def language_model(config: ServerConfig) -> tuple[ChatModel | None, Prices]:
+    """The server's model for the AI interviewer and analyses (None: none configured), and its prices."""
+    prices = Prices.parse(config.llm_prices) if config.llm_prices else Prices()
+    if config.llm_base_url is None:
+        return None, prices
+    return OpenAICompatModel(base_url=config.llm_base_url, api_key=config.llm_api_key), prices
+
+
+def llm_settings(config: ServerConfig) -> LLMSettings:
+    return LLMSettings(
+        default_model=config.llm_model or "default",
+        chat_deadline_s=config.llm_timeout_s,
+        voice_deadline_s=config.llm_voice_timeout_s,
+        tool_mode=ToolMode(config.llm_tool_mode),
+    )
+
+
+def _speech_workers(config: ServerConfig) -> SpeechWorkers:
+    """Recognition workers; they synthesise too only when synthesis is not on threads of this process
+    (then with one engine, the configured one for English: a worker holds one synthesiser)."""
+    synthesizer = "espeak" if config.synthesis_inprocess else embedded_for_language(config.synthesizer, "en")[0]
+    return SpeechWorkers(
+        processes=config.speech_processes,
+        recognizer=config.recognizer,
+        synthesizer=synthesizer,
+        inprocess=config.speech_inprocess,
+    )
+
+
+def _synthesis(config: ServerConfig) -> SynthesisThreads | None:
+    if not config.synthesis_inprocess:
+        return None
+    # the thread name tells bench/voice.py this CPU apart from the sessions'
+    return SynthesisThreads(
+        synthesizer=config.synthesizer, threads=config.synthesis_threads, thread_name_prefix="synthesis"
+    )
 
 
 async def _let_participants_go(app: web.Application) -> None:
@@ -140,13 +189,16 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     sweeper = asyncio.create_task(_sweep(state), name="join-expiry-sweeper")
     state.loop_lag.start()
     state.webhooks.start()
+    state.jobs.start()
     yield
+    await state.jobs.stop()
     await state.webhooks.close()
     await state.loop_lag.stop()
     sweeper.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await sweeper
     await state.live.close()
+    await state.live.interviewers.aclose()
     await state.voice.close()
     await state.store.close()
 

@@ -26,6 +26,19 @@ from api.loadtest import cli as loadtest_cli
 from api.state import STATE
 from runtime.storage import Store, migrations
 
+HOSTED_OPTIONS = (
+    "hosted_stt",
+    "hosted_stt_url",
+    "hosted_stt_model",
+    "hosted_stt_key_env",
+    "hosted_tts",
+    "hosted_tts_url",
+    "hosted_tts_model",
+    "hosted_tts_voice",
+    "hosted_tts_key_env",
+    "hosted_timeout_s",
+)
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, help="data directory (env VIVAVOCE_DATA_DIR, default ./.vivavoce)")
@@ -65,6 +78,32 @@ def build_parser() -> argparse.ArgumentParser:
         "env VIVAVOCE_WEBHOOKS_ALLOW_PRIVATE=1)",
     )
     serve.add_argument("--speech-processes", type=int, help="recognition worker processes (default: one per core)")
+    llm = serve.add_argument_group("AI interviewer (any OpenAI-compatible server; see docs/llm.md)")
+    llm.add_argument("--llm-base-url", help="e.g. https://api.openai.com/v1 (env VIVAVOCE_LLM_BASE_URL)")
+    llm.add_argument("--llm-api-key", help="API key (env VIVAVOCE_LLM_API_KEY; never stored or logged)")
+    llm.add_argument("--llm-model", help="model when a blueprint names none (env VIVAVOCE_LLM_MODEL)")
+    llm.add_argument("--llm-timeout-s", type=float, help="per chat turn before the script steps in (default 15)")
+    llm.add_argument("--llm-voice-timeout-s", type=float, help="per voice turn (default 4)")
+    llm.add_argument("--llm-tool-mode", choices=("auto", "tools", "json"), help="how decisions are asked for")
+    llm.add_argument("--llm-prices", type=Path, help="JSON file of prices per model (env VIVAVOCE_LLM_PRICES: JSON)")
+    serve.add_argument(
+        "--synthesizer",
+        help="embedded voice: auto (Piper for English, eSpeak NG otherwise; default), piper or espeak "
+        "(env VIVAVOCE_SYNTHESIZER)",
+    )
+    hosted = serve.add_argument_group("hosted engines (docs/speech.md; keys only from the environment)")
+    hosted.add_argument("--hosted-stt", choices=("openai", "deepgram"), help="env VIVAVOCE_HOSTED_STT")
+    hosted.add_argument("--hosted-stt-url", help="base URL (env VIVAVOCE_HOSTED_STT_URL)")
+    hosted.add_argument("--hosted-stt-model", help="env VIVAVOCE_HOSTED_STT_MODEL")
+    hosted.add_argument("--hosted-stt-key-env", metavar="VAR", help="variable holding the key (default "
+                        "OPENAI_API_KEY / DEEPGRAM_API_KEY; env VIVAVOCE_HOSTED_STT_KEY_ENV)")  # fmt: skip
+    hosted.add_argument("--hosted-tts", choices=("openai",), help="env VIVAVOCE_HOSTED_TTS")
+    hosted.add_argument("--hosted-tts-url", help="base URL (env VIVAVOCE_HOSTED_TTS_URL)")
+    hosted.add_argument("--hosted-tts-model", help="env VIVAVOCE_HOSTED_TTS_MODEL")
+    hosted.add_argument("--hosted-tts-voice", help="env VIVAVOCE_HOSTED_TTS_VOICE")
+    hosted.add_argument("--hosted-tts-key-env", metavar="VAR", help="variable holding the key (default "
+                        "OPENAI_API_KEY; env VIVAVOCE_HOSTED_TTS_KEY_ENV)")  # fmt: skip
+    hosted.add_argument("--hosted-timeout-s", type=float, help="a slower hosted call falls back (default 8)")
     serve.add_argument("--log-level", default="INFO")
     serve.add_argument(
         "--event-loop",
@@ -105,7 +144,25 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         ice_host_addresses=tuple(args.ice_host_addresses) if getattr(args, "ice_host_addresses", None) else None,
         speech_processes=getattr(args, "speech_processes", None),
         webhooks_allow_private=getattr(args, "webhooks_allow_private", None),
+        llm_base_url=getattr(args, "llm_base_url", None),
+        llm_api_key=getattr(args, "llm_api_key", None),
+        llm_model=getattr(args, "llm_model", None),
+        llm_timeout_s=getattr(args, "llm_timeout_s", None),
+        llm_voice_timeout_s=getattr(args, "llm_voice_timeout_s", None),
+        llm_tool_mode=getattr(args, "llm_tool_mode", None),
+        llm_prices=_read_prices(getattr(args, "llm_prices", None)),
+        synthesizer=getattr(args, "synthesizer", None),
+        **{name: getattr(args, name, None) for name in HOSTED_OPTIONS},
     )
+
+
+def _read_prices(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read the LLM prices file {path}: {exc.strerror}") from None
 
 
 async def serve(config: ServerConfig) -> None:
@@ -205,7 +262,11 @@ def main(argv: list[str] | None = None) -> int:
         return loadtest_cli.run(args)
     if args.command == "serve":
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        config = _config(args)
+        try:
+            config = _config(args)
+        except ValueError as exc:  # a setting that cannot work: say which, before anything starts
+            print(f"vivavoce serve: {exc}", file=sys.stderr)
+            return 2
         config.data_dir.mkdir(parents=True, exist_ok=True)
         if args.event_loop == "uvloop":
             import uvloop

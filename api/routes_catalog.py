@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
 
+from api.config import ServerConfig
 from api.errors import validation_error
 from api.openapi import Param, RouteTable
 from api.params import check_query, page, parse_body, path_id, single
 from api.schemas import BlueprintIn, BlueprintOut, BlueprintPatch, ChannelIn, ChannelOut, ListOut
 from api.state import ORG_ID, STATE
-from runtime.errors import InvalidRequest
+from runtime.errors import Conflict, InvalidRequest
 from runtime.ids import id_pattern
+from runtime.interviewer.prompt import PROMPT_VERSION
 from runtime.serialize import blueprint_content_json, blueprint_json, channel_json
-from runtime.types import BlueprintContent, ChannelSettings, Question
+from runtime.types import BlueprintContent, ChannelSettings, InterviewerSettings, InterviewerType, Question
 
 routes = RouteTable()
 MAX_VERSION = 999_999_999
@@ -36,13 +39,48 @@ def page_params(kind: str) -> tuple[Param, ...]:
 
 
 def _content(body: BlueprintIn) -> BlueprintContent:
+    who = body.interviewer
     return BlueprintContent(
         name=body.name,
         greeting=body.greeting,
-        questions=tuple(Question(q.id, q.text, tuple(q.probes), q.max_probes) for q in body.questions),
+        questions=tuple(
+            Question(
+                q.id,
+                q.text,
+                tuple(q.probes),
+                q.max_probes,
+                objective=q.objective,
+                verbatim=q.verbatim,
+                probe_instructions=q.probe_instructions,
+            )
+            for q in body.questions
+        ),
         closing=body.closing,
         language=body.language,
+        interviewer=InterviewerSettings(
+            type=who.type,
+            model=who.model,
+            instructions=who.instructions,
+            avoid=tuple(who.avoid),
+            temperature=who.temperature,
+        ),
+        result_schema=body.result_schema,
     )
+
+
+def frozen(content: BlueprintContent, config: ServerConfig) -> BlueprintContent:
+    """The content as published: the model and the prompt template resolved, so every run gets the same."""
+    who = content.interviewer
+    if who.type is InterviewerType.LLM and not config.llm_enabled:
+        raise Conflict(
+            "this blueprint asks for the AI interviewer (interviewer.type 'llm'), but this server has no "
+            "language model configured: start it with --llm-base-url (see docs/llm.md), or use 'scripted'",
+            param="interviewer.type",
+        )
+    if who.type is not InterviewerType.LLM:
+        return content
+    settings = replace(who, model=who.model or config.llm_model or "default", prompt_version=PROMPT_VERSION)
+    return replace(content, interviewer=settings)
 
 
 @routes.route(
@@ -119,13 +157,20 @@ async def update_blueprint(request: web.Request) -> web.Response:
     catalog = request.app[STATE].store.catalog
     latest = await catalog.get_blueprint(request[ORG_ID], bp_id)
     raw = patch.model_dump(mode="json", exclude_unset=True)
-    merged = merge_patch(blueprint_content_json(latest.content), raw)
+    merged = merge_patch(_editable(latest.content), raw)
     try:
         body = BlueprintIn.model_validate(merged)
     except ValidationError as exc:
         raise validation_error(exc) from None
     bp = await catalog.update_blueprint(request[ORG_ID], bp_id, _content(body))
     return web.json_response(blueprint_json(bp))
+
+
+def _editable(content: BlueprintContent) -> dict[str, Any]:
+    """A version as the document a patch applies to: what BlueprintIn takes (the frozen prompt version is not)."""
+    doc = blueprint_content_json(content)
+    doc["interviewer"].pop("prompt_version", None)
+    return doc
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -147,12 +192,15 @@ def merge_patch(target: Any, patch: Any) -> Any:
     summary="Publish (freeze) the latest version",
     tag="blueprints",
     response=BlueprintOut,
-    errors=(404,),
+    errors=(404, 409),
     params=(ID,),
 )
 async def publish_blueprint(request: web.Request) -> web.Response:
     check_query(request, ())
-    bp = await request.app[STATE].store.catalog.publish_blueprint(request[ORG_ID], path_id(request, "blueprint"))
+    state = request.app[STATE]
+    bp = await state.store.catalog.publish_blueprint(
+        request[ORG_ID], path_id(request, "blueprint"), freeze=lambda content: frozen(content, state.config)
+    )
     return web.json_response(blueprint_json(bp))
 
 

@@ -28,12 +28,14 @@ PREFIXES = {
     "run": "run",
     "session": "ses",
     "message": "msg",
+    "job": "job",
+    "worker": "wrk",
     "webhook": "wh",
     "webhook_delivery": "whd",
     "study_link": "sl",
     "issue": "iss",
 }
-ID_RE = re.compile(r"^(org|key|bp|chn|con|run|ses|msg|wh|whd|sl|iss)_[0-9a-hjkmnp-tv-z]{26}$")
+ID_RE = re.compile(r"^(" + "|".join(PREFIXES.values()) + r")_[0-9a-hjkmnp-tv-z]{26}$")
 
 
 def _encode(value: int, length: int) -> str:

@@ -1,7 +1,7 @@
 """Webhooks: endpoints, their subscriptions, and the delivery outbox.
 
 Revision ID: webhooks
-Revises: 0001
+Revises: 0002
 Create Date: 2026-12-01
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "webhooks"
-down_revision = "0001"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
