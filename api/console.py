@@ -135,7 +135,7 @@ async def front_door(request: web.Request) -> web.Response:
 
 
 @routes.route("GET", "/console", summary="Researcher console: the runs list (signs in first)", tag="console",
-              auth=False, content_types=("text/html",), redirects=True,
+              auth=False, content_types=("text/html",), also=(303,),
               params=(Param("status", "Status filter"), Param("starting_after", "Page cursor")))  # fmt: skip
 async def console_runs(request: web.Request) -> web.Response:
     if await _signed_in(request) is None:
@@ -144,7 +144,7 @@ async def console_runs(request: web.Request) -> web.Response:
 
 
 @routes.route("GET", "/console/runs/{id}", summary="Researcher console: one run", tag="console", auth=False,
-              content_types=("text/html",), redirects=True, errors=(404,), error_type="text/html",
+              content_types=("text/html",), also=(303,), errors=(404,), error_type="text/html",
               params=(RUN_ID,))  # fmt: skip
 async def console_run(request: web.Request) -> web.Response:
     org_id = await _signed_in(request)
@@ -161,7 +161,7 @@ async def console_run(request: web.Request) -> web.Response:
 
 
 @routes.route("GET", SIGN_IN, summary="Researcher console: the sign-in form", tag="console", auth=False,
-              content_types=("text/html",), redirects=True,
+              content_types=("text/html",), also=(303,),
               params=(Param("next", "Console page to return to"),))  # fmt: skip
 async def sign_in_form(request: web.Request) -> web.Response:
     next_path = _safe_next(request.query.get("next"))

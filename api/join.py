@@ -196,7 +196,7 @@ async def static_file(request: web.Request) -> web.Response:
     auth=False,
     status=101,
     content_types=(),
-    redirects=True,
+    also=(303,),
     errors=(404, 409),
     params=(TOKEN,),
 )

@@ -48,7 +48,8 @@ class RouteDoc:
     errors: tuple[int, ...] = ()
     body_types: tuple[str, ...] = ("application/json",)  # what the request body may be sent as
     error_type: str = "application/json"  # pages answer their errors as pages (text/html)
-    redirects: bool = False  # may also answer 303 See Other (no body)
+    error_model: type[BaseModel] | None = None  # the errors' body, if not the API's ErrorOut (MCP: JSON-RPC's)
+    also: tuple[int, ...] = ()  # other answers without a body: 303 See Other (a redirect), 202 Accepted
 
 
 class RouteTable:
@@ -69,6 +70,7 @@ class RouteTable:
     def document(self, *, title: str, version: str) -> dict[str, Any]:
         inputs = {r.body for r in self.routes if r.body is not None}
         outputs = {ErrorOut} | {r.response for r in self.routes if r.response is not None}
+        outputs |= {r.error_model for r in self.routes if r.error_model is not None}
         wanted = [(m, "validation") for m in inputs] + [(m, "serialization") for m in outputs]
         keyed, defs = models_json_schema(
             sorted(wanted, key=lambda item: (item[0].__name__, item[1])),  # type: ignore[arg-type]
@@ -118,9 +120,9 @@ def _operation(r: RouteDoc, refs: dict[Any, Any]) -> dict[str, Any]:
     if content:
         success["content"] = content
     responses: dict[str, Any] = {str(r.status): success}
-    if r.redirects:
-        responses["303"] = {"description": "See Other (the Location header says where)"}
-    schema = {"schema": refs[ErrorOut]} if r.error_type == "application/json" else {}
+    for status in r.also:
+        responses[str(status)] = {"description": _OTHER_TEXT[status]}
+    schema = {"schema": refs[r.error_model or ErrorOut]} if r.error_type == "application/json" else {}
     error = {"content": {r.error_type: schema}}
     body_limit = (413,) if r.body is not None else ()  # api.app's body limit answers before any handler
     for status in sorted({400, *r.errors, *body_limit, *((401,) if r.auth else ())}):
@@ -135,6 +137,7 @@ def _operation(r: RouteDoc, refs: dict[Any, Any]) -> dict[str, Any]:
     return op
 
 
+_OTHER_TEXT = {202: "Accepted (nothing to answer)", 303: "See Other (the Location header says where)"}
 _ERROR_TEXT = {
     400: "Invalid request",
     401: "Missing or unknown API key",

@@ -27,8 +27,13 @@ EXPANDABLE = ("blueprint", "channel", "connector", "sessions", "transcript", "re
 
 
 def _expansions(request: web.Request) -> set[str]:
+    return parse_expand(request.query.getall("expand", []))
+
+
+def parse_expand(values: list[str]) -> set[str]:
+    """``expand`` values (each may be comma-separated); an unknown one is a 400 naming it."""
     wanted: set[str] = set()
-    for raw in request.query.getall("expand", []):
+    for raw in values:
         for value in raw.split(","):
             value = value.strip()
             if value not in EXPANDABLE:
@@ -212,14 +217,19 @@ async def get_run(request: web.Request) -> web.Response:
 async def cancel_run(request: web.Request) -> web.Response:
     check_query(request, ())
     state = request.app[STATE]
-    run = await _run_of(request)
+    ended = await cancel(state, await _run_of(request))
+    return web.json_response(await render_run(state, ended))
+
+
+async def cancel(state: AppState, run: Run) -> Run:
+    """End a run as cancelled (a live participant is told); 409 if it had already ended."""
     if run.status.is_terminal:
         raise Conflict(f"Run {run.id} has already ended ({run.status.value})")
     ended = await state.live.end(run, EndReason.CANCELLED)
     if ended is None:
         latest = await state.store.runs.get_run(run.id)
         raise Conflict(f"Run {run.id} has already ended ({latest.status.value})")
-    return web.json_response(await render_run(state, ended))
+    return ended
 
 
 @routes.route(
