@@ -18,6 +18,7 @@ from api import (
     routes_catalog,
     routes_events,
     routes_meta,
+    routes_org,
     routes_runs,
     routes_webhooks,
 )
@@ -52,6 +53,7 @@ TABLES = (
     routes_runs.routes,
     routes_events.routes,
     routes_webhooks.routes,
+    routes_org.routes,
     mcp.routes,
     join.routes,
     join_voice.routes,
@@ -206,7 +208,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _sweep(state: AppState) -> None:
-    """Fail runs whose join window passed without a join (joins check too, so this is only for the record)."""
+    """Fail runs whose join window passed without a join (joins check too, so this is only for the record),
+    and erase the runs whose organization's retention period has passed."""
     interval = state.config.scaled(state.config.sweep_interval_s)
     while True:
         try:
@@ -215,4 +218,10 @@ async def _sweep(state: AppState) -> None:
                 log.info("%d run(s) expired unjoined", expired)
         except Exception:
             log.exception("join-expiry sweep failed")
+        try:
+            erased = await routes_org.erase_expired(state)
+            if erased:
+                log.info("%d run(s) erased: their organization's retention period had passed", erased)
+        except Exception:
+            log.exception("retention sweep failed")
         await asyncio.sleep(interval)

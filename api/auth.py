@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from api.errors import error_response
-from api.state import ORG_ID, STATE
+from api.state import KEY_ID, ORG_ID, STATE
 
 CONSOLE_COOKIE = "vivavoce_console"
 CSRF_HEADER = "X-Requested-With"
@@ -66,12 +66,14 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
         from_cookie = key is not None
     if key is None:
         return _unauthorized("missing API key: send 'Authorization: Bearer <key>'", mcp=mcp)
-    org_id = await request.app[STATE].store.catalog.org_for_key(key)
-    if org_id is None:
+    found = await request.app[STATE].store.catalog.key_for(key)
+    if found is None:
         return _unauthorized("unknown API key", mcp=mcp)
+    org_id, key_id = found
     if from_cookie and request.method not in SAFE_METHODS and not request.headers.get(CSRF_HEADER, "").strip():
         return error_response(
             403, "forbidden", f"requests authenticated by the console cookie must send the {CSRF_HEADER} header"
         )
     request[ORG_ID] = org_id
+    request[KEY_ID] = key_id
     return await handler(request)  # type: ignore[no-any-return]

@@ -236,10 +236,11 @@ async def list_orgs(config: ServerConfig) -> int:
         orgs = await store.catalog.list_organizations()
     finally:
         await store.close()
-    print(f"{'id':<30}  {'keys':>4}  {'created (UTC)':<16}  name")
+    print(f"{'id':<30}  {'keys':>4}  {'created (UTC)':<16}  {'retention':<9}  name")
     for org in orgs:
         created = datetime.fromtimestamp(org.created_at, UTC).strftime("%Y-%m-%d %H:%M")
-        print(f"{org.id:<30}  {org.api_keys:>4}  {created:<16}  {org.name}")
+        kept = f"{org.retention_days} d" if org.retention_days else "kept"
+        print(f"{org.id:<30}  {org.api_keys:>4}  {created:<16}  {kept:<9}  {org.name}")
     return 0
 
 

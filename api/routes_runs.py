@@ -11,7 +11,7 @@ from api.openapi import Param, RouteTable
 from api.params import check_query, page, parse_body, path_id, single
 from api.routes_catalog import ID, page_params
 from api.schemas import ListOut, RunIn, RunOut
-from api.state import ORG_ID, STATE, AppState
+from api.state import KEY_ID, ORG_ID, STATE, AppState
 from runtime.analysis import analyse, collect_responses, latency_summary
 from runtime.errors import Conflict, InvalidRequest, NotFound
 from runtime.ids import is_id
@@ -230,6 +230,33 @@ async def cancel(state: AppState, run: Run) -> Run:
         latest = await state.store.runs.get_run(run.id)
         raise Conflict(f"Run {run.id} has already ended ({latest.status.value})")
     return ended
+
+
+@routes.route(
+    "DELETE",
+    "/v1/runs/{id}",
+    summary="Erase a participant's data (transcript, recording, analysis, responses); the run stays as a tombstone",
+    tag="runs",
+    response=RunOut,
+    errors=(404,),
+    params=(ID,),
+)
+async def delete_run(request: web.Request) -> web.Response:
+    """A run in progress is cancelled first. Erasing an erased run again changes nothing (and answers the same)."""
+    check_query(request, ())
+    state = request.app[STATE]
+    run = await erase(state, await _run_of(request), by=request[KEY_ID])
+    return web.json_response(await render_run(state, run))
+
+
+async def erase(state: AppState, run: Run, *, by: str) -> Run:
+    """Erase a run's data (ending it first if it is live); its recording file goes after the commit."""
+    if not run.status.is_terminal:
+        await state.live.end(run, EndReason.CANCELLED)
+    if await state.store.erasure.erase(run.id, by=by):
+        state.voice.recordings.finish(run.id)
+        state.voice.recordings.path(run.id).unlink(missing_ok=True)
+    return await state.store.runs.get_run(run.id)
 
 
 @routes.route(

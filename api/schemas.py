@@ -427,6 +427,8 @@ class RunOut(BaseModel):
     ended_at: str | None
     duration_s: float | None
     usage: RunUsageOut
+    erased_at: str | None = Field(description="When the participant's data was erased (the run is a tombstone)")
+    erased_by: str | None = Field(description="Who asked: the API key (key_...), or retention")
     latency: dict[str, StageStats] = Field(description="p50/p95 per latency stage over assistant messages (ms)")
     blueprint: BlueprintOut | None = Field(None, description="With expand=blueprint (the pinned version)")
     channel: ChannelOut | None = Field(None, description="With expand=channel")

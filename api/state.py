@@ -34,3 +34,4 @@ class AppState:
 
 STATE = web.AppKey("vivavoce_state", AppState)
 ORG_ID = web.RequestKey("vivavoce_org_id", str)  # set by the auth middleware
+KEY_ID = web.RequestKey("vivavoce_key_id", str)  # the API key that made the request (key_...), for the record

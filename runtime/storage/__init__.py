@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from runtime.storage.catalog import Catalog
 from runtime.storage.database import Database
+from runtime.storage.erasure import Erasure
 from runtime.storage.runs import NewMessage, RunFilter, RunStore
 from runtime.storage.webhooks import WebhookStore
 
@@ -21,6 +22,7 @@ class Store:
         self.catalog = Catalog(self.db)
         self.runs = RunStore(self.db)
         self.webhooks = WebhookStore(self.db)
+        self.erasure = Erasure(self.db)
 
     async def open(self) -> None:
         await self.db.create_schema()

@@ -66,6 +66,7 @@ class Organization:
     name: str
     created_at: float
     api_keys: int
+    retention_days: int | None = None
 
 
 def _channel(row: Any) -> Channel:
@@ -119,7 +120,7 @@ class Catalog:
         )
         async with self.db.read() as conn:
             rows = list(await conn.execute(query))
-        return [Organization(r.id, r.name, r.created_at, r.keys) for r in rows]
+        return [Organization(r.id, r.name, r.created_at, r.keys, r.retention_days) for r in rows]
 
     async def find_organization(self, id_or_name: str) -> Organization | None:
         """An organization by id, or by name if exactly one has it."""
@@ -147,6 +148,11 @@ class Catalog:
 
         await self.db.write(write)
         return secret
+
+    async def key_for(self, secret: str) -> tuple[str, str] | None:
+        """(organization id, key id) of an API key, if it is one."""
+        rows = await self.db.fetch("SELECT org_id, id FROM api_keys WHERE key_hash = ?", (hash_secret(secret),))
+        return (str(rows[0][0]), str(rows[0][1])) if rows else None
 
     async def org_for_key(self, secret: str) -> str | None:
         async with self.db.read() as conn:

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import queue
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -213,6 +214,7 @@ class Database:
                     cur.execute(f"PRAGMA synchronous={mode}")
                     cur.execute("PRAGMA foreign_keys=ON")
                     cur.execute("PRAGMA busy_timeout=10000")
+                    cur.execute("PRAGMA secure_delete=ON")  # erased data is overwritten, not left in free pages
                     cur.close()
 
             # pysqlite's own transaction handling breaks SAVEPOINT: take it over (SQLAlchemy's documented recipe)
@@ -233,6 +235,22 @@ class Database:
     async def create_schema(self) -> None:
         """Bring the schema to the newest migration (a new database is created from the migrations)."""
         await asyncio.to_thread(migrations.upgrade, self.sync_engine)
+
+    async def checkpoint(self) -> None:
+        """SQLite: copy the write-ahead log into the database and empty it, so that the page images it kept
+        of deleted rows (an erasure's) are gone from the disk too. A no-op on other databases."""
+        path = make_url(self.url).database
+        if self.sync_engine.dialect.name != "sqlite" or path in (None, "", ":memory:"):
+            return
+
+        def run() -> None:
+            conn = sqlite3.connect(str(path), timeout=10)
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            finally:
+                conn.close()
+
+        await asyncio.to_thread(run)
 
     async def close(self) -> None:
         if self._readers is not None:

@@ -74,6 +74,8 @@ def _run_from(m: Mapping[str, Any]) -> Run:
         last_seq=m["last_seq"],
         usage=RunUsage(m["llm_calls"], m["input_tokens"], m["output_tokens"], m["cached_tokens"], m["cost_usd"]),
         analysed_at=m["analysed_at"],
+        erased_at=m.get("erased_at"),
+        erased_by=m.get("erased_by"),
     )
 
 
@@ -636,10 +638,14 @@ class RunStore:
         one transaction, so a result is never stored twice nor its job left pending."""
 
         def write(tx: Transaction) -> Any:
-            tx.sql(
-                "UPDATE runs SET summary = ?, result = ?, result_error = ?, analysed_at = ? WHERE id = ?",
+            stored = tx.change(
+                "UPDATE runs SET summary = ?, result = ?, result_error = ?, analysed_at = ?"
+                " WHERE id = ? AND erased_at IS NULL",
                 (_dumps(summary), _dumps(result) if result is not None else None, result_error, now, run_id),
             )
+            if not stored:  # erased while it was being analysed: nothing of it may come back
+                complete_job(tx, job_id, now)
+                return
             if usage is not None:
                 add_usage(tx, run_id, usage)
             data = {"run_id": run_id, "has_result": result is not None, "result_error": result_error}

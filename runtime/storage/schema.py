@@ -30,6 +30,7 @@ organizations = Table(
     Column("id", String, primary_key=True),
     Column("name", String, nullable=False),
     Column("created_at", Float, nullable=False),
+    Column("retention_days", Integer, nullable=True),  # ended runs' data is erased this long after (None: kept)
 )
 
 api_keys = Table(
@@ -115,7 +116,11 @@ runs = Table(
     Column("result", JSON, nullable=True),
     Column("result_error", Text, nullable=True),
     Column("analysed_at", Float, nullable=True),
+    # erasure (runtime/storage/erasure.py): the row stays as a tombstone, with who asked and when
+    Column("erased_at", Float, nullable=True),
+    Column("erased_by", String, nullable=True),
     Index("ix_runs_org_id_id", "org_id", "id"),
+    Index("ix_runs_ended_at", "ended_at"),
     Index("ix_runs_status_join_expires_at", "status", "join_expires_at"),
 )
 

@@ -64,7 +64,7 @@ async def test_orgs_create_and_list_and_a_key_for_the_new_org_sees_only_its_data
     listed = vivavoce("orgs", "list", "--data-dir", str(tmp_path / "data"))
     assert listed.returncode == 0, listed.stderr
     rows = listed.stdout.splitlines()
-    assert rows[0].split() == ["id", "keys", "created", "(UTC)", "name"]
+    assert rows[0].split() == ["id", "keys", "created", "(UTC)", "retention", "name"]
     assert [r.split()[1] for r in rows[1:]] == ["1", "0"]  # the default org has the first key, the new one none
     assert rows[-1].startswith(org_id) and rows[-1].endswith("Lab of Phonetics")
 
