@@ -20,6 +20,7 @@ from api import (
     routes_meta,
     routes_org,
     routes_runs,
+    routes_study_links,
     routes_webhooks,
 )
 from api.auth import auth_middleware
@@ -54,6 +55,7 @@ TABLES = (
     routes_events.routes,
     routes_webhooks.routes,
     routes_org.routes,
+    routes_study_links.routes,
     mcp.routes,
     join.routes,
     join_voice.routes,

@@ -142,6 +142,7 @@ def _page(title: str, body: str, status: int = 200) -> web.Response:
     content_types=("text/html",),
     errors=(404, 409),
     error_type="text/html",
+    also=(303,),
     params=(TOKEN,),
 )
 async def join_page(request: web.Request) -> web.Response:
@@ -157,6 +158,11 @@ async def join_page(request: web.Request) -> web.Response:
         return _page("Interview not available", text, 409)
     run = await _current(state, run)
     if run.status.is_terminal:
+        from api.routes_study_links import redirect_after  # (a study link's run: back to the panel)
+
+        target = await redirect_after(state, run)
+        if target is not None:
+            return web.Response(status=303, headers={"Location": target})
         return _page("Interview ended", END_TEXT[run.end_reason or EndReason.ERROR])
     bp = await state.store.catalog.get_blueprint(run.org_id, run.blueprint_id, run.blueprint_version)
     template = (STATIC_DIR / "join.html").read_text(encoding="utf-8")

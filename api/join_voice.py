@@ -28,6 +28,7 @@ from api.join import TOKEN, _current, unserved
 from api.live import RunController
 from api.openapi import Param, RouteTable
 from api.params import path_id
+from api.routes_study_links import redirect_after
 from api.state import ORG_ID, STATE, AppState
 from api.voice import VoiceLink
 from media.webrtc import InvalidOffer, parse_offer
@@ -63,6 +64,7 @@ async def join_info(request: web.Request) -> web.Response:
         "end_reason": end_reason.value if end_reason else None,
         "recording": bool(voice and channel is not None and channel.settings.recording),
         "ice_servers": [{"urls": url} for url in state.config.ice_servers] if voice else [],
+        "redirect_url": await redirect_after(state, run),
     }
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 

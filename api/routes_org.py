@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, Field
@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from api.openapi import RouteTable
 from api.params import check_query, parse_body
 from api.routes_runs import erase
-from api.schemas import JsonInt, Strict
+from api.schemas import JsonInt, Strict, int_schema
 from api.state import ORG_ID, STATE, AppState
 from runtime.serialize import iso
 from runtime.storage.erasure import DAY_S, RETENTION, Organization
@@ -22,13 +22,14 @@ log = logging.getLogger("vivavoce.retention")
 routes = RouteTable()
 
 MAX_RETENTION_DAYS = 3650
+RetentionDays = Annotated[JsonInt, Field(ge=1, le=MAX_RETENTION_DAYS), int_schema(1, MAX_RETENTION_DAYS)]
 
 
 class OrganizationPatch(Strict):
     """A JSON merge patch of the organization: ``retention_days: null`` keeps runs' data for ever."""
 
-    retention_days: JsonInt | None = Field(
-        None, ge=1, le=MAX_RETENTION_DAYS, description="Erase an ended run's data this many days after it ended"
+    retention_days: RetentionDays | None = Field(
+        None, description="Erase an ended run's data this many days after it ended"
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -17,6 +18,7 @@ from runtime.errors import Conflict, InvalidRequest, NotFound
 from runtime.ids import is_id
 from runtime.serialize import blueprint_json, channel_json, iso, message_json, run_json, session_json
 from runtime.storage import RunFilter
+from runtime.storage.database import Transaction
 from runtime.storage.jobs import JobStatus
 from runtime.transcript import MEDIA_TYPES, TranscriptFormat, render_transcript
 from runtime.types import EndReason, Participant, Run, RunStatus
@@ -110,8 +112,10 @@ async def create_run(request: web.Request) -> web.Response:
     return web.json_response(await render_run(state, run), status=201)
 
 
-async def new_run(state: AppState, org_id: str, body: RunIn) -> Run:
-    """Create a run as ``POST /v1/runs`` does (the MCP tool and study links too)."""
+async def new_run(
+    state: AppState, org_id: str, body: RunIn, *, also: Callable[[Transaction, str], None] | None = None
+) -> Run:
+    """Create a run as ``POST /v1/runs`` does (the MCP tool and study links too; ``also`` writes beside it)."""
     if not is_id(body.blueprint_id, "blueprint"):
         raise NotFound(f"No blueprint {body.blueprint_id!r}", param="blueprint_id")
     try:
@@ -140,6 +144,7 @@ async def new_run(state: AppState, org_id: str, body: RunIn) -> Run:
         participant=Participant(p.external_id, p.name, p.email, p.metadata),
         metadata=body.metadata,
         join_window_s=state.config.scaled(state.config.join_window_s),
+        also=also,
     )
 
 

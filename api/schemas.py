@@ -84,6 +84,12 @@ def _json_integer(value: object) -> object:
 JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 
 
+def int_schema(minimum: int, maximum: int) -> WithJsonSchema:
+    """For a bounded :data:`JsonInt` that may be null: inside ``| None`` pydantic writes its ``ge``/``le``
+    keywords into the schema untranslated, so the bounds are stated here (beside ``Field(ge=, le=)``)."""
+    return WithJsonSchema({"type": "integer", "minimum": minimum, "maximum": maximum})
+
+
 def _json_number(value: object) -> object:
     """A JSON number: not a bool, not a numeric string."""
     if isinstance(value, bool) or not isinstance(value, int | float):

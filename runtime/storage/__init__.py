@@ -11,6 +11,7 @@ from runtime.storage.catalog import Catalog
 from runtime.storage.database import Database
 from runtime.storage.erasure import Erasure
 from runtime.storage.runs import NewMessage, RunFilter, RunStore
+from runtime.storage.study_links import StudyLinks
 from runtime.storage.webhooks import WebhookStore
 
 __all__ = ["Catalog", "Database", "NewMessage", "RunFilter", "RunStore", "Store", "WebhookStore"]
@@ -23,6 +24,7 @@ class Store:
         self.runs = RunStore(self.db)
         self.webhooks = WebhookStore(self.db)
         self.erasure = Erasure(self.db)
+        self.study_links = StudyLinks(self.db)
 
     async def open(self) -> None:
         await self.db.create_schema()

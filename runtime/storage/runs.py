@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -277,7 +277,9 @@ class RunStore:
         participant: Participant,
         metadata: dict[str, str],
         join_window_s: float,
+        also: Callable[[Transaction, str], None] | None = None,
     ) -> Run:
+        """``also`` writes more in the same transaction (given the new run's id); if it raises, no run is made."""
         now = time.time()
         run_id = new_id("run", now=now)
 
@@ -317,6 +319,8 @@ class RunStore:
                 {"run_id": run_id, "status": RunStatus.PENDING.value, "blueprint_id": blueprint_id},
                 now,
             )
+            if also is not None:
+                also(tx, run_id)
 
         await self.db.write(write)
         return await self.get_run(run_id)

@@ -243,3 +243,34 @@ webhook_deliveries = Table(
     Index("ix_webhook_deliveries_endpoint_id_id", "endpoint_id", "id"),
     Index("ix_webhook_deliveries_run_id", "run_id"),
 )
+
+# --- study links (runtime/storage/study_links.py) ---------------------------------------------------------
+
+study_links = Table(
+    "study_links",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("org_id", String, ForeignKey("organizations.id"), nullable=False, index=True),
+    Column("token", String, nullable=False, unique=True),  # the public link's secret part
+    Column("blueprint_id", String, ForeignKey("blueprints.id"), nullable=False),
+    Column("channel_id", String, ForeignKey("channels.id"), nullable=False),
+    Column("participant_param", String, nullable=False),
+    Column("metadata_params", JSON, nullable=False),
+    Column("max_completes", Integer, nullable=True),
+    Column("closes_at", Float, nullable=True),
+    Column("active", Boolean, nullable=False),
+    Column("completion_redirect_url", String, nullable=True),
+    Column("screenout_redirect_url", String, nullable=True),
+    Column("metadata", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+# One run per participant of a link: the primary key is what refuses the same participant twice.
+study_link_participants = Table(
+    "study_link_participants",
+    metadata,
+    Column("link_id", String, ForeignKey("study_links.id"), primary_key=True),
+    Column("external_id", String, primary_key=True),
+    Column("run_id", String, ForeignKey("runs.id"), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+)
