@@ -22,6 +22,13 @@ SQLite runs in WAL mode: readers (the async engine, over aiosqlite) never
 wait for the writer. ``synchronous`` defaults to ``FULL`` (a commit survives
 power loss); ``NORMAL`` survives a killed process. Per-run sequence numbers
 stay gapless because only the writer thread writes.
+
+PostgreSQL (:mod:`runtime.storage.postgres`): the same writer thread, over
+psycopg; reads over asyncpg. Several processes may write: a run's next number
+comes from ``UPDATE runs SET last_seq = last_seq + 1 … RETURNING``, whose row
+lock is held until commit, so numbers stay gapless and commit in order. A
+writer whose connection broke refuses its batch with ``StorageUnavailable`` and
+connects again for the next one.
 """
 
 from __future__ import annotations
@@ -35,12 +42,12 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, create_engine, event, make_url
+from sqlalchemy import URL, Connection, create_engine, event, make_url
 from sqlalchemy.engine import Engine, RootTransaction
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from runtime.errors import StorageUnavailable
-from runtime.storage import migrations
+from runtime.storage import migrations, postgres
 from runtime.storage.readers import SQLiteReaders
 from runtime.types import Event
 
@@ -57,6 +64,10 @@ class _Retry(Exception):
 
 class _RolledBack(Exception):
     """The only write of a batch failed: its transaction is rolled back, its error goes to its caller."""
+
+
+class _ConnectionLost(Exception):
+    """The writer's connection broke during a batch: refuse the batch and connect again."""
 
 
 class Transaction:
@@ -153,13 +164,30 @@ def _read_pool(url: str) -> dict[str, Any]:
     read waits for a free connection instead (queries take well under a
     millisecond). Nothing is reset on return: reads never open a transaction.
     """
+    if postgres.is_postgres(url):
+        return postgres.async_engine_options()
     if make_url(url).get_backend_name() != "sqlite":
         return {}
     return {"pool_size": READ_CONNECTIONS, "max_overflow": 0, "pool_reset_on_return": None}
 
 
-def _sync_url(url: str) -> str:
-    return url.replace("+aiosqlite", "", 1)
+def _async_url(url: str) -> str | URL:
+    return postgres.with_driver(url, "asyncpg") if postgres.is_postgres(url) else url
+
+
+def sync_url(url: str) -> str | URL:
+    """The URL the writer thread (and the migrations) connect with: the blocking driver of the same database."""
+    return postgres.with_driver(url, "psycopg") if postgres.is_postgres(url) else url.replace("+aiosqlite", "", 1)
+
+
+def shown_url(url: str) -> str:
+    """``url`` fit to print: its password masked."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def sync_engine(url: str) -> Engine:
+    """A blocking engine for ``url`` (the migrations use it; the writer thread's is set up in :class:`Database`)."""
+    return create_engine(sync_url(url), **(postgres.sync_engine_options() if postgres.is_postgres(url) else {}))
 
 
 def _placeholders(paramstyle: str) -> Callable[[str], str]:
@@ -189,8 +217,8 @@ class Database:
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"unknown SQLite synchronous mode {synchronous!r}")
         self.url = url
-        self.engine: AsyncEngine = create_async_engine(url, **_read_pool(url))
-        self.sync_engine: Engine = create_engine(_sync_url(url))
+        self.engine: AsyncEngine = create_async_engine(_async_url(url), **_read_pool(url))
+        self.sync_engine: Engine = sync_engine(url)
         self._listeners: list[EventListener] = []
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
@@ -201,7 +229,11 @@ class Database:
         self._placeholder = _placeholders(self.sync_engine.dialect.paramstyle)
         path = make_url(url).database  # the hottest reads skip SQLAlchemy on a SQLite file (readers.py)
         on_file = self._raw_transactions and path not in (None, "", ":memory:")
-        self._readers = SQLiteReaders(str(path), size=READ_CONNECTIONS) if on_file else None
+        self._readers: SQLiteReaders | postgres.PostgresReaders | None = None
+        if on_file:
+            self._readers = SQLiteReaders(str(path), size=READ_CONNECTIONS)
+        elif postgres.is_postgres(url):
+            self._readers = postgres.PostgresReaders(url)
         if self.engine.dialect.name == "sqlite":
             mode = synchronous.upper()
             for engine in (self.engine.sync_engine, self.sync_engine):
@@ -269,12 +301,18 @@ class Database:
             try:
                 with self.sync_engine.connect() as conn:
                     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+                    if self.sync_engine.dialect.name == "postgresql":
+                        postgres.text_json(cursor)
                     while True:
                         batch = self._next_batch()
                         if not batch:
                             stop = True
                             break
-                        self._run_batch(conn, cursor, self._placeholder, batch)
+                        try:
+                            self._run_batch(conn, cursor, self._placeholder, batch)
+                        except _ConnectionLost:
+                            conn.invalidate()  # not back to the pool: the next batch connects afresh
+                            raise
                         batch = []
             except BaseException as exc:  # reported to every writer of the batch
                 log.exception("database writer failed; its batch is refused")
@@ -342,7 +380,9 @@ class Database:
                         cursor.execute("RELEASE SAVEPOINT vv_write")
                     job.events = tx.events
                 scope.commit()
-            except BaseException:
+            except BaseException as exc:
+                if postgres.is_broken(conn.connection.dbapi_connection):
+                    raise _ConnectionLost from exc
                 with contextlib.suppress(Exception):
                     scope.rollback()
                 raise
@@ -350,6 +390,8 @@ class Database:
             return True
         except _RolledBack:
             pass
+        except _ConnectionLost:
+            raise
         except Exception as exc:  # the commit itself failed: nothing in the batch happened
             for job in batch:
                 job.error = job.error or exc
