@@ -46,7 +46,17 @@ TEST_DATABASE = os.environ.get("VIVAVOCE_TEST_DATABASE", "sqlite")
 assert TEST_DATABASE in ("sqlite", "postgresql"), f"VIVAVOCE_TEST_DATABASE={TEST_DATABASE!r}: sqlite or postgresql"
 POSTGRES = TEST_DATABASE == "postgresql"
 POSTGRES_SERVER = os.environ.get("VIVAVOCE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
-sqlite_only = pytest.mark.skipif(POSTGRES, reason="set per test: it is about SQLite itself")
+
+
+def sqlite_only(why: str) -> pytest.MarkDecorator:
+    """Mark a test that is about SQLite itself (it runs in the SQLite pass of the suite only)."""
+    return pytest.mark.skipif(POSTGRES, reason=f"SQLite only: {why}")
+
+
+def postgres_only(why: str) -> pytest.MarkDecorator:
+    """Mark a test of what only a PostgreSQL store does (it runs in the PostgreSQL pass of the suite only)."""
+    return pytest.mark.skipif(not POSTGRES, reason=f"PostgreSQL only: {why}")
+
 
 BLUEPRINT = {
     "name": "Test interview",
@@ -279,8 +289,12 @@ class ScratchDatabases:
     def url(self, name: str) -> str:
         return f"{self.server}/{name}"
 
-    def for_key(self, key: str) -> str:
-        """The database URL for ``key``, made on first use in this test."""
+    def for_key(self, key: str, *, migrated: bool = True) -> str:
+        """The database URL for ``key``, made on first use in this test (``migrated=False``: with no tables)."""
+        if key not in self.made and not migrated:
+            self._n += 1
+            self.made[key] = f"{self.prefix}_{self._n}"
+            self._admin(f"CREATE DATABASE {self.made[key]}")
         if key not in self.made:
             if self.template is None:
                 template = f"{self.prefix}_template"
@@ -341,6 +355,14 @@ def database_env(data_dir: Path) -> dict[str, str]:
 def database_url(tmp_path: Path) -> str:
     """A fresh database for a test that opens a Store itself."""
     return database_url_for(tmp_path / "store") or f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}"
+
+
+@pytest.fixture
+def empty_database_url(tmp_path: Path) -> str:
+    """A database with no tables yet (its migrations not run)."""
+    if POSTGRES:
+        return DATABASES.for_key(str(tmp_path / "empty"), migrated=False)
+    return f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
 
 
 ServerFactory = Callable[..., Awaitable[Server]]
