@@ -28,15 +28,18 @@ psycopg; reads over asyncpg. Several processes may write: a run's next number
 comes from ``UPDATE runs SET last_seq = last_seq + 1 … RETURNING``, whose row
 lock is held until commit, so numbers stay gapless and commit in order. A
 writer whose connection broke refuses its batch with ``StorageUnavailable`` and
-connects again for the next one.
+connects again for the next one. Each group commit that stored events tells the
+other processes which (:mod:`runtime.storage.notifications`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import queue
+import secrets
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -47,9 +50,10 @@ from sqlalchemy.engine import Engine, RootTransaction
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from runtime.errors import StorageUnavailable
-from runtime.storage import migrations, postgres
+from runtime.events import EventHub
+from runtime.storage import migrations, notifications, postgres
 from runtime.storage.readers import SQLiteReaders
-from runtime.types import Event
+from runtime.types import Event, EventType
 
 EventListener = Callable[[Event], None]
 T = TypeVar("T")
@@ -234,6 +238,10 @@ class Database:
             self._readers = SQLiteReaders(str(path), size=READ_CONNECTIONS)
         elif postgres.is_postgres(url):
             self._readers = postgres.PostgresReaders(url)
+        # Other processes may share a PostgreSQL database: commits tell them which events they stored.
+        self.origin = secrets.token_hex(6)
+        self._hints = self._placeholder(notifications.NOTIFY) if postgres.is_postgres(url) else None
+        self._follower: notifications.EventFollower | None = None
         if self.engine.dialect.name == "sqlite":
             mode = synchronous.upper()
             for engine in (self.engine.sync_engine, self.sync_engine):
@@ -261,7 +269,16 @@ class Database:
         """Bring the schema to the newest migration (a new database is created from the migrations)."""
         await asyncio.to_thread(migrations.upgrade, self.sync_engine)
 
+    async def follow_other_processes(self, hub: EventHub) -> None:
+        """Publish to ``hub`` the events other processes commit (PostgreSQL; on SQLite there are none)."""
+        if self._hints is not None and self._follower is None:
+            self._follower = notifications.EventFollower(self.url, self.origin, hub, self._events_between)
+            await self._follower.start()
+
     async def close(self) -> None:
+        if self._follower is not None:
+            await self._follower.close()
+            self._follower = None
         if self._readers is not None:
             await self._readers.close()
         if self._writer is not None:
@@ -379,6 +396,8 @@ class Database:
                     if savepoints:
                         cursor.execute("RELEASE SAVEPOINT vv_write")
                     job.events = tx.events
+                if self._hints is not None:
+                    self._send_hints(cursor, batch)
                 scope.commit()
             except BaseException as exc:
                 if postgres.is_broken(conn.connection.dbapi_connection):
@@ -397,6 +416,12 @@ class Database:
                 job.error = job.error or exc
                 job.events = []
         return False
+
+    def _send_hints(self, cursor: Any, batch: list[_Job]) -> None:
+        """In the committing transaction: NOTIFY the runs and seqs it stored (delivered only if it commits)."""
+        committed = notifications.spans(ev for job in batch for ev in job.events)
+        for payload in notifications.payloads(self.origin, committed):
+            cursor.execute(self._hints, (notifications.CHANNEL, payload))
 
     def _announce(self, batch: list[_Job]) -> None:
         self.commits += 1
@@ -435,6 +460,13 @@ class Database:
         async with self.engine.connect() as conn:
             result = await conn.exec_driver_sql(self._placeholder(statement), tuple(params))
             return [tuple(row) for row in result]
+
+    async def _events_between(self, run_id: str, after: int, upto: int) -> list[Event]:
+        rows = await self.fetch(
+            "SELECT seq, type, created_at, data FROM events WHERE run_id = ? AND seq > ? AND seq <= ? ORDER BY seq",
+            (run_id, after, upto),
+        )
+        return [Event(run_id, seq, EventType(kind), created, json.loads(data)) for seq, kind, created, data in rows]
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
