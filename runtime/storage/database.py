@@ -47,6 +47,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import URL, Connection, create_engine, event, make_url
 from sqlalchemy.engine import Engine, RootTransaction
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from runtime.errors import StorageUnavailable
@@ -470,5 +471,14 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as conn:
-            yield conn
+        """A connection of the async engine. A database that cannot be reached (or dropped the connection)
+        answers :class:`StorageUnavailable` (503), as a refused write does, not an internal error."""
+        try:
+            async with self.engine.connect() as conn:
+                yield conn
+        except (OperationalError, InterfaceError, OSError, TimeoutError) as exc:
+            raise StorageUnavailable(f"the database could not be read: {exc!r}") from exc
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise StorageUnavailable(f"the database could not be read: {exc!r}") from exc
+            raise

@@ -126,23 +126,34 @@ class PostgresReaders:
         sql = self._statements.get(statement)
         if sql is None:
             sql = self._statements[statement] = dollar_placeholders(statement)
-        if self._open < self.size and self._free.empty():
-            await self._open_one()
         pg = self._pg
-        conn = await self._free.get()
-        try:
-            rows = await conn.fetch(sql, *params)
-        except (OSError, pg.PostgresConnectionError, pg.InterfaceError) as exc:
-            await self._discard(conn)
-            raise StorageUnavailable(f"the database could not be read: {exc!r}") from exc
-        except pg.PostgresError:  # the query was refused; the connection is fine
+        for attempt in (1, 2):  # a connection the server dropped meanwhile is replaced, and the read tried again
+            conn = await self._checkout()
+            try:
+                rows = await conn.fetch(sql, *params)
+            except (OSError, pg.PostgresConnectionError, pg.InterfaceError) as exc:
+                self._discard(conn)
+                if attempt == 2:
+                    raise StorageUnavailable(f"the database could not be read: {exc!r}") from exc
+                continue
+            except pg.PostgresError:  # the query was refused; the connection is fine
+                self._free.put_nowait(conn)
+                raise
+            except BaseException:  # cancelled mid-query: the connection's state is unknown
+                self._discard(conn)
+                raise
             self._free.put_nowait(conn)
-            raise
-        except BaseException:  # cancelled mid-query: the connection's state is unknown
-            await self._discard(conn)
-            raise
-        self._free.put_nowait(conn)
-        return [tuple(r) for r in rows]
+            return [tuple(r) for r in rows]
+        raise AssertionError("unreachable")
+
+    async def _checkout(self) -> Any:
+        while True:
+            if self._open < self.size and self._free.empty():
+                await self._open_one()
+            conn = await self._free.get()
+            if not conn.is_closed():
+                return conn
+            self._discard(conn)  # the server or the network closed it while it waited here
 
     async def _open_one(self) -> None:
         async with self._opening:
@@ -156,7 +167,7 @@ class PostgresReaders:
             self._open += 1
             self._free.put_nowait(conn)
 
-    async def _discard(self, conn: Any) -> None:
+    def _discard(self, conn: Any) -> None:
         self._open -= 1
         conn.terminate()
 
