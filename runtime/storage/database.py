@@ -72,7 +72,12 @@ class _RolledBack(Exception):
 
 
 class _ConnectionLost(Exception):
-    """The writer's connection broke during a batch: refuse the batch and connect again."""
+    """The writer's connection broke during a batch: connect again, and run the batch again if it cannot have
+    committed (a connection that died while idle is found out by the next batch), else refuse it."""
+
+    def __init__(self, *, committing: bool) -> None:
+        super().__init__("committing" if committing else "before commit")
+        self.committing = committing
 
 
 class Transaction:
@@ -225,8 +230,10 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(_async_url(url), **_read_pool(url))
         self.sync_engine: Engine = sync_engine(url)
         self._listeners: list[EventListener] = []
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._writer: threading.Thread | None = None
+        # One writer thread per lane; a run's writes always take the same lane, so they commit in order.
+        lanes = postgres.WRITERS if postgres.is_postgres(url) else 1  # SQLite: one writer at a time anyway
+        self._lanes: list[queue.SimpleQueue[_Job | None]] = [queue.SimpleQueue() for _ in range(lanes)]
+        self._writers: list[threading.Thread] = []
         self.commits = 0  # group commits so far (and writes, below): for benchmarks
         self.writes = 0
         self._raw_transactions = self.sync_engine.dialect.name == "sqlite"
@@ -282,10 +289,11 @@ class Database:
             self._follower = None
         if self._readers is not None:
             await self._readers.close()
-        if self._writer is not None:
-            self._jobs.put(None)
-            await asyncio.to_thread(self._writer.join)
-            self._writer = None
+        for jobs in self._lanes if self._writers else ():
+            jobs.put(None)
+        for writer in self._writers:
+            await asyncio.to_thread(writer.join)
+        self._writers = []
         self.sync_engine.dispose()
         await self.engine.dispose()
 
@@ -297,23 +305,33 @@ class Database:
 
     # --- writes -----------------------------------------------------------------------------
 
-    async def write(self, fn: Callable[[Transaction], T]) -> T:
-        """Run ``fn`` in a write transaction; return its result once committed and announced."""
-        if self._writer is None:
-            self._writer = threading.Thread(target=self._write_loop, name="vivavoce-db-writer", daemon=True)
-            self._writer.start()
+    async def write(self, fn: Callable[[Transaction], T], *, run_id: str | None = None) -> T:
+        """Run ``fn`` in a write transaction; return its result once committed and announced.
+
+        Writes of one ``run_id`` are committed in the order they were made (they share a writer thread);
+        on PostgreSQL, writes of different runs may commit side by side, in several writer threads.
+        """
+        if not self._writers:
+            self._writers = [
+                threading.Thread(target=self._write_loop, args=(jobs,), name=f"vivavoce-db-writer-{i}", daemon=True)
+                for i, jobs in enumerate(self._lanes)
+            ]
+            for writer in self._writers:
+                writer.start()
         loop = asyncio.get_running_loop()
         job = _Job(fn, loop.create_future(), loop, [])
-        self._jobs.put(job)
+        lanes = self._lanes
+        lanes[0 if run_id is None or len(lanes) == 1 else hash(run_id) % len(lanes)].put(job)
         result: T = await job.future
         return result
 
-    def _write_loop(self) -> None:
+    def _write_loop(self, jobs: queue.SimpleQueue[_Job | None]) -> None:
         """Serve jobs until told to stop. Nothing a write or the database does may end this thread: a
         job that queued behind a dead writer would wait forever. If the connection fails (the file
         cannot be opened, the disk went away) or a bug escapes a batch, that batch's writers get
         :class:`StorageUnavailable` and the next job opens a fresh connection."""
         stop = False
+        again: list[_Job] = []  # a batch to run once more, on a new connection
         while not stop:
             batch: list[_Job] = []
             try:
@@ -322,20 +340,23 @@ class Database:
                     if self.sync_engine.dialect.name == "postgresql":
                         postgres.text_json(cursor)
                     while True:
-                        batch = self._next_batch()
+                        retried, (batch, again) = bool(again), (again or self._next_batch(jobs), [])
                         if not batch:
                             stop = True
                             break
                         try:
                             self._run_batch(conn, cursor, self._placeholder, batch)
-                        except _ConnectionLost:
+                        except _ConnectionLost as lost:
                             conn.invalidate()  # not back to the pool: the next batch connects afresh
-                            raise
+                            if lost.committing or retried:
+                                raise
+                            again, batch = batch, []  # nothing of it was committed: run it again
+                            break
                         batch = []
             except BaseException as exc:  # reported to every writer of the batch
                 log.exception("database writer failed; its batch is refused")
                 if not batch:  # the connection could not be opened: refuse the next job, not a later one
-                    batch = self._next_batch()
+                    batch, again = again or self._next_batch(jobs), []
                     stop = not batch
                 error = StorageUnavailable(f"the database could not be written: {exc!r}")
                 for job in batch:
@@ -343,19 +364,19 @@ class Database:
                 if batch:
                     self._announce(batch)
 
-    def _next_batch(self) -> list[_Job]:
+    def _next_batch(self, jobs: queue.SimpleQueue[_Job | None]) -> list[_Job]:
         """Block for the next job, then take whatever else queued meanwhile; [] means stop."""
-        first = self._jobs.get()
+        first = jobs.get()
         if first is None:
             return []
         batch = [first]
         while len(batch) < MAX_BATCH:
             try:
-                job = self._jobs.get_nowait()
+                job = jobs.get_nowait()
             except queue.Empty:
                 break
             if job is None:
-                self._jobs.put(None)  # finish this batch, then stop
+                jobs.put(None)  # finish this batch, then stop
                 break
             batch.append(job)
         return batch
@@ -374,6 +395,7 @@ class Database:
         """Run and commit ``batch``. Returns True if a write failed without savepoints (nothing was committed)."""
         alone = len(batch) == 1  # nothing else to protect: its error rolls back its own transaction
         scope = _Scope(self, conn, cursor)
+        committing = False
         try:
             scope.begin()
             try:
@@ -399,10 +421,11 @@ class Database:
                     job.events = tx.events
                 if self._hints is not None:
                     self._send_hints(cursor, batch)
+                committing = True
                 scope.commit()
             except BaseException as exc:
-                if postgres.is_broken(conn.connection.dbapi_connection):
-                    raise _ConnectionLost from exc
+                if postgres.is_broken(getattr(cursor, "connection", None)):
+                    raise _ConnectionLost(committing=committing) from exc
                 with contextlib.suppress(Exception):
                     scope.rollback()
                 raise

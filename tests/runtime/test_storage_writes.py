@@ -206,14 +206,15 @@ async def test_one_batch_with_a_failing_write_commits_the_others_and_undoes_it(d
             raise RuntimeError("boom")
 
         now = time.time()
-        held = asyncio.ensure_future(store.db.write(hold))
+        held = asyncio.ensure_future(store.db.write(hold, run_id=run_id))  # the run's writer thread
         await asyncio.sleep(0.05)
         commits = store.db.commits
         writes = [
             store.runs.add_message(run_id, NewMessage(MessageRole.USER, f"m{i}", now, now, client_id=f"c{i}"))
             for i in range(3)
         ]
-        batch = asyncio.gather(writes[0], store.db.write(fails), writes[1], writes[2], return_exceptions=True)
+        failing = store.db.write(fails, run_id=run_id)
+        batch = asyncio.gather(writes[0], failing, writes[1], writes[2], return_exceptions=True)
         await asyncio.sleep(0.05)
         gate.set()
         await held
