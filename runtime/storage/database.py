@@ -23,8 +23,11 @@ wait for the writer. ``synchronous`` defaults to ``FULL`` (a commit survives
 power loss); ``NORMAL`` survives a killed process. Per-run sequence numbers
 stay gapless because only the writer thread writes.
 
-PostgreSQL (:mod:`runtime.storage.postgres`): the same writer thread, over
-psycopg; reads over asyncpg. Several processes may write: a run's next number
+PostgreSQL (:mod:`runtime.storage.postgres`): writes over psycopg, reads over
+asyncpg. There a write spends its time waiting on round trips, not on the CPU,
+so there are several writer threads (each its own connection and group commit);
+a run's writes always go to the same one, so they commit in the order they were
+made. Several processes may write too: a run's next number
 comes from ``UPDATE runs SET last_seq = last_seq + 1 … RETURNING``, whose row
 lock is held until commit, so numbers stay gapless and commit in order. A
 writer whose connection broke refuses its batch with ``StorageUnavailable`` and
