@@ -14,7 +14,8 @@ from api import console, join, join_voice, routes_catalog, routes_events, routes
 from api.auth import auth_middleware
 from api.config import ServerConfig
 from api.errors import error_middleware, error_response
-from api.live import LiveRuns, LiveSettings
+from api.jobs import JobRunner
+from api.live import Interviewers, LiveRuns, LiveSettings
 from api.loop_lag import LoopLagMonitor
 from api.openapi import RouteTable
 from api.state import STATE, AppState
@@ -22,7 +23,11 @@ from api.voice import Recordings, VoiceServices
 from media.webrtc import configure_host_addresses
 from media.workers import SpeechWorkers
 from runtime.events import EventHub
-from runtime.interviewer import Interviewer, ScriptedInterviewer
+from runtime.interviewer import Interviewer
+from runtime.interviewer.llm import LLMInterviewer, LLMSettings, ToolMode
+from runtime.llm import ChatModel, Prices
+from runtime.llm.openai_compat import OpenAICompatModel
+from runtime.results import Analyst
 from runtime.storage import Store
 
 log = logging.getLogger("vivavoce.app")
@@ -61,7 +66,14 @@ def create_app(config: ServerConfig, *, interviewer: Interviewer | None = None) 
     store = Store(config.db_url, synchronous=config.sqlite_synchronous)
     hub = EventHub()
     store.db.add_listener(hub.publish)
-    live = LiveRuns(store, interviewer or ScriptedInterviewer(), settings=LiveSettings(time_scale=config.time_scale))
+    model, prices = language_model(config)
+    interviewers = Interviewers(
+        fixed=interviewer,
+        llm=None if model is None else LLMInterviewer(model, settings=llm_settings(config), prices=prices),
+    )
+    live = LiveRuns(store, interviewers, settings=LiveSettings(time_scale=config.time_scale))
+    analyst = Analyst(model, default_model=config.llm_model or "default", timeout_s=max(60.0, config.llm_timeout_s))
+    jobs = JobRunner(store, analyst, prices, time_scale=config.time_scale)
     workers = SpeechWorkers(
         processes=config.speech_processes,
         recognizer=config.recognizer,
@@ -80,13 +92,32 @@ def create_app(config: ServerConfig, *, interviewer: Interviewer | None = None) 
         )
     voice = VoiceServices(workers, Recordings(config.data_dir / "recordings"), synthesis)
     live.on_run_finished.append(voice.recordings.finish)
-    app[STATE] = AppState(config=config, store=store, hub=hub, live=live, voice=voice, loop_lag=LoopLagMonitor())
+    app[STATE] = AppState(
+        config=config, store=store, hub=hub, live=live, voice=voice, loop_lag=LoopLagMonitor(), jobs=jobs
+    )
     table = all_routes()
     table.add_to(app.router)
     app[routes_meta.OPENAPI] = table.document(title="vivavoce", version=routes_meta.VERSION)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_let_participants_go)
     return app
+
+
+def language_model(config: ServerConfig) -> tuple[ChatModel | None, Prices]:
+    """The server's model for the AI interviewer and analyses (None: none configured), and its prices."""
+    prices = Prices.parse(config.llm_prices) if config.llm_prices else Prices()
+    if config.llm_base_url is None:
+        return None, prices
+    return OpenAICompatModel(base_url=config.llm_base_url, api_key=config.llm_api_key), prices
+
+
+def llm_settings(config: ServerConfig) -> LLMSettings:
+    return LLMSettings(
+        default_model=config.llm_model or "default",
+        chat_deadline_s=config.llm_timeout_s,
+        voice_deadline_s=config.llm_voice_timeout_s,
+        tool_mode=ToolMode(config.llm_tool_mode),
+    )
 
 
 async def _let_participants_go(app: web.Application) -> None:
@@ -106,12 +137,15 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         log.info("resumed %d run(s) in progress", recovered)
     sweeper = asyncio.create_task(_sweep(state), name="join-expiry-sweeper")
     state.loop_lag.start()
+    state.jobs.start()
     yield
+    await state.jobs.stop()
     await state.loop_lag.stop()
     sweeper.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await sweeper
     await state.live.close()
+    await state.live.interviewers.aclose()
     await state.voice.close()
     await state.store.close()
 

@@ -52,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
         "browsers; env VIVAVOCE_ICE_HOST_ADDRESSES)",
     )
     serve.add_argument("--speech-processes", type=int, help="recognition worker processes (default: one per core)")
+    llm = serve.add_argument_group("AI interviewer (any OpenAI-compatible server; see docs/llm.md)")
+    llm.add_argument("--llm-base-url", help="e.g. https://api.openai.com/v1 (env VIVAVOCE_LLM_BASE_URL)")
+    llm.add_argument("--llm-api-key", help="API key (env VIVAVOCE_LLM_API_KEY; never stored or logged)")
+    llm.add_argument("--llm-model", help="model when a blueprint names none (env VIVAVOCE_LLM_MODEL)")
+    llm.add_argument("--llm-timeout-s", type=float, help="per chat turn before the script steps in (default 15)")
+    llm.add_argument("--llm-voice-timeout-s", type=float, help="per voice turn (default 4)")
+    llm.add_argument("--llm-tool-mode", choices=("auto", "tools", "json"), help="how decisions are asked for")
+    llm.add_argument("--llm-prices", type=Path, help="JSON file of prices per model (env VIVAVOCE_LLM_PRICES: JSON)")
     serve.add_argument("--log-level", default="INFO")
     serve.add_argument(
         "--event-loop",
@@ -84,6 +92,13 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         ice_servers=tuple(args.ice_servers) if getattr(args, "ice_servers", None) else None,
         ice_host_addresses=tuple(args.ice_host_addresses) if getattr(args, "ice_host_addresses", None) else None,
         speech_processes=getattr(args, "speech_processes", None),
+        llm_base_url=getattr(args, "llm_base_url", None),
+        llm_api_key=getattr(args, "llm_api_key", None),
+        llm_model=getattr(args, "llm_model", None),
+        llm_timeout_s=getattr(args, "llm_timeout_s", None),
+        llm_voice_timeout_s=getattr(args, "llm_voice_timeout_s", None),
+        llm_tool_mode=getattr(args, "llm_tool_mode", None),
+        llm_prices=args.llm_prices.read_text() if getattr(args, "llm_prices", None) else None,
     )
 
 

@@ -33,6 +33,14 @@ class ServerConfig:
     vad: str = "webrtc"
     recognizer: str = "pocketsphinx"
     synthesizer: str = "espeak"
+    # the AI interviewer: any OpenAI-compatible Chat Completions server (docs/llm.md)
+    llm_base_url: str | None = None  # e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1
+    llm_api_key: str | None = field(default=None, repr=False)  # never stored, logged or returned
+    llm_model: str | None = None  # the model when a blueprint names none
+    llm_timeout_s: float = 15.0  # per chat turn: the participant reads the next step by then
+    llm_voice_timeout_s: float = 4.0  # per voice turn (fillers cover the wait)
+    llm_tool_mode: str = "auto"  # auto | tools | json: how the model is asked for its decision
+    llm_prices: str | None = None  # JSON: {"model": {"input": USD/Mtok, "output": ..., "cached_input": ...}}
     # Multiplies every runtime duration (timeouts, join window, sweeps, heartbeats).
     # 1.0 in production; tests use a small value so timeouts fire in milliseconds.
     time_scale: float = 1.0
@@ -42,6 +50,10 @@ class ServerConfig:
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'vivavoce.db').resolve()}"
+
+    @property
+    def llm_enabled(self) -> bool:
+        return self.llm_base_url is not None
 
     @property
     def base_url(self) -> str:
@@ -74,6 +86,12 @@ class ServerConfig:
             values["ice_host_addresses"] = tuple(a for a in env["VIVAVOCE_ICE_HOST_ADDRESSES"].split(",") if a)
         if "VIVAVOCE_SPEECH_PROCESSES" in env:
             values["speech_processes"] = int(env["VIVAVOCE_SPEECH_PROCESSES"])
+        for name in ("llm_base_url", "llm_api_key", "llm_model", "llm_tool_mode", "llm_prices"):
+            if f"VIVAVOCE_{name.upper()}" in env:
+                values[name] = env[f"VIVAVOCE_{name.upper()}"]
+        for name in ("llm_timeout_s", "llm_voice_timeout_s"):
+            if f"VIVAVOCE_{name.upper()}" in env:
+                values[name] = float(env[f"VIVAVOCE_{name.upper()}"])
         if "VIVAVOCE_SQLITE_SYNCHRONOUS" in env:
             values["sqlite_synchronous"] = env["VIVAVOCE_SQLITE_SYNCHRONOUS"]
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from aiohttp import web
 
+from api.config import ServerConfig
 from api.openapi import Param, RouteTable
 from api.params import check_query, page, parse_body, path_id, single
 from api.schemas import BlueprintIn, BlueprintOut, ChannelIn, ChannelOut, ListOut
 from api.state import ORG_ID, STATE
-from runtime.errors import InvalidRequest
+from runtime.errors import Conflict, InvalidRequest
+from runtime.interviewer.prompt import PROMPT_VERSION
 from runtime.serialize import blueprint_json, channel_json
-from runtime.types import BlueprintContent, ChannelSettings, Question
+from runtime.types import BlueprintContent, ChannelSettings, InterviewerSettings, InterviewerType, Question
 
 routes = RouteTable()
 
@@ -24,13 +27,48 @@ ID = Param("id", "Object id", where="path")
 
 
 def _content(body: BlueprintIn) -> BlueprintContent:
+    who = body.interviewer
     return BlueprintContent(
         name=body.name,
         greeting=body.greeting,
-        questions=tuple(Question(q.id, q.text, tuple(q.probes), q.max_probes) for q in body.questions),
+        questions=tuple(
+            Question(
+                q.id,
+                q.text,
+                tuple(q.probes),
+                q.max_probes,
+                objective=q.objective,
+                verbatim=q.verbatim,
+                probe_instructions=q.probe_instructions,
+            )
+            for q in body.questions
+        ),
         closing=body.closing,
         language=body.language,
+        interviewer=InterviewerSettings(
+            type=who.type,
+            model=who.model,
+            instructions=who.instructions,
+            avoid=tuple(who.avoid),
+            temperature=who.temperature,
+        ),
+        result_schema=body.result_schema,
     )
+
+
+def frozen(content: BlueprintContent, config: ServerConfig) -> BlueprintContent:
+    """The content as published: the model and the prompt template resolved, so every run gets the same."""
+    who = content.interviewer
+    if who.type is InterviewerType.LLM and not config.llm_enabled:
+        raise Conflict(
+            "this blueprint asks for the AI interviewer (interviewer.type 'llm'), but this server has no "
+            "language model configured: start it with --llm-base-url (see docs/llm.md), or use 'scripted'",
+            param="interviewer.type",
+        )
+    if who.type is not InterviewerType.LLM:
+        return content
+    settings = replace(who, model=who.model or config.llm_model or "default", prompt_version=PROMPT_VERSION)
+    return replace(content, interviewer=settings)
 
 
 @routes.route(
@@ -111,12 +149,15 @@ async def update_blueprint(request: web.Request) -> web.Response:
     summary="Publish (freeze) the latest version",
     tag="blueprints",
     response=BlueprintOut,
-    errors=(404,),
+    errors=(404, 409),
     params=(ID,),
 )
 async def publish_blueprint(request: web.Request) -> web.Response:
     check_query(request, ())
-    bp = await request.app[STATE].store.catalog.publish_blueprint(request[ORG_ID], path_id(request, "blueprint"))
+    state = request.app[STATE]
+    bp = await state.store.catalog.publish_blueprint(
+        request[ORG_ID], path_id(request, "blueprint"), freeze=lambda content: frozen(content, state.config)
+    )
     return web.json_response(blueprint_json(bp))
 
 

@@ -1,7 +1,8 @@
 """A run's events: Server-Sent Events for live readers, a JSON list for pollers.
 
 The stream replays stored events after ``after_seq`` (or ``Last-Event-ID``),
-then follows live ones; it ends after the run's terminal event. To lose nothing
+then follows live ones; it ends after the run's last event (``run.result_ready``, once the
+finished run has been analysed; the terminal event of a run that never started). To lose nothing
 between the replay and the live part, it subscribes first, replays second, and
 drops live events it already sent; if the live queue overflows or shows a gap,
 it replays from storage again.
@@ -22,7 +23,7 @@ from api.schemas import ListOut
 from api.state import ORG_ID, STATE
 from runtime.errors import InvalidRequest
 from runtime.serialize import iso
-from runtime.types import TERMINAL_EVENTS, Event
+from runtime.types import Event, is_last_event
 
 routes = RouteTable()
 
@@ -97,7 +98,7 @@ async def run_events(request: web.Request) -> web.StreamResponse:
             payload = json.dumps(event_json(ev), separators=(",", ":"))
             await response.write(f"id: {ev.seq}\nevent: {ev.type.value}\ndata: {payload}\n\n".encode())
             last = ev.seq
-            return ev.type in TERMINAL_EVENTS
+            return is_last_event(ev)
 
         async def replay() -> bool:
             while True:
@@ -109,7 +110,7 @@ async def run_events(request: web.Request) -> web.StreamResponse:
                     return False
 
         try:
-            if await replay() or (run.status.is_terminal and last >= run.last_seq):
+            if await replay() or (run.settled and last >= run.last_seq):
                 return response
             loop = asyncio.get_running_loop()
             next_beat = loop.time() + heartbeat

@@ -14,14 +14,15 @@ from api.state import ORG_ID, STATE, AppState
 from runtime.analysis import analyse, collect_responses, latency_summary
 from runtime.errors import Conflict, InvalidRequest, NotFound
 from runtime.ids import is_id
-from runtime.serialize import blueprint_json, channel_json, message_json, run_json, session_json
+from runtime.serialize import blueprint_json, channel_json, iso, message_json, run_json, session_json
 from runtime.storage import RunFilter
+from runtime.storage.jobs import JobStatus
 from runtime.transcript import MEDIA_TYPES, TranscriptFormat, render_transcript
 from runtime.types import EndReason, Participant, Run, RunStatus
 
 routes = RouteTable()
 
-EXPANDABLE = ("blueprint", "channel", "connector", "sessions", "transcript", "responses", "analysis")
+EXPANDABLE = ("blueprint", "channel", "connector", "sessions", "transcript", "responses", "analysis", "result")
 
 
 def _expansions(request: web.Request) -> set[str]:
@@ -62,7 +63,27 @@ async def render_run(state: AppState, run: Run, expand: set[str] = frozenset()) 
         body["responses"] = collect_responses(bp.content, messages)
     if "analysis" in expand:
         body["analysis"] = analyse(bp.content, messages, sessions, run)
+    if "result" in expand:
+        body["result"] = await _result(state, run)
     return body
+
+
+async def _result(state: AppState, run: Run) -> dict[str, Any]:
+    summary, result, error, analysed_at = await state.store.runs.analysis(run.id)
+    if analysed_at is not None:
+        status = "ready"
+    else:
+        jobs = await state.jobs.jobs.for_run(run.id)
+        status = "failed" if jobs and all(j.status is JobStatus.FAILED for j in jobs) else "pending"
+        if status == "failed":
+            error = jobs[-1].last_error
+    return {
+        "status": status,
+        "summary": summary,
+        "result": result,
+        "result_error": error,
+        "analysed_at": iso(analysed_at),
+    }
 
 
 @routes.route(

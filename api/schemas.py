@@ -7,12 +7,15 @@ documented limits (docs/api.md).
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Any, Literal
 
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from runtime.types import ChannelType, EndReason, MessageRole, RunStatus, SessionStatus, SessionType
+from runtime.types import ChannelType, EndReason, InterviewerType, MessageRole, RunStatus, SessionStatus, SessionType
 
 _META_KEY = re.compile(r"^[A-Za-z0-9_.\-]{1,40}$")
 MAX_METADATA_KEYS = 50
@@ -43,8 +46,43 @@ class Strict(BaseModel):
 class QuestionIn(Strict):
     id: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,64}$", description="Stable id, used in responses and messages")
     text: str = Field(min_length=1, max_length=2000)
-    probes: list[Annotated[str, Field(min_length=1, max_length=2000)]] = Field(default_factory=list, max_length=10)
-    max_probes: int = Field(1, ge=0, le=5, description="Follow-ups allowed when an answer is short")
+    probes: list[Annotated[str, Field(min_length=1, max_length=2000)]] = Field(
+        default_factory=list, max_length=10, description="Follow-ups the researcher wrote (scripted: asked in order)"
+    )
+    max_probes: int = Field(1, ge=0, le=5, description="At most this many follow-ups on this question")
+    objective: str | None = Field(
+        None, min_length=1, max_length=2000, description="What the researcher wants to learn; follow-ups aim at it"
+    )
+    verbatim: bool = Field(True, description="Ask word for word; false lets the AI interviewer adapt the wording")
+    probe_instructions: str | None = Field(None, min_length=1, max_length=2000, description="How to follow up")
+
+
+class InterviewerIn(Strict):
+    type: InterviewerType = Field(InterviewerType.SCRIPTED, description="scripted (default) or llm")
+    model: str | None = Field(None, min_length=1, max_length=200, description="Default: the server's --llm-model")
+    instructions: str | None = Field(None, min_length=1, max_length=4000, description="Tone, persona, audience")
+    avoid: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=30, description="Topics never to raise"
+    )
+    temperature: float = Field(0.3, ge=0.0, le=2.0)
+
+
+MAX_RESULT_SCHEMA_BYTES = 32 * 1024
+
+
+def _check_result_schema(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if len(json.dumps(value)) > MAX_RESULT_SCHEMA_BYTES:
+        raise ValueError(f"result_schema is larger than {MAX_RESULT_SCHEMA_BYTES} bytes")
+    try:
+        Draft202012Validator.check_schema(value)
+    except SchemaError as exc:
+        where = "/".join(str(p) for p in exc.path) or "(root)"
+        raise ValueError(f"result_schema is not a valid JSON Schema at {where}: {exc.message}") from None
+    if value.get("type", "object") != "object":
+        raise ValueError("result_schema must describe an object (type: object)")
+    return value
 
 
 class BlueprintIn(Strict):
@@ -53,6 +91,10 @@ class BlueprintIn(Strict):
     questions: list[QuestionIn] = Field(min_length=1, max_length=100)
     closing: str = Field(min_length=1, max_length=2000)
     language: str = Field("en", pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+    interviewer: InterviewerIn = Field(default_factory=InterviewerIn)
+    result_schema: Annotated[dict[str, Any] | None, AfterValidator(_check_result_schema)] = Field(
+        None, description="JSON Schema (2020-12) of the structured result extracted from each finished interview"
+    )
 
     @model_validator(mode="after")
     def _unique_ids(self) -> BlueprintIn:
@@ -67,6 +109,18 @@ class QuestionOut(BaseModel):
     text: str
     probes: list[str]
     max_probes: int
+    objective: str | None
+    verbatim: bool
+    probe_instructions: str | None
+
+
+class InterviewerOut(BaseModel):
+    type: InterviewerType
+    model: str | None = Field(description="Frozen at publish (the server's default model if none was named)")
+    instructions: str | None
+    avoid: list[str]
+    temperature: float
+    prompt_version: str | None = Field(description="The prompt template, frozen at publish")
 
 
 class BlueprintOut(BaseModel):
@@ -80,6 +134,8 @@ class BlueprintOut(BaseModel):
     questions: list[QuestionOut]
     closing: str
     language: str
+    interviewer: InterviewerOut
+    result_schema: dict[str, Any] | None
     created_at: str
     updated_at: str
 
@@ -165,6 +221,27 @@ class LatencyOut(BaseModel):
     tts: float | None
 
 
+class GenerationOut(BaseModel):
+    model: str | None
+    prompt_version: str | None
+    action: str | None = Field(description="follow_up, next_question, rephrase, skip, end_interview, redirect")
+    rule: str | None = Field(description="Set when the runtime answered a plain request itself (stop, decline, ...)")
+    fallback: bool = Field(description="The model's reply was not usable: the script's step was taken")
+    fallback_reason: str | None
+    attempts: int | None
+    ttft_ms: float | None = Field(description="Time to the model's first token")
+
+
+class MessageUsageOut(BaseModel):
+    model: str
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    cost_usd: float | None = Field(description="null when the model's price is not configured")
+    complete: bool = Field(description="false if a cut stream did not report its usage")
+
+
 class MessageOut(BaseModel):
     id: str
     object: Literal["message"]
@@ -182,6 +259,9 @@ class MessageOut(BaseModel):
     end_offset_s: float | None
     latency_breakdown: LatencyOut | None
     client_id: str | None
+    generation: GenerationOut | None = Field(description="Assistant: how it was made; null for the script alone")
+    usage: MessageUsageOut | None = Field(description="Assistant, from an LLM: the turn's usage (on its last message)")
+    flags: list[str] = Field(description="Participant: off_topic, manipulation, abusive, distress")
 
 
 class SessionOut(BaseModel):
@@ -202,6 +282,24 @@ class ResponseOut(BaseModel):
     answer: str
     message_ids: list[str]
     probes_asked: int
+    declined: bool = Field(description="The participant chose not to answer")
+    flags: list[str] = Field(description="Flags on the participant's messages to this question")
+
+
+class RunUsageOut(BaseModel):
+    llm_calls: int
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    cost_usd: float | None = Field(description="null once any call's price was unknown")
+
+
+class ResultOut(BaseModel):
+    status: Literal["pending", "ready", "failed"]
+    summary: dict[str, Any] | None = Field(description="Researcher-facing summary, per question and overall")
+    result: dict[str, Any] | None = Field(description="Validated against the blueprint's result_schema")
+    result_error: str | None
+    analysed_at: str | None
 
 
 class StageStats(BaseModel):
@@ -227,6 +325,7 @@ class RunOut(BaseModel):
     started_at: str | None
     ended_at: str | None
     duration_s: float | None
+    usage: RunUsageOut
     latency: dict[str, StageStats] = Field(description="p50/p95 per latency stage over assistant messages (ms)")
     blueprint: BlueprintOut | None = Field(None, description="With expand=blueprint (the pinned version)")
     channel: ChannelOut | None = Field(None, description="With expand=channel")
@@ -235,6 +334,7 @@ class RunOut(BaseModel):
     transcript: list[MessageOut] | None = Field(None, description="With expand=transcript")
     responses: list[ResponseOut] | None = Field(None, description="With expand=responses")
     analysis: dict[str, Any] | None = Field(None, description="With expand=analysis")
+    result: ResultOut | None = Field(None, description="With expand=result: the analysis job's output")
 
 
 class EventOut(BaseModel):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from api.config import ServerConfig
+from api.jobs import JobRunner
 from api.live import LiveRuns
 from api.loop_lag import LoopLagMonitor
 from api.voice import VoiceServices
@@ -22,6 +23,7 @@ class AppState:
     live: LiveRuns
     voice: VoiceServices
     loop_lag: LoopLagMonitor
+    jobs: JobRunner
 
     def join_url(self, token: str) -> str:
         return f"{self.config.base_url}/join/{token}"

@@ -17,35 +17,56 @@ from runtime.types import LATENCY_STAGES, BlueprintContent, Message, MessageRole
 def collect_responses(blueprint: BlueprintContent, messages: Sequence[Message]) -> list[dict[str, Any]]:
     """The participant's answer to each question of ``blueprint``, in blueprint order.
 
-    Messages are walked in order. Every assistant message that carries a
-    ``question_id`` (question, probe, resume, reminder) makes that question
-    current, and participant messages count towards the current question, so an
-    answer given across probes and reconnections is collected in one place. The
-    closing makes no question current: words said after it answer nothing.
+    A participant message is stored with the question it answers (the one the
+    participant had heard when it arrived), and that is what counts: not the order
+    of messages, which an answer re-sent after a reconnect, words typed during the
+    greeting or an addition sent while the interviewer moved on would shift.
+
+    Runs stored before messages carried their question are read by order instead:
+    an assistant message with a ``question_id`` makes that question current until the
+    closing, and participant messages count towards the current question.
     """
+    ids = {q.id for q in blueprint.questions}
     by_id: dict[str, list[Message]] = {q.id: [] for q in blueprint.questions}
-    probes = dict.fromkeys(by_id, 0)
+    probes: dict[str, set[str]] = {q.id: set() for q in blueprint.questions}
+    declined: set[str] = set()
+    flags: dict[str, list[str]] = {q.id: [] for q in blueprint.questions}
+    attributed = any(m.role is MessageRole.USER and m.question_id is not None for m in messages)
     current: str | None = None
     for m in messages:
         if m.role is MessageRole.ASSISTANT:
             if m.question_id is not None:
                 current = m.question_id
                 if m.kind is UtteranceKind.PROBE and current in probes:
-                    probes[current] += 1
+                    probes[current].add(_reply_of(m))
             elif m.kind is UtteranceKind.CLOSING:
                 current = None
-        elif m.role is MessageRole.USER and current in by_id and m.content.strip():
-            by_id[current].append(m)
+            skipped = m.meta.get("declined_question_id")
+            if isinstance(skipped, str) and skipped in ids:
+                declined.add(skipped)
+        elif m.role is MessageRole.USER and m.content.strip():
+            answers = m.question_id if attributed else current
+            if answers in by_id:
+                by_id[answers].append(m)
+                flags[answers] += [f for f in m.meta.get("flags", ()) if isinstance(f, str)]
     return [
         {
             "question_id": q.id,
             "question": q.text,
             "answer": " ".join(m.content.strip() for m in by_id[q.id]),
             "message_ids": [m.id for m in by_id[q.id]],
-            "probes_asked": probes[q.id],
+            "probes_asked": len(probes[q.id]),
+            "declined": q.id in declined,
+            "flags": sorted(set(flags[q.id])),
         }
         for q in blueprint.questions
     ]
+
+
+def _reply_of(message: Message) -> str:
+    """One follow-up may be spoken as several messages (a sentence each): they share its turn."""
+    turn = message.meta.get("turn")
+    return str(turn) if turn is not None else message.id
 
 
 def analyse(
@@ -59,7 +80,10 @@ def analyse(
     return {
         "questions_total": len(blueprint.questions),
         "questions_answered": sum(1 for r in responses if r["answer"]),
-        "probes_asked": sum(1 for m in assistant if m.kind is UtteranceKind.PROBE),
+        "probes_asked": sum(r["probes_asked"] for r in responses),
+        "questions_declined": sum(1 for r in responses if r["declined"]),
+        "flagged_messages": [m.id for m in user if m.meta.get("flags")],
+        "fallbacks": sum(1 for m in assistant if m.meta.get("fallback")),
         "reminders": sum(1 for m in assistant if m.kind is UtteranceKind.REMINDER),
         "participant_words": sum(word_count(m.content) for m in user),
         "interviewer_words": sum(word_count(m.content) for m in assistant),

@@ -12,9 +12,16 @@ it when the last audio frame has been played.
 
 Races it guards against:
 
-* A participant message arrives while a reply is being composed: it is queued
-  and answered as soon as the current reply has been delivered (its wait is the
-  ``initial_wait`` stage), never dropped and never answered twice.
+* A participant message arrives while the reply to their answer is being
+  composed and nothing of it has been delivered: the participant was not done;
+  that reply is cancelled and a new one composed for the whole answer (one reply
+  per answer, never two). Once part of the reply is out, the message is kept as
+  context: it answers the question that was being asked when it arrived.
+* Every participant message answers the question the participant had heard when
+  it arrived (:attr:`Conversation.heard_question`), never a question put after it:
+  words typed during the greeting answer nothing, and an addition sent while the
+  interviewer moved on belongs to the previous question, not the next one. If the
+  current question was cut off before it was heard (a barge-in), it is asked again.
 * A reply finishes after something made it obsolete (the participant answered
   during a reminder, the time limit struck, the run was cancelled): every
   :class:`Compose` carries a ``turn_id`` and late parts of stale turns are
@@ -39,7 +46,8 @@ Races it guards against:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass, field, replace
 
 from runtime.interviewer import Purpose, ReplyRequest, TurnEnd, Utterance
 from runtime.types import BlueprintContent, EndReason, LatencyBreakdown, Position, StrEnum, UtteranceKind
@@ -63,10 +71,12 @@ class Timing:
 
 @dataclass(frozen=True)
 class Input:
-    """A participant answer (chat message or final voice transcript) and when it arrived."""
+    """A participant answer (chat message or final voice transcript), when it arrived, and what it answers."""
 
     text: str
     received_at: float
+    question_id: str | None = None  # the question the participant had heard when it arrived
+    message_id: str | None = None  # as stored
 
 
 # --- actions ------------------------------------------------------------------
@@ -78,6 +88,7 @@ class Compose:
 
     turn_id: int
     request: ReplyRequest
+    answers: tuple[str, ...] = ()  # ids of the participant messages this reply answers (ANSWER)
 
 
 @dataclass(frozen=True)
@@ -107,7 +118,14 @@ class StopPlayback:
     """The participant barged in: stop speaking now, then report :meth:`Conversation.playback_stopped`."""
 
 
-Action = Compose | Deliver | Persist | EndRun | StopPlayback
+@dataclass(frozen=True)
+class Cancel:
+    """The reply of this turn is obsolete: stop composing it (its late parts would be ignored anyway)."""
+
+    turn_id: int
+
+
+Action = Compose | Deliver | Persist | EndRun | StopPlayback | Cancel
 
 FILLERS = ("Hmm, let me think.", "One moment.", "Okay, just a second.")
 
@@ -133,7 +151,9 @@ class Conversation:
     _composing: Purpose | None = None
     _compose_started: float = 0.0
     _trigger_at: float = 0.0  # when what this reply answers happened (initial_wait anchor)
-    _undelivered: int = 0
+    _queue: deque[Utterance] = field(default_factory=deque)  # delivered, not yet played; the head is playing
+    _heard: str | None = None  # the question of the last asking utterance the participant heard
+    _answering: list[Input] = field(default_factory=list)  # what the reply being composed answers
     _completes: bool = False
     _end_reason: EndReason = EndReason.COMPLETED
     _time_up_at: float | None = None
@@ -161,7 +181,8 @@ class Conversation:
     ) -> Conversation:
         """Rebuild a conversation whose participant is not connected (new process, or first join)."""
         conv = cls(blueprint, timing, position=position, started_at=started_at, idle_since=idle_since)
-        conv.pending = list(pending)
+        conv._heard = conv._current_question()  # asked before the restart
+        conv.pending = [p if p.question_id is not None else replace(p, question_id=conv._heard) for p in pending]
         conv.turn = Turn.PARTICIPANT if position.started else Turn.ASSISTANT
         conv.disconnected_since = last_seen if started_at is not None else None
         return conv
@@ -178,15 +199,13 @@ class Conversation:
         self._speaking = False
         if self.started_at is None:
             self.started_at = now
-        if self._composing is not None or self._undelivered:
+        if self._composing is not None or self._queue:
             return []  # a reply is on its way to the new connection
         if self._time_up_at is not None:
             return self._compose(Purpose.TIME_UP, now, trigger_at=now)
         if not self.position.started:
             return self._compose(Purpose.START, now, trigger_at=now)
-        if self.pending:
-            return self._answer(now)
-        return self._compose(Purpose.RESUME, now, trigger_at=now)
+        return (self._answer(now) if self.pending else []) or self._compose(Purpose.RESUME, now, trigger_at=now)
 
     def disconnect(self, now: float) -> list[Action]:
         if self.turn is Turn.ENDED or not self.connected:
@@ -194,25 +213,74 @@ class Conversation:
         self.connected = False
         self.disconnected_since = now
         self._speaking = False
-        self._undelivered = 0  # nobody is listening to what was queued
+        self._queue.clear()  # nobody is listening to what was queued
         return self._after_delivery(now)
 
-    def participant_text(self, text: str, now: float, *, received_at: float | None = None) -> list[Action]:
+    @property
+    def heard_question(self) -> str | None:
+        """The question a participant message arriving now answers: the last one the participant heard
+        (None during the greeting and after the closing). Stored with the message."""
+        return self._heard
+
+    def participant_text(
+        self, text: str, now: float, *, received_at: float | None = None, message_id: str | None = None
+    ) -> list[Action]:
         """A complete participant answer (chat message or final transcript), already stored."""
         if self.turn is Turn.ENDED:
             return []
-        self.pending.append(Input(text, now if received_at is None else received_at))
+        item = Input(text, now if received_at is None else received_at, self._heard, message_id)
+        self.pending.append(item)
         self._mark_activity(now)
+        actions: list[Action] = []
         if self.turn is Turn.PARTICIPANT and self._reminder_started is not None:
             # The reminder is obsolete; answer instead. Parts of it already
-            # delivered still report playback, so _undelivered is left alone.
+            # delivered still report playback, so the queue is left alone.
             if self._composing is Purpose.REMINDER:
+                actions.append(Cancel(self._turn_id))
                 self._turn_id += 1
                 self._composing = None
             self._reminder_started = None
+        if (
+            self._composing is Purpose.ANSWER
+            and not self._delivered_this_turn
+            and item.question_id == self._current_question()
+            and self._time_up_at is None
+        ):
+            # The participant was not done: answer the whole of it instead (keeping its first arrival).
+            actions.append(Cancel(self._turn_id))
+            self._composing = None
+            self.pending = [*self._answering, *self.pending]
+            return actions + self._answer(now, anchor_last=True)
         if self.turn is Turn.PARTICIPANT and self.connected and self._time_up_at is None:
-            return self._answer(now)
-        return []
+            return actions + self._answer(now)
+        return actions
+
+    def speculative_request(self, text: str, now: float) -> ReplyRequest | None:
+        """The request :meth:`participant_text` would make if ``text`` were stored now and ended the turn,
+        or None if it would make none (not the participant's turn, a reply under way, time up, ...).
+
+        Nothing changes: the driver may compose it ahead and offer it when the real request matches.
+        """
+        if (
+            self.turn is not Turn.PARTICIPANT
+            or not self.connected
+            or self._composing is not None
+            or self._queue
+            or self._time_up_at is not None
+            or self._current_question() is None
+            or self._heard != self._current_question()
+        ):
+            return None
+        answer = " ".join([*(i.text for i in self.pending if i.question_id == self._heard), text])
+        return ReplyRequest(
+            self.blueprint,
+            self.position,
+            Purpose.ANSWER,
+            answer=answer,
+            now=now,
+            started_at=self.started_at,
+            max_duration=self.timing.max_duration,
+        )
 
     def participant_activity(self, now: float) -> None:
         """Typing, or any sign of life that is not an answer: restarts the idle clock."""
@@ -227,22 +295,23 @@ class Conversation:
 
     def speech_interrupting(self, now: float) -> list[Action]:
         """The participant has spoken long enough to count as an interruption (voice)."""
-        if self.turn is Turn.ENDED or not self._undelivered:
+        if self.turn is Turn.ENDED or not self._queue:
             return []
         if self._composing is not None:
             self._barged = True
         return [StopPlayback()]
 
     def playback_stopped(self, now: float) -> list[Action]:
-        """Playback was cut short (barge-in): nothing is queued any more."""
-        self._undelivered = 0
+        """Playback was cut short (barge-in): nothing is queued any more; what never started was not heard."""
+        self._queue.clear()
         return self._after_delivery(now)
 
     def utterance_ready(self, turn_id: int, utterance: Utterance, now: float) -> list[Action]:
         if turn_id != self._turn_id or self._composing is None or self._barged:
             return []
         self._delivered_this_turn += 1
-        self._undelivered += 1 if self.connected else 0
+        if self.connected:
+            self._enqueue(utterance)
         latency = LatencyBreakdown(
             initial_wait=_ms(self._compose_started - self._trigger_at),
             llm=_ms(now - self._compose_started),
@@ -253,15 +322,20 @@ class Conversation:
         if turn_id != self._turn_id or self._composing is None:
             return []
         purpose, self._composing = self._composing, None
+        self._answering = []
         self.position = end.position if purpose is not Purpose.REMINDER else self.position
         if end.completes:
             self._completes = True
+            if end.end_reason is not None and self._time_up_at is None:
+                self._end_reason = end.end_reason
         actions: list[Action] = [Persist(self.position, self.idle_since)]
         return actions + self._after_delivery(now)
 
     def playback_finished(self, now: float) -> list[Action]:
-        if self._undelivered:
-            self._undelivered -= 1
+        if self._queue:
+            self._queue.popleft()
+            if self._queue:
+                self._started(self._queue[0])
         return self._after_delivery(now)
 
     def end(self, reason: EndReason) -> list[Action]:
@@ -343,18 +417,19 @@ class Conversation:
         self._filler_given = True
         text = FILLERS[self._fillers_said % len(FILLERS)]
         self._fillers_said += 1
-        self._undelivered += 1
+        filler = Utterance(text, UtteranceKind.FILLER)
+        self._enqueue(filler)
         latency = LatencyBreakdown(
             initial_wait=_ms(self._compose_started - self._trigger_at), llm=_ms(now - self._compose_started)
         )
-        return [Deliver(self._turn_id, Utterance(text, UtteranceKind.FILLER), latency)]
+        return [Deliver(self._turn_id, filler, latency)]
 
     def _idle_clock_running(self) -> bool:
         return (
             self.connected
             and self.turn is Turn.PARTICIPANT
             and self._composing is None
-            and not self._undelivered
+            and not self._queue
             and not self._speaking
             and self.idle_since is not None
         )
@@ -367,13 +442,45 @@ class Conversation:
             if self.position.reminded:
                 self.position = Position(self.position.question_index, self.position.probes_used)
 
-    def _answer(self, now: float) -> list[Action]:
-        answer = " ".join(item.text for item in self.pending)
-        trigger_at = self.pending[0].received_at
-        self.pending.clear()
-        return self._compose(Purpose.ANSWER, now, trigger_at=trigger_at, answer=answer)
+    def _current_question(self) -> str | None:
+        questions = self.blueprint.questions
+        index = self.position.question_index
+        return questions[index].id if 0 <= index < len(questions) else None
 
-    def _compose(self, purpose: Purpose, now: float, *, trigger_at: float, answer: str = "") -> list[Action]:
+    def _enqueue(self, utterance: Utterance) -> None:
+        self._queue.append(utterance)
+        if len(self._queue) == 1:
+            self._started(utterance)
+
+    def _started(self, utterance: Utterance) -> None:
+        """``utterance`` is being heard now (chat: sent; voice: its playback began)."""
+        if utterance.kind.asks:
+            self._heard = utterance.question_id
+        elif utterance.kind is UtteranceKind.CLOSING:
+            self._heard = None
+
+    def _answer(self, now: float, *, anchor_last: bool = False) -> list[Action]:
+        """Answer what the participant said to the current question; [] if nothing of it does.
+
+        The reply's wait (``initial_wait``) runs from the first of the answer's parts, or, when an
+        answer grew while its reply was composed (``anchor_last``), from the part that completed it.
+        """
+        current = self._current_question()
+        answers = [item for item in self.pending if item.question_id == current]
+        self.pending.clear()  # the rest is stored under the question it answers: context, not an answer
+        if not answers:
+            if current is not None and self._heard != current:
+                return self._compose(Purpose.REASK, now, trigger_at=now)
+            return []
+        self._answering = answers
+        answer = " ".join(item.text for item in answers)
+        trigger = answers[-1] if anchor_last else answers[0]
+        ids = tuple(i.message_id for i in answers if i.message_id is not None)
+        return self._compose(Purpose.ANSWER, now, trigger_at=trigger.received_at, answer=answer, answers=ids)
+
+    def _compose(
+        self, purpose: Purpose, now: float, *, trigger_at: float, answer: str = "", answers: tuple[str, ...] = ()
+    ) -> list[Action]:
         self._turn_id += 1
         self._composing = purpose
         self._barged = False
@@ -385,12 +492,20 @@ class Conversation:
             self._reminder_started = now
         else:
             self.turn = Turn.ASSISTANT
-        request = ReplyRequest(self.blueprint, self.position, purpose, answer=answer)
-        return [Compose(self._turn_id, request)]
+        request = ReplyRequest(
+            self.blueprint,
+            self.position,
+            purpose,
+            answer=answer,
+            now=now,
+            started_at=self.started_at,
+            max_duration=self.timing.max_duration,
+        )
+        return [Compose(self._turn_id, request, answers)]
 
     def _after_delivery(self, now: float) -> list[Action]:
         """Once a reply is composed and fully played, hand the turn over (or finish)."""
-        if self.turn is Turn.ENDED or self._composing is not None or self._undelivered:
+        if self.turn is Turn.ENDED or self._composing is not None or self._queue:
             return []
         if self._completes:
             return self.end(self._end_reason)
@@ -405,7 +520,9 @@ class Conversation:
             self.turn = Turn.PARTICIPANT
             return []
         if self.pending:
-            return self._answer(now)
+            answering = self._answer(now)
+            if answering:
+                return answering
         self.turn = Turn.PARTICIPANT
         self.idle_since = now
         self.position = Position(self.position.question_index, self.position.probes_used)

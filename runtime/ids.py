@@ -28,8 +28,10 @@ PREFIXES = {
     "run": "run",
     "session": "ses",
     "message": "msg",
+    "job": "job",
+    "worker": "wrk",
 }
-ID_RE = re.compile(r"^(org|key|bp|chn|con|run|ses|msg)_[0-9a-hjkmnp-tv-z]{26}$")
+ID_RE = re.compile(r"^(" + "|".join(PREFIXES.values()) + r")_[0-9a-hjkmnp-tv-z]{26}$")
 
 
 def _encode(value: int, length: int) -> str:

@@ -45,7 +45,23 @@ def message_json(message: Message, run_started_at: float | None) -> dict[str, An
         "end_offset_s": offset(message.ended_at, run_started_at),
         "latency_breakdown": message.latency.as_dict() if message.latency else None,
         "client_id": message.client_id,
+        "generation": generation_json(message.meta),
+        "usage": message.meta.get("usage"),
+        "flags": list(message.meta.get("flags", ())),
     }
+
+
+_GENERATION_FIELDS = ("model", "prompt_version", "action", "rule", "fallback", "fallback_reason", "attempts", "ttft_ms")
+
+
+def generation_json(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """How an assistant message was made, for the record: which model and prompt, what it decided,
+    and whether the runtime fell back to the script (and why). None for messages no model was asked for."""
+    if not any(k in meta for k in ("model", "rule", "fallback")):
+        return None
+    out = {k: meta.get(k) for k in _GENERATION_FIELDS}
+    out["fallback"] = bool(out["fallback"])
+    return out
 
 
 def message_text(message: Message, run_started_at: float | None) -> str:
@@ -125,6 +141,10 @@ def run_json(run: Run, *, join_url: str) -> dict[str, Any]:
         "duration_s": None
         if run.started_at is None or run.ended_at is None
         else round(run.ended_at - run.started_at, 3),
+        "usage": {
+            **dataclasses.asdict(run.usage),
+            "cost_usd": None if run.usage.cost_usd is None else round(run.usage.cost_usd, 8),
+        },
     }
 
 
@@ -145,10 +165,28 @@ def blueprint_content_json(c: BlueprintContent) -> dict[str, Any]:
         "name": c.name,
         "greeting": c.greeting,
         "questions": [
-            {"id": q.id, "text": q.text, "probes": list(q.probes), "max_probes": q.max_probes} for q in c.questions
+            {
+                "id": q.id,
+                "text": q.text,
+                "probes": list(q.probes),
+                "max_probes": q.max_probes,
+                "objective": q.objective,
+                "verbatim": q.verbatim,
+                "probe_instructions": q.probe_instructions,
+            }
+            for q in c.questions
         ],
         "closing": c.closing,
         "language": c.language,
+        "interviewer": {
+            "type": c.interviewer.type.value,
+            "model": c.interviewer.model,
+            "instructions": c.interviewer.instructions,
+            "avoid": list(c.interviewer.avoid),
+            "temperature": c.interviewer.temperature,
+            "prompt_version": c.interviewer.prompt_version,
+        },
+        "result_schema": c.result_schema,
     }
 
 

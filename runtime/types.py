@@ -44,6 +44,7 @@ class RunStatus(StrEnum):
 
 class EndReason(StrEnum):
     COMPLETED = "completed"
+    PARTICIPANT_ENDED = "participant_ended"  # the participant asked to stop; the closing was said
     PARTICIPANT_LEFT = "participant_left"
     IDLE_TIMEOUT = "idle_timeout"
     MAX_DURATION = "max_duration"
@@ -92,11 +93,32 @@ class UtteranceKind(StrEnum):
 
     GREETING = "greeting"
     QUESTION = "question"
-    PROBE = "probe"
+    PROBE = "probe"  # a follow-up on the current question
+    REPHRASE = "rephrase"  # the current question in other words (the participant asked what it meant)
+    ACKNOWLEDGEMENT = "acknowledgement"  # voice: a brief neutral reaction spoken before the next step
+    REDIRECT = "redirect"  # a polite return to the interview after an off-topic or manipulative answer
+    REASK = "reask"  # the current question again: it was cut off before the participant heard it
     RESUME = "resume"
     REMINDER = "reminder"
     CLOSING = "closing"
     FILLER = "filler"
+
+    @property
+    def asks(self) -> bool:
+        """Whether this utterance puts a question to the participant (what an answer answers)."""
+        return self in _ASKING
+
+
+_ASKING = frozenset(
+    {
+        UtteranceKind.QUESTION,
+        UtteranceKind.PROBE,
+        UtteranceKind.REPHRASE,
+        UtteranceKind.REASK,
+        UtteranceKind.RESUME,
+        UtteranceKind.REMINDER,
+    }
+)
 
 
 class EventType(StrEnum):
@@ -110,6 +132,7 @@ class EventType(StrEnum):
     RUN_COMPLETED = "run.completed"
     RUN_FAILED = "run.failed"
     RUN_CANCELLED = "run.cancelled"
+    RUN_RESULT_READY = "run.result_ready"  # the analysis job finished: summary (and result) stored
 
     @classmethod
     def for_terminal(cls, status: RunStatus) -> EventType:
@@ -123,6 +146,13 @@ class EventType(StrEnum):
 TERMINAL_EVENTS = frozenset({EventType.RUN_COMPLETED, EventType.RUN_FAILED, EventType.RUN_CANCELLED})
 
 
+def is_last_event(event: Event) -> bool:
+    """A run's last event: ``run.result_ready``, or the end of a run that never started (nothing to analyse)."""
+    if event.type is EventType.RUN_RESULT_READY:
+        return True
+    return event.type in TERMINAL_EVENTS and event.data.get("started_at") is None
+
+
 # --- blueprints -------------------------------------------------------------
 
 
@@ -132,6 +162,26 @@ class Question:
     text: str
     probes: tuple[str, ...] = ()
     max_probes: int = 1
+    objective: str | None = None  # what the researcher wants to learn: follow-ups aim at it
+    verbatim: bool = True  # asked word for word; False lets the interviewer adapt the wording
+    probe_instructions: str | None = None
+
+
+class InterviewerType(StrEnum):
+    SCRIPTED = "scripted"
+    LLM = "llm"
+
+
+@dataclass(frozen=True)
+class InterviewerSettings:
+    """Who moderates the interview. Frozen with the published version: every run of it gets the same."""
+
+    type: InterviewerType = InterviewerType.SCRIPTED
+    model: str | None = None  # resolved to the server's default model at publish
+    instructions: str | None = None  # tone, persona, audience
+    avoid: tuple[str, ...] = ()  # topics never to raise
+    temperature: float = 0.3
+    prompt_version: str | None = None  # the prompt template, set at publish
 
 
 @dataclass(frozen=True)
@@ -143,6 +193,8 @@ class BlueprintContent:
     questions: tuple[Question, ...]
     closing: str
     language: str = "en"
+    interviewer: InterviewerSettings = field(default_factory=InterviewerSettings)
+    result_schema: JSON | None = None  # JSON Schema of the structured result wanted from each interview
 
 
 @dataclass(frozen=True)
@@ -214,6 +266,17 @@ class Position:
 
 
 @dataclass(frozen=True)
+class RunUsage:
+    """LLM use of one run, interview and analysis together."""
+
+    llm_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float | None = 0.0  # None once any call's price was unknown
+
+
+@dataclass(frozen=True)
 class Run:
     id: str
     org_id: str
@@ -233,6 +296,13 @@ class Run:
     ended_at: float | None
     idle_since: float | None  # start of the participant's current silent turn
     last_seq: int
+    usage: RunUsage = field(default_factory=RunUsage)
+    analysed_at: float | None = None  # when the analysis job stored its summary (and result)
+
+    @property
+    def settled(self) -> bool:
+        """Nothing more will happen to it: ended, and analysed if an interview took place."""
+        return self.status.is_terminal and (self.started_at is None or self.analysed_at is not None)
 
 
 @dataclass(frozen=True)
@@ -287,6 +357,9 @@ class Message:
     ended_at: float
     latency: LatencyBreakdown | None
     client_id: str | None = None
+    # How an assistant message was made (model, prompt_version, action, fallback, usage, ttft_ms) and
+    # flags on a participant message (off_topic, manipulation, abusive); see docs/interviewer.md.
+    meta: JSON = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

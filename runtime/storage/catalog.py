@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import and_, select, update
@@ -20,19 +21,41 @@ from runtime.types import (
     Channel,
     ChannelSettings,
     ChannelType,
+    InterviewerSettings,
+    InterviewerType,
     Question,
 )
 
 
 def content_from_json(d: JSON) -> BlueprintContent:
+    """A stored guide version (older versions lack the later fields: their defaults apply)."""
+    who = d.get("interviewer") or {}
     return BlueprintContent(
         name=d["name"],
         greeting=d["greeting"],
         questions=tuple(
-            Question(q["id"], q["text"], tuple(q.get("probes", ())), q.get("max_probes", 1)) for q in d["questions"]
+            Question(
+                q["id"],
+                q["text"],
+                tuple(q.get("probes", ())),
+                q.get("max_probes", 1),
+                objective=q.get("objective"),
+                verbatim=q.get("verbatim", True),
+                probe_instructions=q.get("probe_instructions"),
+            )
+            for q in d["questions"]
         ),
         closing=d["closing"],
         language=d.get("language", "en"),
+        interviewer=InterviewerSettings(
+            type=InterviewerType(who.get("type", InterviewerType.SCRIPTED.value)),
+            model=who.get("model"),
+            instructions=who.get("instructions"),
+            avoid=tuple(who.get("avoid", ())),
+            temperature=float(who.get("temperature", 0.3)),
+            prompt_version=who.get("prompt_version"),
+        ),
+        result_schema=d.get("result_schema"),
     )
 
 
@@ -171,18 +194,26 @@ class Catalog:
         await self.db.write(write)
         return await self.get_blueprint(org_id, bp_id)
 
-    async def publish_blueprint(self, org_id: str, bp_id: str) -> Blueprint:
-        """Freeze the latest version. Publishing an already published version is a no-op."""
+    async def publish_blueprint(
+        self, org_id: str, bp_id: str, *, freeze: Callable[[BlueprintContent], BlueprintContent] | None = None
+    ) -> Blueprint:
+        """Freeze the latest version (``freeze`` resolves what must not change later, e.g. the model).
+
+        Publishing an already published version is a no-op.
+        """
         bp = await self.get_blueprint(org_id, bp_id)
         if bp.status is BlueprintStatus.PUBLISHED:
             return bp
         now = time.time()
+        content = freeze(bp.content) if freeze is not None else bp.content
 
         def write(tx: Transaction) -> None:
             tx.conn.execute(
                 update(t.blueprint_versions)
                 .where(and_(t.blueprint_versions.c.blueprint_id == bp_id, t.blueprint_versions.c.version == bp.version))
-                .values(status=BlueprintStatus.PUBLISHED.value, published_at=now)
+                .values(
+                    status=BlueprintStatus.PUBLISHED.value, published_at=now, content=blueprint_content_json(content)
+                )
             )
             tx.conn.execute(
                 update(t.blueprints)

@@ -21,6 +21,7 @@ from runtime.ids import new_id, new_join_token
 from runtime.serialize import message_json, remember_text, run_event_json, session_json
 from runtime.storage import schema as t
 from runtime.storage.database import Database, Transaction
+from runtime.storage.jobs import ANALYSIS, add_job, complete_job
 from runtime.types import (
     JSON,
     EndReason,
@@ -33,6 +34,7 @@ from runtime.types import (
     Position,
     Run,
     RunStatus,
+    RunUsage,
     Session,
     SessionEndReason,
     SessionStatus,
@@ -67,6 +69,8 @@ def _run_from(m: Mapping[str, Any]) -> Run:
         ended_at=m["ended_at"],
         idle_since=m["idle_since"],
         last_seq=m["last_seq"],
+        usage=RunUsage(m["llm_calls"], m["input_tokens"], m["output_tokens"], m["cached_tokens"], m["cost_usd"]),
+        analysed_at=m["analysed_at"],
     )
 
 
@@ -121,6 +125,7 @@ def _message(row: Any) -> Message:
         ended_at=m["ended_at"],
         latency=LatencyBreakdown(**lat) if lat else None,
         client_id=m["client_id"],
+        meta=m["meta"] or {},
     )
 
 
@@ -136,13 +141,23 @@ _NEXT_SEQ_WITH_STATE = (
     "UPDATE runs SET last_seq = last_seq + 1, position = ?, idle_since = ? WHERE id = ? RETURNING last_seq, started_at"
 )
 _SAVE_STATE = "UPDATE runs SET position = ?, idle_since = ? WHERE id = ?"
+# NULL cost (an unknown price) makes the total NULL: a sum with an unknown part is unknown
+_ADD_USAGE = (
+    "UPDATE runs SET llm_calls = llm_calls + ?, input_tokens = input_tokens + ?, output_tokens = output_tokens + ?,"
+    " cached_tokens = cached_tokens + ?, cost_usd = cost_usd + ? WHERE id = ?"
+)
 _INSERT_EVENT = "INSERT INTO events (run_id, seq, type, created_at, data) VALUES (?, ?, ?, ?, ?)"
 _INSERT_MESSAGE = (
     "INSERT INTO messages (id, run_id, session_id, role, content, question_id, kind, is_filler, is_interrupted,"
-    " started_at, ended_at, latency, client_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " started_at, ended_at, latency, client_id, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (run_id, client_id) DO NOTHING"
 )
 _dumps = json.dumps
+
+
+def _json_value(value: Any) -> Any:
+    """A JSON column read with plain SQL: text on SQLite, already decoded by some drivers."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def _position_json(pos: Position) -> JSON:
@@ -180,6 +195,22 @@ class NewMessage:
     is_interrupted: bool = False
     latency: LatencyBreakdown | None = None
     client_id: str | None = None
+    meta: JSON | None = None
+
+
+def add_usage(tx: Transaction, run_id: str, usage: Mapping[str, Any]) -> None:
+    """Count one turn's (or one analysis') LLM use into the run's totals."""
+    tx.change(
+        _ADD_USAGE,
+        (
+            int(usage.get("calls", 1)),
+            int(usage.get("input_tokens", 0)),
+            int(usage.get("output_tokens", 0)),
+            int(usage.get("cached_tokens", 0)),
+            usage.get("cost_usd"),
+            run_id,
+        ),
+    )
 
 
 class RunStore:
@@ -352,6 +383,8 @@ class RunStore:
             )
             run = _run_raw(rows[0])
             self._insert_event(tx, run_id, run.last_seq, EventType.for_terminal(status), run_event_json(run), now)
+            if run.started_at is not None:  # an interview took place: analyse it (runtime/storage/jobs.py)
+                add_job(tx, ANALYSIS, run_id, now)
             return run
 
         return await self.db.write(write, run_id=run_id)  # type: ignore[no-any-return]
@@ -476,6 +509,7 @@ class RunStore:
                 ended_at=new.ended_at,
                 latency=new.latency,
                 client_id=new.client_id,
+                meta=new.meta or {},
             )
             inserted = tx.change(
                 _INSERT_MESSAGE,
@@ -493,12 +527,16 @@ class RunStore:
                     msg.ended_at,
                     _dumps(msg.latency.as_dict() if msg.latency else None),
                     msg.client_id,
+                    _dumps(new.meta) if new.meta else None,
                 ),
             )
             if not inserted:  # this client_id was stored already: the participant retried
                 same = and_(t.messages.c.run_id == run_id, t.messages.c.client_id == new.client_id)
                 row = tx.conn.execute(select(t.messages).where(same)).one()
                 return _message(row), False
+            usage = (new.meta or {}).get("usage")
+            if isinstance(usage, Mapping):
+                add_usage(tx, run_id, usage)
             if position is not None:
                 seq, started_at = self._next_seq(tx, run_id, position=position, idle_since=idle_since)
             else:
@@ -519,8 +557,12 @@ class RunStore:
         ended_at: float | None = None,
         is_interrupted: bool | None = None,
         latency: LatencyBreakdown | None = None,
+        meta: JSON | None = None,
     ) -> Message:
-        """Complete a message after it was sent (voice: when it started and stopped playing, what was heard)."""
+        """Complete a message after it was sent (voice: when it started and stopped playing, what was heard).
+
+        ``meta`` is merged into the message's (e.g. flags on a participant message found after storing it).
+        """
         values: dict[str, Any] = {}
         if content is not None:
             values["content"] = content
@@ -534,6 +576,12 @@ class RunStore:
             values["latency"] = latency.as_dict()
 
         def write(tx: Transaction) -> Any:
+            if meta:
+                rows = tx.sql("SELECT meta, run_id FROM messages WHERE id = ?", (message_id,))
+                current = _json_value(rows[0][0]) if rows and rows[0][0] else {}
+                values["meta"] = {**current, **meta}
+                if rows and isinstance(meta.get("usage"), Mapping) and "usage" not in current:
+                    add_usage(tx, rows[0][1], meta["usage"])
             tx.conn.execute(update(t.messages).where(t.messages.c.id == message_id).values(**values))
             msg = _message((tx.conn.execute(select(t.messages).where(t.messages.c.id == message_id))).one())
             seq, started = self._next_seq(tx, msg.run_id)
@@ -565,3 +613,42 @@ class RunStore:
             ).scalar()
         seen: Iterable[float] = [v for v in (last_message, last_session) if v is not None]
         return max(seen, default=None)
+
+    # --- analysis -----------------------------------------------------------------------------
+
+    async def store_analysis(
+        self,
+        run_id: str,
+        *,
+        job_id: str,
+        summary: JSON,
+        result: JSON | None,
+        result_error: str | None,
+        usage: Mapping[str, Any] | None,
+        now: float,
+    ) -> None:
+        """Keep what the analysis job made of the run, count its LLM use, announce it, and close the job:
+        one transaction, so a result is never stored twice nor its job left pending."""
+
+        def write(tx: Transaction) -> Any:
+            tx.sql(
+                "UPDATE runs SET summary = ?, result = ?, result_error = ?, analysed_at = ? WHERE id = ?",
+                (_dumps(summary), _dumps(result) if result is not None else None, result_error, now, run_id),
+            )
+            if usage is not None:
+                add_usage(tx, run_id, usage)
+            data = {"run_id": run_id, "has_result": result is not None, "result_error": result_error}
+            self._emit(tx, run_id, EventType.RUN_RESULT_READY, data, now)
+            complete_job(tx, job_id, now)
+
+        await self.db.write(write)
+
+    async def analysis(self, run_id: str) -> tuple[JSON | None, JSON | None, str | None, float | None]:
+        """(summary, result, result_error, analysed_at) of a run; all None before the analysis."""
+        rows = await self.db.fetch(
+            "SELECT summary, result, result_error, analysed_at FROM runs WHERE id = ?", (run_id,)
+        )
+        if not rows:
+            raise NotFound(f"No run {run_id!r}", param="id")
+        summary, result, error, at = rows[0]
+        return _json_value(summary), _json_value(result), error, at

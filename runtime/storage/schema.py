@@ -104,6 +104,17 @@ runs = Table(
     Column("ended_at", Float, nullable=True),
     Column("idle_since", Float, nullable=True),
     Column("last_seq", Integer, nullable=False),
+    # LLM use, interview and analysis together (cost_usd NULL once a price was unknown)
+    Column("llm_calls", Integer, nullable=False, server_default="0"),
+    Column("input_tokens", Integer, nullable=False, server_default="0"),
+    Column("output_tokens", Integer, nullable=False, server_default="0"),
+    Column("cached_tokens", Integer, nullable=False, server_default="0"),
+    Column("cost_usd", Float, nullable=True, server_default="0"),
+    # what the analysis job made of the finished run
+    Column("summary", JSON, nullable=True),
+    Column("result", JSON, nullable=True),
+    Column("result_error", Text, nullable=True),
+    Column("analysed_at", Float, nullable=True),
     Index("ix_runs_org_id_id", "org_id", "id"),
     Index("ix_runs_status_join_expires_at", "status", "join_expires_at"),
 )
@@ -146,6 +157,7 @@ messages = Table(
     Column("ended_at", Float, nullable=False),
     Column("latency", JSON, nullable=True),
     Column("client_id", String, nullable=True),
+    Column("meta", JSON, nullable=True),  # how it was made (model, usage, fallback) or flags
     Index("ix_messages_run_id_pk", "run_id", "pk"),
     UniqueConstraint("run_id", "client_id", name="uq_messages_run_client_id"),
 )
@@ -158,4 +170,23 @@ events = Table(
     Column("type", String, nullable=False),
     Column("created_at", Float, nullable=False),
     Column("data", JSON, nullable=False),
+)
+
+# Durable work to do after the fact (the analysis of a finished run, ...): written in the
+# transaction that makes it due, claimed with a lease so a dead claimant's job is taken again.
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("kind", String, nullable=False),
+    Column("run_id", String, ForeignKey("runs.id"), nullable=True, index=True),
+    Column("status", String, nullable=False),  # pending, done, failed
+    Column("attempts", Integer, nullable=False),
+    Column("run_after", Float, nullable=False),
+    Column("locked_until", Float, nullable=True),
+    Column("locked_by", String, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_jobs_status_run_after", "status", "run_after"),
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 import websockets
@@ -63,13 +64,17 @@ async def test_full_chat_interview_completes_with_transcript_responses_and_event
     assert [s["end_reason"] for s in done["sessions"]] == ["run_ended"]
     assert done["blueprint"]["id"] == run["blueprint_id"] and done["channel"]["id"] == run["channel_id"]
 
-    status, events = await server.request("GET", f"/v1/runs/{run['id']}/events", headers={"Accept": "application/json"})
-    assert status == 200
+    async def analysed() -> Any:
+        path = f"/v1/runs/{run['id']}/events"
+        status, body = await server.request("GET", path, headers={"Accept": "application/json"})
+        return body if status == 200 and body["data"][-1]["type"] == "run.result_ready" else None
+
+    events = await eventually(analysed)  # the finished run's analysis job announces its result last
     seqs = [e["seq"] for e in events["data"]]
     assert seqs == list(range(1, len(seqs) + 1))
     types = [e["type"] for e in events["data"]]
     assert types[:3] == ["run.created", "run.started", "session.started"]
-    assert types[-2:] == ["session.ended", "run.completed"]
+    assert types[-3:] == ["session.ended", "run.completed", "run.result_ready"]
     assert types.count("message.created") == len(transcript)
 
 

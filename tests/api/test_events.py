@@ -11,7 +11,7 @@ from typing import Any
 from runtime.ids import new_id
 from runtime.storage.runs import NewMessage
 from runtime.types import MessageRole
-from tests.conftest import LONG_ANSWER, UNIT, Participant, Server, ServerFactory
+from tests.conftest import LONG_ANSWER, UNIT, Participant, Server, ServerFactory, eventually
 
 TERMINAL = {"run.completed", "run.failed", "run.cancelled"}
 # what the participant says after q1, and the assistant message each answer leads to
@@ -112,14 +112,20 @@ async def completed_run(server: Server) -> tuple[str, list[dict[str, Any]]]:
     run = await server.create_run()
     await answer_all(await join_until_q1(server, run))
     await server.wait_status(run["id"], "completed")
+    await eventually(lambda: _analysed(server, run["id"]))
     return run["id"], await stored_events(server, run["id"])
 
 
+async def _analysed(server: Server, run_id: str) -> bool:
+    return any(e["type"] == "run.result_ready" for e in await stored_events(server, run_id))
+
+
 def assert_sensible(events: list[dict[str, Any]], run_id: str, last: str = "run.completed") -> None:
+    """Gapless from 1; the run's terminal event once, followed only by the analysis' run.result_ready."""
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     types = [e["type"] for e in events]
     assert types[:3] == ["run.created", "run.started", "session.started"]
-    assert types[-1] == last and sum(t in TERMINAL for t in types) == 1
+    assert types[-2:] == [last, "run.result_ready"] and sum(t in TERMINAL for t in types) == 1
     assert types.index("session.ended") < types.index(last)
     assert all(e["run_id"] == run_id and e["created_at"] for e in events)
 
@@ -131,7 +137,7 @@ async def test_live_stream_follows_a_whole_interview_and_matches_the_stored_list
     await reader.wait_for(1)  # connected and replayed run.created before anything else happens
     assert reader.types == ["run.created"] and not task.done()
     await asyncio.wait_for(answer_all(await join_until_q1(server, run)), 10 * UNIT)
-    await asyncio.wait_for(task, 5 * UNIT)  # ends by itself after run.completed
+    await asyncio.wait_for(task, 5 * UNIT)  # ends by itself after run.completed and the analysis' result
     assert reader.ended
     assert_sensible(reader.events, run["id"])
     assert reader.types.count("message.created") == 2 * len(ANSWERS) + 2  # greeting, q1, answers and replies

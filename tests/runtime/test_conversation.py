@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 
 from runtime.conversation import (
     Action,
+    Cancel,
     Compose,
     Conversation,
     Deliver,
     EndRun,
     Input,
     Persist,
+    StopPlayback,
     Timing,
     Turn,
 )
@@ -61,6 +63,7 @@ class Driver:
     playing: list[Deliver] = field(default_factory=list)
     persisted: list[Persist] = field(default_factory=list)
     ended: list[EndReason] = field(default_factory=list)
+    cancelled: list[int] = field(default_factory=list)
 
     # --- executing actions
 
@@ -79,6 +82,9 @@ class Driver:
                     self.run(self.conv.playback_finished(self.now))
             elif isinstance(action, Persist):
                 self.persisted.append(action)
+            elif isinstance(action, Cancel):
+                self.cancelled.append(action.turn_id)
+                self.held.pop(action.turn_id, None)  # the driver stops the interviewer's task
             else:
                 assert isinstance(action, EndRun)
                 self.ended.append(action.reason)
@@ -240,11 +246,12 @@ def test_nothing_happens_before_the_participant_connects() -> None:
 
     assert conv.deadline() is None
     assert conv.tick(1e9) == []
-    assert conv.participant_text(LONG, 1.0) == []  # stored; answered after the greeting
+    assert conv.participant_text(LONG, 1.0) == []  # stored, but no question had been asked
     d = Driver(conv, now=2.0)
     d.connect()
-    assert d.purposes() == [Purpose.START, Purpose.ANSWER]
-    assert d.texts()[-1] == "Thank you. What do you enjoy most about it?"
+    assert d.purposes() == [Purpose.START]  # it answers nothing: the first question waits for its answer
+    assert d.texts()[-1] == "What do you do for a living?"
+    assert d.conv.turn is Turn.PARTICIPANT
 
 
 # --- probes -----------------------------------------------------------------------
@@ -328,25 +335,22 @@ def test_llm_stage_is_measured_per_utterance() -> None:
 # --- answers racing replies ---------------------------------------------------------
 
 
-def test_answer_during_a_reply_is_answered_right_after_it_once() -> None:
+def test_an_addition_while_the_reply_is_composed_gets_one_reply_to_the_whole_answer() -> None:
     d = started()
     d.hold = True
     d.advance_to(10.0)
     d.say(LONG)
     d.advance_to(11.0)
-    d.say(LONG2)  # while the reply to LONG is being composed
+    d.say(LONG2)  # the participant was not done while the reply to LONG was being composed
 
-    assert d.purposes().count(Purpose.ANSWER) == 1
-    d.finish(after=1.0)  # reply to LONG delivered at 12
-    assert d.last().question_id == "q2"
-    assert [c.request.answer for c in d.composes][-1] == LONG2
-    d.finish(after=0.5)
+    first, second = [c for c in d.composes if c.request.purpose is Purpose.ANSWER]
+    assert d.cancelled == [first.turn_id]
+    assert second.request.answer == f"{LONG} {LONG2}"
+    d.finish(after=1.0)
 
-    assert d.last() == Utterance(
-        "Thanks, that's helpful. What would you change about it?", UtteranceKind.QUESTION, "q3"
-    )
-    assert d.sent[-1].latency == LatencyBreakdown(initial_wait=1000.0, llm=500.0)
-    assert d.purposes().count(Purpose.ANSWER) == 2
+    assert d.texts()[-1] == "Thank you. What do you enjoy most about it?"  # one reply, to both parts
+    assert d.kinds().count(UtteranceKind.QUESTION) == 2
+    assert d.sent[-1].latency == LatencyBreakdown(initial_wait=0.0, llm=1000.0)  # from the part that completed it
     assert d.conv.turn is Turn.PARTICIPANT
     assert d.held == {}
 
@@ -357,24 +361,60 @@ def test_two_quick_answers_are_joined_into_one() -> None:
     d.say(LONG)
     d.say("Also I")
     d.say("work part time now")
-    d.finish()  # reply to LONG
     d.finish()
 
     answers = [c.request.answer for c in d.composes if c.request.purpose is Purpose.ANSWER]
-    assert answers == [LONG, "Also I work part time now"]
-    assert d.last().question_id == "q3"  # six words together: no probe
-    assert UtteranceKind.PROBE not in d.kinds()
+    assert answers[-1] == f"{LONG} Also I work part time now"
+    assert len(d.cancelled) == 2
+    assert d.last().question_id == "q2"  # one answer to q1, one reply
 
 
-def test_answers_given_during_the_greeting_are_answered_after_it() -> None:
+def test_words_typed_during_the_greeting_answer_nothing() -> None:
     d = Driver(Conversation(BLUEPRINT, TIMING), hold=True)
     d.connect()
-    d.say(LONG)
-    d.finish()
+    assert d.conv.heard_question is None
+    d.say("hi there, ready when you are")
     d.finish()
 
-    assert d.kinds() == [UtteranceKind.GREETING, UtteranceKind.QUESTION, UtteranceKind.QUESTION]
+    assert d.kinds() == [UtteranceKind.GREETING, UtteranceKind.QUESTION]
+    assert d.purposes() == [Purpose.START]  # not taken as the first answer
+    assert d.conv.heard_question == "q1"
+    d.say(LONG)
+    d.finish()
     assert d.last().question_id == "q2"
+
+
+def test_an_addition_after_the_interviewer_moved_on_belongs_to_the_earlier_question() -> None:
+    d = started(voice=True)
+    d.hold = True
+    d.say(LONG)
+    [reply] = [c for c in d.composes if c.request.purpose is Purpose.ANSWER]
+    d.held[reply.turn_id] = [
+        Utterance("Thanks for explaining.", UtteranceKind.ACKNOWLEDGEMENT, "q1"),
+        Utterance("What do you enjoy most about it?", UtteranceKind.QUESTION, "q2"),
+        TurnEnd(Position(1)),
+    ]
+    d.feed_one(reply)  # the acknowledgement is out and playing; the next question is still being written
+    d.say("and nights too")  # heard under q1: it belongs there
+    assert d.conv.pending[-1].question_id == "q1"
+    d.finish(reply)
+    d.play_out()
+    d.play_out()
+
+    assert d.purposes().count(Purpose.ANSWER) == 1  # not taken as the answer to q2
+    assert d.conv.turn is Turn.PARTICIPANT and d.conv.heard_question == "q2"
+
+
+def test_a_question_cut_off_before_it_was_heard_is_asked_again() -> None:
+    d = Driver(Conversation(BLUEPRINT, TIMING), voice=True)
+    d.connect()  # greeting playing, first question queued behind it
+    assert d.conv.speech_interrupting(d.now) == [StopPlayback()]  # the participant talks over the greeting
+    d.run(d.conv.playback_stopped(d.now))
+    d.playing.clear()
+    d.say("hello")
+
+    assert d.purposes() == [Purpose.START, Purpose.REASK]
+    assert d.last() == Utterance("What do you do for a living?", UtteranceKind.REASK, "q1")
 
 
 def test_voice_answer_while_the_question_plays_is_answered_after_playback() -> None:

@@ -1,4 +1,4 @@
-"""Drivers for live runs: one :class:`RunController` per run in progress.
+"""The driver of one run in progress: :class:`RunController`.
 
 A controller owns what the sans-I/O :class:`~runtime.conversation.Conversation`
 must not: the participant's connection, the interviewer task, the timer, and
@@ -14,12 +14,14 @@ Races it guards against:
   the new session.
 * The interviewer is slow: it runs as a task outside the lock, so frames and
   timers are still handled; its parts come back through the lock and are
-  ignored if the turn went stale meanwhile.
+  ignored if the turn went stale meanwhile (and a stale turn's task is cancelled,
+  so a model stops writing a reply nobody will read).
+* Streamed previews (``message.delta``) go only to the connection that was live
+  when the reply started: a participant who reconnects gets the stored messages
+  in ``session.ready``, never the second half of a delta stream.
 * The run ends while a connection is still attached: the participant gets
   ``run.ended`` after the terminal event has been committed, then the socket is
   closed.
-* A controller is asked for twice concurrently for the same run (two joins at
-  once): the registry creates it under its own lock.
 """
 
 from __future__ import annotations
@@ -27,29 +29,44 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
-from runtime.conversation import Action, Compose, Conversation, Deliver, EndRun, Input, Persist, StopPlayback, Timing
-from runtime.interviewer import Delta, Interviewer, TurnEnd, Utterance
+from api.live.links import (
+    CLOSE_GOING_AWAY,
+    CLOSE_REPLACED,
+    REPLACED,
+    RESTARTING,
+    ParticipantLink,
+    PlaybackReport,
+    quietly,
+    send_quietly,
+)
+from api.live.speculation import Speculation, SpeculationStats
+from runtime.conversation import (
+    Action,
+    Cancel,
+    Compose,
+    Conversation,
+    Deliver,
+    EndRun,
+    Persist,
+    StopPlayback,
+)
+from runtime.interviewer import Delta, Exchange, Interviewer, ReplyPart, TurnEnd, Utterance
 from runtime.serialize import message_json
 from runtime.storage import NewMessage, Store
-from runtime.storage.runs import unanswered
 from runtime.types import (
     BlueprintContent,
-    ChannelSettings,
-    ChannelType,
     EndReason,
-    LatencyBreakdown,
     Message,
     MessageRole,
     Run,
-    RunStatus,
     Session,
     SessionEndReason,
-    SessionType,
     UtteranceKind,
 )
 
@@ -57,48 +74,16 @@ log = logging.getLogger("vivavoce.live")
 
 Clock = Callable[[], float]
 
-CLOSE_REPLACED = 4001
-CLOSE_GOING_AWAY = 1001
-
-
-@dataclass(frozen=True)
-class PlaybackReport:
-    """How an assistant message was actually played (voice): what the recording and transcript must say."""
-
-    message_id: str
-    started_at: float | None  # first frame handed to the transport; None if it never started
-    ended_at: float
-    content: str  # the words actually played (cut short on barge-in)
-    interrupted: bool
-    latency: LatencyBreakdown | None
-
-
-class ParticipantLink(Protocol):
-    """A live connection to the participant: a chat websocket or a WebRTC peer."""
-
-    session_type: SessionType
-    plays_audio: bool  # False: a message counts as played as soon as it is delivered
-
-    @property
-    def rtt(self) -> float | None:
-        """Latest measured round-trip time in seconds, if any."""
-
-    async def send(self, frame: dict[str, Any]) -> None:
-        """A protocol frame (session.ready, message.ack, typing, run.ended, error)."""
-
-    async def deliver(self, message: Message, run_started_at: float | None) -> None:
-        """Present an assistant message that has been stored: send it (chat) or start speaking it (voice)."""
-
-    async def stop_playback(self) -> list[PlaybackReport]:
-        """Barge-in: stop speaking at once; reports for what was cut (chat: nothing)."""
-
-    async def close(self, code: int, reason: str) -> None: ...
-
 
 @dataclass(frozen=True)
 class LiveSettings:
     time_scale: float = 1.0
     typing_after_s: float = 0.05  # show "typing" only if a reply takes longer than this
+    speculate: bool = True  # voice: compose the reply during the pause (api/live/speculation.py)
+
+
+def exchange_of(message: Message) -> Exchange:
+    return Exchange(message.role.value, message.content, message.question_id, message.kind, message.started_at)
 
 
 class RunController:
@@ -114,6 +99,7 @@ class RunController:
         clock: Clock = time.time,
         on_finished: Callable[[RunController], None] = lambda c: None,
         settings: LiveSettings = LiveSettings(),
+        speculation_stats: SpeculationStats | None = None,
     ) -> None:
         self.store = store
         self.interviewer = interviewer
@@ -121,7 +107,9 @@ class RunController:
         self.run_started_at = run.started_at
         self.blueprint = blueprint
         self.conv = conversation
-        self.transcript = [(m.role.value, m.content) for m in transcript]
+        # What the participant heard and said, oldest first (what the interviewer is given).
+        self.transcript: list[Exchange] = [exchange_of(m) for m in transcript if m.role is not MessageRole.EVENT]
+        self._line_of: dict[str, int] = {m.id: i for i, m in enumerate(transcript)}  # message id -> transcript index
         self.clock = clock
         self.settings = settings
         self.link: ParticipantLink | None = None
@@ -131,6 +119,12 @@ class RunController:
         self._on_finished = on_finished
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._composing: dict[int, asyncio.Task[None]] = {}  # turn id -> its interviewer task
+        self._answered: dict[int, tuple[str, ...]] = {}  # turn id -> the participant messages it answers
+        self._reply_ids: dict[int, str] = {}  # turn id -> its reply's id, unique across restarts (meta "turn")
+        self._last_message: dict[int, str] = {}  # turn id -> the last message it delivered
+        self._speculation: Speculation | None = None
+        self.speculation_stats = speculation_stats or SpeculationStats()
         # The machine's next deadline, as one loop timer: rescheduled only when the deadline moves
         # (a task and a timer per input for a sleeping loop task cost more than the rest of a turn).
         self._timer: asyncio.TimerHandle | None = None
@@ -153,8 +147,8 @@ class RunController:
             previous, self.link, self.session = self.link, link, session
             self.run_started_at = run.started_at
             if previous is not None:
-                await _quietly(previous.send({"type": "error", "code": "replaced", "message": _REPLACED}))
-                await _quietly(previous.close(CLOSE_REPLACED, "replaced"))
+                await quietly(previous.send({"type": "error", "code": "replaced", "message": REPLACED}))
+                await quietly(previous.close(CLOSE_REPLACED, "replaced"))
                 await self._apply(self.conv.disconnect(now))
             messages = await self.store.runs.list_messages(self.run_id) if self.transcript else []
             await link.send(
@@ -178,6 +172,7 @@ class RunController:
             for report in await link.stop_playback():  # cut short by the hang-up: keep what was heard
                 await self._record_playback(report)
             self.link = None
+            await self._drop_speculation()
             if self.session is not None:
                 await self.store.runs.end_session(self.session.id, SessionEndReason.PARTICIPANT_LEFT, now)
                 self.session = None
@@ -194,6 +189,7 @@ class RunController:
     ) -> Message | None:
         """Store a participant answer, then let the conversation react. None if the link is stale.
 
+        The message is stored with the question the participant had heard (what it answers).
         ``spoken`` is (onset, end) of a voice answer; a chat message starts and ends when received.
         """
         async with self._lock:
@@ -206,16 +202,21 @@ class RunController:
                 started_at=started_at,
                 ended_at=ended_at,
                 session_id=self.session.id if self.session else None,
+                question_id=self.conv.heard_question,
                 client_id=client_id,
             )
             message, created = await self.store.runs.add_message(self.run_id, new)
             if created:
-                self.transcript.append((MessageRole.USER.value, content))
-                await self._apply(self.conv.participant_text(content, self.clock(), received_at=received_at))
+                self._remember(message)
+                actions = self.conv.participant_text(
+                    content, self.clock(), received_at=received_at, message_id=message.id
+                )
+                await self._apply(actions)
             return message
 
     async def speech(self, link: ParticipantLink, change: str) -> None:
-        """Voice activity: ``started`` / ``ended`` (idle clock) or ``interrupting`` (barge-in)."""
+        """Voice activity: ``started`` / ``ended`` (idle clock), ``interrupting`` (barge-in), ``resumed``
+        (the participant went on after a pause: a speculative reply is obsolete)."""
         async with self._lock:
             if link is not self.link or self.finished or self._closed:
                 return
@@ -226,7 +227,29 @@ class RunController:
                 self.conv.speech_ended(now)
             elif change == "interrupting":
                 await self._apply(self.conv.speech_interrupting(now))
+            elif change == "resumed":
+                await self._drop_speculation()
             self._reschedule()
+
+    async def speculate(self, link: ParticipantLink, text: str) -> None:
+        """Voice: the early transcript of a pause; compose its reply now in case the turn ends on it."""
+        async with self._lock:
+            if not self.settings.speculate or link is not self.link or self.finished or self._closed:
+                return
+            await self._drop_speculation()
+            request = self.conv.speculative_request(text, self.clock())
+            if request is None:
+                return
+            heard = Exchange(MessageRole.USER.value, text, self.conv.heard_question, None, self.clock())
+            request = replace(request, transcript=(*self.transcript, heard), speech=link.plays_audio)
+            self._speculation = Speculation(self.interviewer, request, time.monotonic())
+            self.speculation_stats.started += 1
+
+    async def _drop_speculation(self) -> None:
+        speculation, self._speculation = self._speculation, None
+        if speculation is not None:
+            self.speculation_stats.wasted += 1
+            await speculation.cancel()
 
     async def playback_done(self, link: ParticipantLink, report: PlaybackReport) -> None:
         """Voice: a message has been played to the end."""
@@ -245,6 +268,13 @@ class RunController:
             is_interrupted=report.interrupted,
             latency=report.latency,
         )
+        line = self._line_of.get(report.message_id)
+        if line is not None:  # the interviewer is given what the participant heard, cut where they cut it
+            self.transcript[line] = replace(self.transcript[line], content=report.content)
+
+    def _remember(self, message: Message) -> None:
+        self._line_of[message.id] = len(self.transcript)
+        self.transcript.append(exchange_of(message))
 
     async def participant_activity(self, link: ParticipantLink) -> None:
         async with self._lock:
@@ -268,13 +298,14 @@ class RunController:
         """
         self._closed = True
         self._reschedule()  # cancels the timer
+        await self._drop_speculation()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         link, self.link = self.link, None
         if link is not None:
-            await _quietly(link.send({"type": "error", "code": "server_restart", "message": _RESTARTING}))
-            await _quietly(link.close(CLOSE_GOING_AWAY, "server restarting"))
+            await quietly(link.send({"type": "error", "code": "server_restart", "message": RESTARTING}))
+            await quietly(link.close(CLOSE_GOING_AWAY, "server restarting"))
 
     # --- executing actions --------------------------------------------------------------
 
@@ -285,7 +316,9 @@ class RunController:
         while queue:
             action = queue.popleft()
             if isinstance(action, Compose):
-                self._spawn(self._compose(action))
+                self._answered[action.turn_id] = action.answers
+                self._reply_ids[action.turn_id] = uuid.uuid4().hex[:16]
+                self._composing[action.turn_id] = self._spawn(self._compose(action))
             elif isinstance(action, Deliver):
                 queue.extend(await self._deliver(action))
             elif isinstance(action, Persist):
@@ -298,6 +331,13 @@ class RunController:
                 for report in reports:
                     await self._record_playback(report)
                 queue.extend(self.conv.playback_stopped(self.clock()))
+            elif isinstance(action, Cancel):
+                task = self._composing.pop(action.turn_id, None)
+                self._answered.pop(action.turn_id, None)
+                self._reply_ids.pop(action.turn_id, None)
+                self._last_message.pop(action.turn_id, None)
+                if task is not None and task is not asyncio.current_task():
+                    task.cancel()
         self._reschedule()
         return ended
 
@@ -318,13 +358,24 @@ class RunController:
             kind=utt.kind,
             is_filler=utt.kind is UtteranceKind.FILLER,
             latency=latency,
+            meta=self._stamp(action),
         )
         message, _ = await self.store.runs.add_message(self.run_id, new)
-        self.transcript.append((MessageRole.ASSISTANT.value, utt.text))
+        self._remember(message)
+        if utt.kind is not UtteranceKind.FILLER:
+            self._last_message[action.turn_id] = message.id
         if link is None:
             return []
-        await _quietly(link.deliver(message, self.run_started_at))
+        await quietly(link.deliver(message, self.run_started_at))
         return [] if link.plays_audio else self.conv.playback_finished(self.clock())
+
+    def _stamp(self, action: Deliver) -> dict[str, Any]:
+        """An assistant message's record: how it was made, and which reply (turn) it is part of."""
+        meta = dict(action.utterance.meta)
+        reply_id = self._reply_ids.get(action.turn_id)
+        if reply_id is not None and action.utterance.kind is not UtteranceKind.FILLER:
+            meta["turn"] = reply_id
+        return meta
 
     async def _end_run(self, reason: EndReason) -> Run | None:
         run = await self.store.runs.end_run(self.run_id, reason, self.clock())
@@ -334,21 +385,42 @@ class RunController:
         for task in list(self._tasks):
             if task is not asyncio.current_task():
                 task.cancel()
+        speculation, self._speculation = self._speculation, None
+        if speculation is not None:
+            self._spawn(speculation.cancel())
         if link is not None and run is not None:
             frame = {"type": "run.ended", "status": run.status.value, "reason": reason.value}
-            await _quietly(link.send(frame))
-            await _quietly(link.close(1000, "run ended"))
+            await quietly(link.send(frame))
+            await quietly(link.close(1000, "run ended"))
         return run
 
     # --- the interviewer -------------------------------------------------------------------
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _parts(self, action: Compose) -> AsyncIterator[ReplyPart]:
+        """The reply's parts: from the speculation made for exactly this request, or from the interviewer."""
+        request = replace(
+            action.request,
+            transcript=tuple(self.transcript),
+            speech=self.link.plays_audio if self.link is not None else False,
+        )
+        speculation, self._speculation = self._speculation, None
+        if speculation is not None and speculation.matches(request):
+            self.speculation_stats.used += 1
+            self.speculation_stats.lead_ms.append(round((time.monotonic() - speculation.started_at) * 1000.0, 3))
+            return speculation.replay()
+        if speculation is not None:
+            self.speculation_stats.wasted += 1
+            self._spawn(speculation.cancel())
+        return self.interviewer.reply(request)
 
     async def _compose(self, action: Compose) -> None:
-        request = replace(action.request, transcript=tuple(self.transcript))
+        link = self.link  # previews go only to the connection live now
         shown = False
 
         def show_typing() -> None:
@@ -358,18 +430,23 @@ class RunController:
 
         timer = asyncio.get_running_loop().call_later(self.settings.typing_after_s, show_typing)
         try:
-            async for part in self.interviewer.reply(request):
+            parts = self._parts(action)
+            async for part in parts:
                 if isinstance(part, Delta):
-                    if self.link is not None:
-                        await _quietly(self.link.send({"type": "message.delta", "delta": part.text}))
+                    if link is not None and link is self.link and action.turn_id in self._composing:
+                        turn = self._reply_ids.get(action.turn_id)
+                        frame: dict[str, Any] = {"type": "message.delta", "turn": turn, "delta": part.text}
+                        if part.restart:
+                            frame["restart"] = True
+                        await quietly(link.send(frame))
                     continue
                 async with self._lock:
-                    if self.finished:
+                    if self.finished or action.turn_id not in self._composing:
                         return
                     if isinstance(part, Utterance):
                         await self._apply(self.conv.utterance_ready(action.turn_id, part, self.clock()))
                     elif isinstance(part, TurnEnd):
-                        await self._apply(self.conv.turn_ended(action.turn_id, part, self.clock()))
+                        await self._turn_ended(action, part)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -381,10 +458,23 @@ class RunController:
             timer.cancel()
             if shown:
                 self._typing(False)
+            if self._composing.get(action.turn_id) is asyncio.current_task():
+                del self._composing[action.turn_id]
+
+    async def _turn_ended(self, action: Compose, end: TurnEnd) -> None:
+        answered = self._answered.pop(action.turn_id, ())
+        self._reply_ids.pop(action.turn_id, None)
+        last = self._last_message.pop(action.turn_id, None)
+        if end.record and last is not None:  # the turn's record came after its last message was out
+            await self.store.runs.update_message(last, meta=dict(end.record))
+        if end.flags:  # the researcher sees which answers were flagged, on the answers themselves
+            for message_id in answered:
+                await self.store.runs.update_message(message_id, meta={"flags": list(end.flags)})
+        await self._apply(self.conv.turn_ended(action.turn_id, end, self.clock()))
 
     def _typing(self, active: bool) -> None:
         if self.link is not None:
-            self._spawn(_send_quietly(self.link, {"type": "typing", "active": active}))
+            self._spawn(send_quietly(self.link, {"type": "typing", "active": active}))
 
     # --- time -----------------------------------------------------------------------------
 
@@ -415,139 +505,3 @@ class RunController:
             await asyncio.sleep(1.0)
         self._ticking = False
         self._reschedule()
-
-
-_RESTARTING = "The server is restarting; reconnect in a moment to continue."
-_REPLACED = "This interview was opened in another window; this one has been disconnected."
-
-
-async def _send_quietly(link: ParticipantLink, frame: dict[str, Any]) -> None:
-    """:func:`_quietly` for a spawned send: the send starts only if the task does (a task cancelled
-    before it ran, as the run ended, would otherwise leave a send coroutine never awaited)."""
-    await _quietly(link.send(frame))
-
-
-async def _quietly(awaitable: Any) -> None:
-    """Send to a participant who may already be gone: a dead socket must not break the run."""
-    try:
-        await awaitable
-    except Exception as exc:
-        log.debug("send to participant failed: %r", exc)
-
-
-def timing_for(settings: ChannelSettings, time_scale: float, *, voice: bool) -> Timing:
-    return Timing(
-        idle_timeout=settings.idle_timeout_s * time_scale,
-        max_duration=settings.max_duration_s * time_scale,
-        closing_grace=30.0 * time_scale,
-        filler_after=settings.filler_after_ms / 1000.0 if voice else None,
-    )
-
-
-class LiveRuns:
-    """The registry of controllers, one per run in progress in this process."""
-
-    def __init__(
-        self, store: Store, interviewer: Interviewer, *, settings: LiveSettings, clock: Clock = time.time
-    ) -> None:
-        self.store = store
-        self.interviewer = interviewer
-        self.settings = settings
-        self.clock = clock
-        self.controllers: dict[str, RunController] = {}
-        self.on_run_finished: list[Callable[[str], None]] = []  # e.g. close the run's recorder
-        self._creating: dict[str, asyncio.Future[RunController | None]] = {}
-
-    async def controller(self, run: Run) -> RunController | None:
-        """The controller for ``run``, created (and restored from storage) if needed.
-
-        Two joins of the same run at once share one creation; joins of
-        different runs do not wait for each other.
-        """
-        existing = self.controllers.get(run.id)
-        if existing is not None:
-            return existing
-        creating = self._creating.get(run.id)
-        if creating is not None:
-            return await asyncio.shield(creating)
-        creating = asyncio.get_running_loop().create_future()
-        self._creating[run.id] = creating
-        try:
-            ctl = await self._create(run.id)
-        except BaseException as exc:
-            creating.set_exception(exc)
-            creating.exception()  # retrieved: a failed creation is reported to its first caller only
-            raise
-        finally:
-            del self._creating[run.id]
-        creating.set_result(ctl)
-        if ctl is not None:
-            self.controllers[run.id] = ctl
-        return ctl
-
-    async def _create(self, run_id: str) -> RunController | None:
-        run = await self.store.runs.get_run(run_id)
-        if run.status.is_terminal:
-            return None
-        channel_settings, voice = ChannelSettings(), False
-        content = await self.store.catalog.pinned_content(run.org_id, run.blueprint_id, run.blueprint_version)
-        if run.channel_id is not None:
-            channel = await self.store.catalog.get_channel(run.org_id, run.channel_id)
-            channel_settings, voice = channel.settings, channel.type is ChannelType.WEBRTC_VOICE
-        started = run.started_at is not None  # a run not yet joined has no messages or sessions to read
-        transcript = await self.store.runs.list_messages(run.id) if started else []
-        conv = Conversation.restore(
-            content,
-            timing_for(channel_settings, self.settings.time_scale, voice=voice),
-            position=run.position,
-            started_at=run.started_at,
-            idle_since=run.idle_since,
-            pending=[Input(m.content, m.ended_at) for m in unanswered(transcript)],
-            last_seen=await self.store.runs.last_seen(run.id) if started else None,
-        )
-        return RunController(
-            self.store,
-            self.interviewer,
-            run,
-            content,
-            conv,
-            transcript,
-            clock=self.clock,
-            on_finished=self._finished,
-            settings=self.settings,
-        )
-
-    def _finished(self, ctl: RunController) -> None:
-        if self.controllers.get(ctl.run_id) is ctl:
-            del self.controllers[ctl.run_id]
-        for hook in self.on_run_finished:
-            hook(ctl.run_id)
-
-    async def end(self, run: Run, reason: EndReason) -> Run | None:
-        """End a run whether or not it is live. None if it had already ended."""
-        ctl = self.controllers.get(run.id)
-        if ctl is None and run.status is RunStatus.IN_PROGRESS:
-            ctl = await self.controller(run)
-        if ctl is not None:
-            ended = await ctl.end(reason)
-            if ended is not None:
-                return ended
-        return await self.store.runs.end_run(run.id, reason, self.clock())
-
-    async def recover(self) -> int:
-        """After a (re)start: close sessions the dead process left open, restart timers of live runs."""
-        await self.store.runs.close_orphaned_sessions()
-        runs = await self.store.runs.runs_with_status(RunStatus.IN_PROGRESS)
-        for run in runs:
-            await self.controller(run)
-        return len(runs)
-
-    async def expire_pending(self) -> int:
-        expired = await self.store.runs.expired_pending_runs(self.clock())
-        for run_id in expired:
-            await self.store.runs.end_run(run_id, EndReason.JOIN_EXPIRED, self.clock())
-        return len(expired)
-
-    async def close(self) -> None:
-        await asyncio.gather(*(ctl.close() for ctl in list(self.controllers.values())))
-        self.controllers.clear()
