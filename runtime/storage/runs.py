@@ -641,7 +641,7 @@ class RunStore:
             self._emit(tx, run_id, EventType.RUN_RESULT_READY, data, now)
             complete_job(tx, job_id, now)
 
-        await self.db.write(write)
+        await self.db.write(write, run_id=run_id)
 
     async def analysis(self, run_id: str) -> tuple[JSON | None, JSON | None, str | None, float | None]:
         """(summary, result, result_error, analysed_at) of a run; all None before the analysis."""
