@@ -30,8 +30,9 @@ a run's writes always go to the same one, so they commit in the order they were
 made. Several processes may write too: a run's next number
 comes from ``UPDATE runs SET last_seq = last_seq + 1 … RETURNING``, whose row
 lock is held until commit, so numbers stay gapless and commit in order. A
-writer whose connection broke refuses its batch with ``StorageUnavailable`` and
-connects again for the next one. Each group commit that stored events tells the
+writer whose connection broke connects again; it runs the batch again if the
+batch cannot have committed (the connection had died while idle), and refuses
+it with ``StorageUnavailable`` otherwise. Each group commit that stored events tells the
 other processes which (:mod:`runtime.storage.notifications`).
 """
 
@@ -343,7 +344,10 @@ class Database:
                     if self.sync_engine.dialect.name == "postgresql":
                         postgres.text_json(cursor)
                     while True:
-                        retried, (batch, again) = bool(again), (again or self._next_batch(jobs), [])
+                        if again:  # found its first connection dead: once more, on this new one
+                            batch, again, retried = again, [], True
+                        else:
+                            batch, retried = self._next_batch(jobs), False
                         if not batch:
                             stop = True
                             break
