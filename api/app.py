@@ -20,6 +20,8 @@ from api.loop_lag import LoopLagMonitor
 from api.openapi import RouteTable
 from api.state import STATE, AppState
 from api.voice import Recordings, VoiceServices
+from media.synthesis import SynthesisThreads
+from media.tts import embedded_for_language
 from media.webrtc import configure_host_addresses
 from media.workers import SpeechWorkers
 from runtime.events import EventHub
@@ -71,26 +73,18 @@ def create_app(config: ServerConfig, *, interviewer: Interviewer | None = None) 
         fixed=interviewer,
         llm=None if model is None else LLMInterviewer(model, settings=llm_settings(config), prices=prices),
     )
-    live = LiveRuns(store, interviewers, settings=LiveSettings(time_scale=config.time_scale))
+    live = LiveRuns(
+        store, interviewers, settings=LiveSettings(time_scale=config.time_scale, speculate=config.speculate)
+    )
     analyst = Analyst(model, default_model=config.llm_model or "default", timeout_s=max(60.0, config.llm_timeout_s))
     jobs = JobRunner(store, analyst, prices, time_scale=config.time_scale)
-    workers = SpeechWorkers(
-        processes=config.speech_processes,
-        recognizer=config.recognizer,
-        synthesizer=config.synthesizer,
-        inprocess=config.speech_inprocess,
+    voice = VoiceServices(
+        _speech_workers(config),
+        Recordings(config.data_dir / "recordings"),
+        _synthesis(config),
+        hosted_stt=config.hosted_engine("stt"),
+        hosted_tts=config.hosted_engine("tts"),
     )
-    synthesis = None
-    if config.synthesis_inprocess and not config.speech_inprocess:
-        synthesis = SpeechWorkers(
-            processes=1,
-            inprocess=True,
-            recognizer=config.recognizer,
-            synthesizer=config.synthesizer,
-            warm=False,
-            thread_name_prefix="synthesis",  # bench/voice.py tells this CPU apart from the sessions' by name
-        )
-    voice = VoiceServices(workers, Recordings(config.data_dir / "recordings"), synthesis)
     live.on_run_finished.append(voice.recordings.finish)
     app[STATE] = AppState(
         config=config, store=store, hub=hub, live=live, voice=voice, loop_lag=LoopLagMonitor(), jobs=jobs
@@ -100,6 +94,10 @@ def create_app(config: ServerConfig, *, interviewer: Interviewer | None = None) 
     app[routes_meta.OPENAPI] = table.document(title="vivavoce", version=routes_meta.VERSION)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_let_participants_go)
+    for engine in (voice.hosted_stt, voice.hosted_tts):
+        if engine is not None:  # the key's variable is named, never its value
+            key = "set" if engine.api_key() else "not set"
+            log.info("hosted %s; embedded engines behind it; key from $%s (%s)", engine.describe(), engine.key_env, key)
     return app
 
 
@@ -117,6 +115,27 @@ def llm_settings(config: ServerConfig) -> LLMSettings:
         chat_deadline_s=config.llm_timeout_s,
         voice_deadline_s=config.llm_voice_timeout_s,
         tool_mode=ToolMode(config.llm_tool_mode),
+    )
+
+
+def _speech_workers(config: ServerConfig) -> SpeechWorkers:
+    """Recognition workers; they synthesise too only when synthesis is not on threads of this process
+    (then with one engine, the configured one for English: a worker holds one synthesiser)."""
+    synthesizer = "espeak" if config.synthesis_inprocess else embedded_for_language(config.synthesizer, "en")[0]
+    return SpeechWorkers(
+        processes=config.speech_processes,
+        recognizer=config.recognizer,
+        synthesizer=synthesizer,
+        inprocess=config.speech_inprocess,
+    )
+
+
+def _synthesis(config: ServerConfig) -> SynthesisThreads | None:
+    if not config.synthesis_inprocess:
+        return None
+    # the thread name tells bench/voice.py this CPU apart from the sessions'
+    return SynthesisThreads(
+        synthesizer=config.synthesizer, threads=config.synthesis_threads, thread_name_prefix="synthesis"
     )
 
 

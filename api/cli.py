@@ -20,6 +20,19 @@ from api.state import STATE
 from runtime.storage import Store, migrations
 from runtime.storage.database import shown_url, sync_engine
 
+HOSTED_OPTIONS = (
+    "hosted_stt",
+    "hosted_stt_url",
+    "hosted_stt_model",
+    "hosted_stt_key_env",
+    "hosted_tts",
+    "hosted_tts_url",
+    "hosted_tts_model",
+    "hosted_tts_voice",
+    "hosted_tts_key_env",
+    "hosted_timeout_s",
+)
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, help="data directory (env VIVAVOCE_DATA_DIR, default ./.vivavoce)")
@@ -60,6 +73,24 @@ def build_parser() -> argparse.ArgumentParser:
     llm.add_argument("--llm-voice-timeout-s", type=float, help="per voice turn (default 4)")
     llm.add_argument("--llm-tool-mode", choices=("auto", "tools", "json"), help="how decisions are asked for")
     llm.add_argument("--llm-prices", type=Path, help="JSON file of prices per model (env VIVAVOCE_LLM_PRICES: JSON)")
+    serve.add_argument(
+        "--synthesizer",
+        help="embedded voice: auto (Piper for English, eSpeak NG otherwise; default), piper or espeak "
+        "(env VIVAVOCE_SYNTHESIZER)",
+    )
+    hosted = serve.add_argument_group("hosted engines (docs/speech.md; keys only from the environment)")
+    hosted.add_argument("--hosted-stt", choices=("openai", "deepgram"), help="env VIVAVOCE_HOSTED_STT")
+    hosted.add_argument("--hosted-stt-url", help="base URL (env VIVAVOCE_HOSTED_STT_URL)")
+    hosted.add_argument("--hosted-stt-model", help="env VIVAVOCE_HOSTED_STT_MODEL")
+    hosted.add_argument("--hosted-stt-key-env", metavar="VAR", help="variable holding the key (default "
+                        "OPENAI_API_KEY / DEEPGRAM_API_KEY; env VIVAVOCE_HOSTED_STT_KEY_ENV)")  # fmt: skip
+    hosted.add_argument("--hosted-tts", choices=("openai",), help="env VIVAVOCE_HOSTED_TTS")
+    hosted.add_argument("--hosted-tts-url", help="base URL (env VIVAVOCE_HOSTED_TTS_URL)")
+    hosted.add_argument("--hosted-tts-model", help="env VIVAVOCE_HOSTED_TTS_MODEL")
+    hosted.add_argument("--hosted-tts-voice", help="env VIVAVOCE_HOSTED_TTS_VOICE")
+    hosted.add_argument("--hosted-tts-key-env", metavar="VAR", help="variable holding the key (default "
+                        "OPENAI_API_KEY; env VIVAVOCE_HOSTED_TTS_KEY_ENV)")  # fmt: skip
+    hosted.add_argument("--hosted-timeout-s", type=float, help="a slower hosted call falls back (default 8)")
     serve.add_argument("--log-level", default="INFO")
     serve.add_argument(
         "--event-loop",
@@ -98,8 +129,19 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         llm_timeout_s=getattr(args, "llm_timeout_s", None),
         llm_voice_timeout_s=getattr(args, "llm_voice_timeout_s", None),
         llm_tool_mode=getattr(args, "llm_tool_mode", None),
-        llm_prices=args.llm_prices.read_text() if getattr(args, "llm_prices", None) else None,
+        llm_prices=_read_prices(getattr(args, "llm_prices", None)),
+        synthesizer=getattr(args, "synthesizer", None),
+        **{name: getattr(args, name, None) for name in HOSTED_OPTIONS},
     )
+
+
+def _read_prices(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read the LLM prices file {path}: {exc.strerror}") from None
 
 
 async def serve(config: ServerConfig) -> None:
@@ -151,7 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         return loadtest_cli.run(args)
     if args.command == "serve":
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        config = _config(args)
+        try:
+            config = _config(args)
+        except ValueError as exc:  # a setting that cannot work: say which, before anything starts
+            print(f"vivavoce serve: {exc}", file=sys.stderr)
+            return 2
         config.data_dir.mkdir(parents=True, exist_ok=True)
         if args.event_loop == "uvloop":
             import uvloop

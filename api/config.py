@@ -6,6 +6,21 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from media.hosted import HostedEngine
+from runtime.llm import Prices
+
+_HOSTED_FIELDS = (
+    "hosted_stt",
+    "hosted_stt_url",
+    "hosted_stt_model",
+    "hosted_stt_key_env",
+    "hosted_tts",
+    "hosted_tts_url",
+    "hosted_tts_model",
+    "hosted_tts_voice",
+    "hosted_tts_key_env",
+)
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -29,10 +44,10 @@ class ServerConfig:
     # per second of speech and one process saturates at ~6 participants speaking at once
     speech_processes: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
     speech_inprocess: bool = False  # run speech engines in threads of this process instead
-    synthesis_inprocess: bool = True  # synthesis in threads here (eSpeak releases the GIL), recognition in workers
+    synthesis_inprocess: bool = True  # synthesis on threads here (its engines release the GIL), recognition in workers
+    synthesis_threads: int = 1  # threads making the replies of every session, piece by piece (media/synthesis.py)
     vad: str = "webrtc"
     recognizer: str = "pocketsphinx"
-    synthesizer: str = "espeak"
     # the AI interviewer: any OpenAI-compatible Chat Completions server (docs/llm.md)
     llm_base_url: str | None = None  # e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1
     llm_api_key: str | None = field(default=None, repr=False)  # never stored, logged or returned
@@ -41,15 +56,45 @@ class ServerConfig:
     llm_voice_timeout_s: float = 4.0  # per voice turn (fillers cover the wait)
     llm_tool_mode: str = "auto"  # auto | tools | json: how the model is asked for its decision
     llm_prices: str | None = None  # JSON: {"model": {"input": USD/Mtok, "output": ..., "cached_input": ...}}
+    speculate: bool = True  # voice: compose the reply during the participant's pause (api/live/speculation.py)
+    synthesizer: str = "auto"  # auto: Piper's English voice for English blueprints, eSpeak NG for other languages
+    # Hosted engines (docs/speech.md): a service name turns one on; unset fields take the service's defaults.
+    # Their keys are read from the environment variable named by *_key_env, never stored here.
+    hosted_stt: str | None = None  # "openai" (any OpenAI-compatible /v1/audio/transcriptions) or "deepgram"
+    hosted_stt_url: str | None = None
+    hosted_stt_model: str | None = None
+    hosted_stt_key_env: str | None = None
+    hosted_tts: str | None = None  # "openai" (any OpenAI-compatible /v1/audio/speech)
+    hosted_tts_url: str | None = None
+    hosted_tts_model: str | None = None
+    hosted_tts_voice: str | None = None
+    hosted_tts_key_env: str | None = None
+    hosted_timeout_s: float = 8.0  # a hosted call slower than this falls back to the embedded engine
     # Multiplies every runtime duration (timeouts, join window, sweeps, heartbeats).
     # 1.0 in production; tests use a small value so timeouts fire in milliseconds.
     time_scale: float = 1.0
+
+    def hosted_engine(self, kind: str) -> HostedEngine | None:
+        """The hosted ``stt`` or ``tts`` engine configured, if any (:class:`ValueError` for an unknown one)."""
+        service = getattr(self, f"hosted_{kind}")
+        if not service:
+            return None
+        fields = {f: getattr(self, f"hosted_{kind}_{f}", None) for f in ("url", "model", "voice", "key_env")}
+        return HostedEngine.configured(service, kind, timeout_s=self.hosted_timeout_s, **fields)
 
     @property
     def db_url(self) -> str:
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'vivavoce.db').resolve()}"
+
+    def __post_init__(self) -> None:
+        if self.llm_prices is not None:
+            Prices.parse(self.llm_prices)  # a ValueError names what is wrong
+        if self.llm_tool_mode not in ("auto", "tools", "json"):
+            raise ValueError(f"llm_tool_mode must be auto, tools or json, not {self.llm_tool_mode!r}")
+        if self.llm_timeout_s <= 0 or self.llm_voice_timeout_s <= 0:
+            raise ValueError("the LLM turn timeouts must be positive")
 
     @property
     def llm_enabled(self) -> bool:
@@ -89,10 +134,22 @@ class ServerConfig:
         for name in ("llm_base_url", "llm_api_key", "llm_model", "llm_tool_mode", "llm_prices"):
             if f"VIVAVOCE_{name.upper()}" in env:
                 values[name] = env[f"VIVAVOCE_{name.upper()}"]
+        if "VIVAVOCE_SPECULATE" in env:
+            values["speculate"] = env["VIVAVOCE_SPECULATE"].lower() not in ("0", "false", "no", "off")
         for name in ("llm_timeout_s", "llm_voice_timeout_s"):
             if f"VIVAVOCE_{name.upper()}" in env:
                 values[name] = float(env[f"VIVAVOCE_{name.upper()}"])
+        if "VIVAVOCE_SYNTHESIZER" in env:
+            values["synthesizer"] = env["VIVAVOCE_SYNTHESIZER"]
+        if "VIVAVOCE_SYNTHESIS_THREADS" in env:
+            values["synthesis_threads"] = int(env["VIVAVOCE_SYNTHESIS_THREADS"])
         if "VIVAVOCE_SQLITE_SYNCHRONOUS" in env:
             values["sqlite_synchronous"] = env["VIVAVOCE_SQLITE_SYNCHRONOUS"]
+        for name in _HOSTED_FIELDS:
+            variable = f"VIVAVOCE_{name.upper()}"
+            if variable in env:
+                values[name] = env[variable] or None
+        if "VIVAVOCE_HOSTED_TIMEOUT_S" in env:
+            values["hosted_timeout_s"] = float(env["VIVAVOCE_HOSTED_TIMEOUT_S"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ import time
 
 from runtime.analysis import collect_responses
 from runtime.llm import Prices
-from runtime.results import Analyst
+from runtime.results import Analyst, extractive_summary
 from runtime.storage import Store
 from runtime.storage.jobs import ANALYSIS, Job, JobStore
 from runtime.types import TERMINAL_EVENTS, Event
@@ -44,6 +44,12 @@ class JobRunner:
         self.store.db.add_listener(self._on_event)
         self._task = asyncio.create_task(self._loop(), name="job-runner")
 
+    async def _resume(self) -> None:
+        if self.store.db.single_process:
+            released = await self.jobs.release_claims(time.time())
+            if released:
+                log.info("resumed %d job(s) a previous run of this server had claimed", released)
+
     async def stop(self) -> None:
         self.store.db.remove_listener(self._on_event)
         if self._task is not None:
@@ -57,6 +63,10 @@ class JobRunner:
             self._wake.set()
 
     async def _loop(self) -> None:
+        try:
+            await self._resume()
+        except Exception:
+            log.exception("could not take back the jobs of a previous run; their leases will run out")
         while True:
             self._wake.clear()
             try:
@@ -88,6 +98,27 @@ class JobRunner:
                 job, repr(exc), now=time.time(), max_attempts=MAX_ATTEMPTS, base_delay_s=RETRY_BASE_S * self.time_scale
             )
             log.warning("job %s (%s) failed%s: %r", job.id, job.kind, ", will retry" if again else "; gave up", exc)
+            if not again and job.kind == ANALYSIS and job.run_id is not None:
+                await self._give_up(job, exc)
+
+    async def _give_up(self, job: Job, exc: Exception) -> None:
+        """An analysis that keeps failing still ends the run's story: the extractive summary, and why."""
+        assert job.run_id is not None
+        try:
+            run = await self.store.runs.get_run(job.run_id)
+            content = await self.store.catalog.pinned_content(run.org_id, run.blueprint_id, run.blueprint_version)
+            responses = collect_responses(content, await self.store.runs.list_messages(run.id))
+            await self.store.runs.store_analysis(
+                run.id,
+                job_id=job.id,
+                summary=extractive_summary(responses),
+                result=None,
+                result_error=f"the analysis failed {job.attempts} times; last: {exc!r}"[:2000],
+                usage=None,
+                now=time.time(),
+            )
+        except Exception:
+            log.exception("could not record the failed analysis of run %s", job.run_id)
 
     async def _analyse(self, job: Job) -> None:
         assert job.run_id is not None

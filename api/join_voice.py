@@ -87,8 +87,8 @@ async def join_offer(request: web.Request) -> web.Response:
     await voice.ready()
     link = VoiceLink(
         ice_servers=ice_servers(state),
-        workers=voice.workers,
-        synthesis=voice.synthesis,
+        workers=voice.listener(controller.blueprint.language),
+        synthesis=voice.speaker(controller.blueprint.language),
         settings=channel.settings,
         vad=state.config.vad,
     )

@@ -9,6 +9,7 @@ import re
 import threading
 import tracemalloc
 from collections import Counter
+from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, Field
@@ -54,6 +55,9 @@ class RuntimeOut(BaseModel):
     python_heap_top: list[str] = Field(description="With PYTHONTRACEMALLOC: the 15 source lines holding most heap")
     objects_by_type: dict[str, int] | None = Field(
         description="With ?objects=true: the 25 most numerous object types the garbage collector tracks"
+    )
+    speculation: dict[str, Any] = Field(
+        description="Voice replies composed during the pause: started, used, wasted, and how early (lead_ms)"
     )
 
 
@@ -103,6 +107,7 @@ async def debug_runtime(request: web.Request) -> web.Response:
         python_heap_bytes=tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else None,
         python_heap_top=_heap_top(15) if tracemalloc.is_tracing() else [],
         objects_by_type=_count_types(objects, 25) if by_type else None,
+        speculation=state.live.speculation.as_dict(),
     )
     return web.json_response(body.model_dump())
 

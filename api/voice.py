@@ -5,8 +5,9 @@ Inbound: 20 ms frames of 16 kHz audio → VAD → :class:`~runtime.endpointing.E
 a recogniser in a worker process while the participant speaks, so that only
 the tail is left to decode when they stop.
 
-Outbound: each assistant message is synthesised in a worker (in chunks),
-upsampled to 48 kHz and queued on the peer's paced :class:`SpeechTrack`; when
+Outbound: each assistant message is synthesised piece by piece on the server's synthesis threads
+(:mod:`media.synthesis`; Piper for English, eSpeak NG for other languages), upsampled to 48 kHz and
+queued on the peer's paced :class:`SpeechTrack`; when
 it has been played (or cut by a barge-in) the controller gets a
 :class:`~api.live.PlaybackReport` with its latency breakdown.
 
@@ -33,21 +34,29 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import aiohttp
 import numpy as np
 from aiortc import RTCIceServer
 
 from api.live import PlaybackReport, RunController
 from media.audio import FRAME_SAMPLES, PCM, SAMPLE_RATE
+from media.fallback import FallbackRecognition, FallbackSpeaker
+from media.hosted import HostedEngine
 from media.recording import Recorder
 from media.resample import Upsampler, single_threaded_blas
 from media.speech_track import Playback, SpeechTrack
+from media.stt import create_hosted_recognizer
+from media.stt.base import StreamingRecognition
+from media.synthesis import Speaker, SpeechChunk, SynthesisThreads
+from media.tts import create_hosted_synthesizer
 from media.vad import create_vad
 from media.webrtc import VoicePeer
-from media.workers import RecognitionStream, SpeechWorkers
+from media.workers import SpeechWorkers
 from runtime.endpointing import (
     Endpointer,
     EndpointSettings,
@@ -118,17 +127,32 @@ class VoiceServices:
 
     Recognition runs in worker processes (pocketsphinx holds the GIL while it
     decodes: ~0.35 s of CPU per second of speech). Synthesis runs in threads of
-    this process by default: eSpeak NG releases the GIL inside its C call and
-    needs ~0.3 % of real time, and a worker busy decoding would otherwise make
-    every reply wait behind recognition (measured: tts p50 850 ms at 10 callers).
+    this process by default (:class:`~media.synthesis.SynthesisThreads`): eSpeak NG
+    and onnxruntime release the GIL while they work, and a worker busy decoding
+    would otherwise make every reply wait behind recognition (measured: tts p50
+    850 ms at 10 callers). ``synthesis`` may also be speech workers (processes).
+
+    Hosted engines (``hosted_stt``, ``hosted_tts``) run on this event loop, through one HTTP
+    session, with the embedded engines behind them for any utterance they fail (:mod:`media.fallback`).
     """
 
-    def __init__(self, workers: SpeechWorkers, recordings: Recordings, synthesis: SpeechWorkers | None = None) -> None:
+    def __init__(
+        self,
+        workers: SpeechWorkers,
+        recordings: Recordings,
+        synthesis: SynthesisThreads | SpeechWorkers | None = None,
+        *,
+        hosted_stt: HostedEngine | None = None,
+        hosted_tts: HostedEngine | None = None,
+    ) -> None:
         # the resamplers' small matrix products run on the event loop: one BLAS thread, no spinning helpers
         single_threaded_blas()
         self.workers = workers
         self.synthesis = synthesis or workers
         self.recordings = recordings
+        self.hosted_stt = hosted_stt
+        self.hosted_tts = hosted_tts
+        self._http: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._started: asyncio.Task[None] | None = None
 
@@ -144,6 +168,30 @@ class VoiceServices:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def speaker(self, language: str) -> Speaker:
+        """What a session in ``language`` (the blueprint's) speaks with."""
+        embedded: Speaker
+        if isinstance(self.synthesis, SynthesisThreads):
+            embedded = self.synthesis.speaker(language)
+        else:
+            embedded = _WorkerSpeaker(self.synthesis)  # speech workers: the one engine they were started with
+        if self.hosted_tts is None:
+            return embedded
+        hosted = create_hosted_synthesizer(self.hosted_tts.service, engine=self.hosted_tts, session=self.http())
+        return FallbackSpeaker(hosted, embedded, what=self.hosted_tts.describe())
+
+    def listener(self, language: str) -> Listener:
+        """What a session in ``language`` is recognised by."""
+        if self.hosted_stt is None:
+            return self.workers
+        return _HostedListener(self, self.hosted_stt, language)
+
+    def http(self) -> aiohttp.ClientSession:
+        """The HTTP session of the hosted engines, opened on first use."""
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        return self._http
+
     async def _start(self) -> None:
         await self.workers.start()
         if self.synthesis is not self.workers:
@@ -154,17 +202,50 @@ class VoiceServices:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.recordings.close_all()
+        if self._http is not None:
+            await self._http.close()
         if self._started is not None:
             await self.workers.close()
             if self.synthesis is not self.workers:
                 await self.synthesis.close()
 
 
-def cut_to_played(text: str, fraction: float) -> str:
-    """The words of ``text`` that were heard, estimated from the fraction of audio played."""
+def cut_to_played(text: str, playback: Playback) -> str:
+    """The words of ``text`` that were heard, estimated from the audio played (and, when the engine
+    counts them, the words of each piece: see :meth:`Playback.words_heard`)."""
     words = text.split()
-    keep = round(len(words) * min(max(fraction, 0.0), 1.0))
+    keep = round(min(max(playback.words_heard(len(words)), 0.0), len(words)))
     return " ".join(words[:keep])
+
+
+class Listener(Protocol):
+    """Where a voice session's recognition streams come from: speech workers, or a hosted service."""
+
+    def recognition(self) -> StreamingRecognition: ...
+
+
+class _HostedListener:
+    def __init__(self, services: VoiceServices, engine: HostedEngine, language: str) -> None:
+        self.services = services
+        self.engine = engine
+        self.language = language
+
+    def recognition(self) -> StreamingRecognition:
+        hosted = create_hosted_recognizer(
+            self.engine.service, engine=self.engine, session=self.services.http(), language=self.language
+        )
+        return FallbackRecognition(hosted, self.services.workers.recognition, what=self.engine.describe())
+
+
+class _WorkerSpeaker:
+    """Speech workers as a :class:`~media.synthesis.Speaker` (their chunks carry no word counts)."""
+
+    def __init__(self, workers: SpeechWorkers) -> None:
+        self.workers = workers
+
+    async def synthesize(self, text: str) -> AsyncIterator[SpeechChunk]:
+        async for pcm, rate in self.workers.synthesize(text):
+            yield SpeechChunk(pcm, rate)
 
 
 class VoiceLink:
@@ -174,8 +255,8 @@ class VoiceLink:
     def __init__(
         self,
         *,
-        workers: SpeechWorkers,
-        synthesis: SpeechWorkers,
+        workers: Listener,
+        synthesis: Speaker,
         settings: ChannelSettings,
         ice_servers: list[RTCIceServer] | None = None,
         vad: str = "webrtc",
@@ -199,7 +280,7 @@ class VoiceLink:
         self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._preroll: deque[PCM] = deque(maxlen=PREROLL_FRAMES)
         self._batch: list[PCM] = []  # speech frames not yet queued for the recogniser
-        self._recognition: RecognitionStream | None = None
+        self._recognition: StreamingRecognition | None = None
         self._segment_frames = 0
         self._segment = 0  # counts segments, so a late partial caption of an old one is dropped
         self._partial: asyncio.Task[None] | None = None  # at most one partial request in flight
@@ -285,10 +366,12 @@ class VoiceLink:
     async def _synthesize(self, playback: Playback) -> None:
         upsampler: Upsampler | None = None
         try:
-            async for pcm, rate in self.synthesis.synthesize(playback.text):
-                if upsampler is None:
-                    upsampler = Upsampler(rate, 48_000)
-                playback.append(upsampler.process(pcm))
+            async for chunk in self.synthesis.synthesize(playback.text):
+                if upsampler is None or upsampler.rate_in != chunk.rate:  # a fallback engine may speak at another rate
+                    if upsampler is not None:
+                        playback.append(upsampler.flush())
+                    upsampler = Upsampler(chunk.rate, 48_000)
+                playback.append(upsampler.process(chunk.pcm), words=chunk.words)
             if upsampler is not None:
                 playback.append(upsampler.flush())
         except Exception:
@@ -310,7 +393,7 @@ class VoiceLink:
     def _report(self, playback: Playback) -> PlaybackReport:
         _, message, text_ready_at, anchor = self._playbacks[playback.id]
         ended_at = playback.finished_at or time.time()
-        content = cut_to_played(message.content, playback.played_fraction) if playback.interrupted else message.content
+        content = cut_to_played(message.content, playback) if playback.interrupted else message.content
         return PlaybackReport(
             message_id=message.id,
             started_at=playback.first_frame_at,
@@ -419,7 +502,11 @@ class VoiceLink:
             if self._recognition is not None and self._early is None:
                 self._early = asyncio.create_task(self._recognition.finish(), name="voice-early-finish")
                 self._early.add_done_callback(_retrieve)
+                if ctl is not None:
+                    self._spawn(self._speculate(ctl, self._early, list(self._heard)))
         elif isinstance(decision, Resumed):
+            if ctl is not None:
+                await ctl.speech(self, "resumed")  # a reply composed on the pause is obsolete
             if self._recognition is not None and self._early is not None:
                 await self._continue_after_pause(self._recognition)
         elif isinstance(decision, Noise):
@@ -450,7 +537,17 @@ class VoiceLink:
             if stored is not None:
                 self.peer.send_event({"type": "caption", "role": "user", "final": True, "text": stored.content})
 
-    async def _caption(self, recognition: RecognitionStream, segment: int) -> None:
+    async def _speculate(self, ctl: RunController, early: asyncio.Task[str], heard: list[str]) -> None:
+        """Once the pause's early transcript is ready, let the controller compose its reply ahead
+        (api/live/speculation.py): if the turn ends on these words, the reply is ready or under way."""
+        try:
+            text = await asyncio.shield(early)
+        except Exception:
+            return
+        if early is self._early and text.strip():
+            await ctl.speculate(self, " ".join([*heard, text]))
+
+    async def _caption(self, recognition: StreamingRecognition, segment: int) -> None:
         """A partial caption, off the decision path: waiting for it would hold up the end of the turn
         whenever the worker is behind."""
         try:
@@ -474,7 +571,7 @@ class VoiceLink:
             last = await self._recognition.finish() if self._recognition is not None else ""
         return " ".join(part for part in [*heard, last] if part)
 
-    async def _continue_after_pause(self, recognition: RecognitionStream) -> None:
+    async def _continue_after_pause(self, recognition: StreamingRecognition) -> None:
         """The participant spoke again: keep the early result as the answer's first part and
         recognise the rest as a new utterance, starting with the pause's audio.
 

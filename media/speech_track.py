@@ -58,6 +58,10 @@ class Playback:
     on a busy one it keeps a slow second chunk from opening a gap right after the first word
     (the participant hears a stutter, and the recording drifts from the message's start time).
     The wait counts in ``initial_wait``.
+
+    Words: :meth:`append` may say how many words of the text a chunk completes (engines that make whole
+    pieces know); :meth:`words_heard` then places a barge-in among them, even while the rest of the reply
+    is still being made, where ``played_fraction`` knows only the audio made so far.
     """
 
     def __init__(
@@ -79,6 +83,7 @@ class Playback:
         self._chunks: deque[PCM] = deque()
         self._offset = 0  # into _chunks[0]
         self._buffered = 0
+        self._word_marks: list[tuple[int, int]] = []  # (total_samples, words completed) after each chunk with words
         self.total_samples = 0
         self.played_samples = 0
         self.underruns = 0  # frames of silence sent mid-playback because synthesis lagged
@@ -95,8 +100,9 @@ class Playback:
             f"completed={self.completed}, interrupted={self.interrupted}, done={self.done.done()})"
         )
 
-    def append(self, pcm48: PCM) -> None:
-        """Add synthesized audio (48 kHz mono int16). Ignored once the playback has ended (e.g. stopped)."""
+    def append(self, pcm48: PCM, *, words: int = 0) -> None:
+        """Add synthesized audio (48 kHz mono int16) that completes ``words`` more words of the text.
+        Ignored once the playback has ended (e.g. stopped)."""
         if self.done.done():
             return
         if self.completed:
@@ -110,6 +116,9 @@ class Playback:
         self._chunks.append(np.ascontiguousarray(pcm48))
         self._buffered += len(pcm48)
         self.total_samples += len(pcm48)
+        if words > 0:
+            done = self._word_marks[-1][1] if self._word_marks else 0
+            self._word_marks.append((self.total_samples, done + words))
 
     def complete(self) -> None:
         """Synthesis is done: the playback finishes once its buffered audio has been sent."""
@@ -120,6 +129,23 @@ class Playback:
         if self.total_samples == 0:
             return 0.0 if self.interrupted or not self.done.done() else 1.0
         return self.played_samples / self.total_samples
+
+    def words_heard(self, total_words: int) -> float:
+        """How many of the text's ``total_words`` were heard: the words of the pieces played, and the
+        played share of the piece that was playing; without word counts, ``played_fraction`` of them."""
+        if not self._word_marks:
+            return total_words * self.played_fraction
+        start_samples, start_words = 0, 0
+        for samples, words in self._word_marks:
+            if self.played_samples < samples:
+                share = (self.played_samples - start_samples) / (samples - start_samples)
+                return min(start_words + share * (words - start_words), total_words)
+            start_samples, start_words = samples, words
+        tail = self.total_samples - start_samples  # audio after the last counted piece: the rest of the text
+        if tail > 0 and self.completed:
+            share = (self.played_samples - start_samples) / tail
+            return min(start_words + share * (total_words - start_words), total_words)
+        return min(start_words, total_words)
 
     @property
     def exhausted(self) -> bool:

@@ -4,8 +4,14 @@ Signalling is one HTTP round trip (``POST /join/{token}/offer``): the client
 sends a complete offer, :meth:`VoicePeer.accept` answers with every candidate
 already gathered (no trickle ICE). The client opens a data channel labelled
 ``"events"`` that carries JSON both ways: :meth:`VoicePeer.send_event` out,
-``on_message`` in; ``ping``/``pong`` on it are handled here and give
-:attr:`VoicePeer.rtt`.
+``on_message`` in; ``ping``/``pong`` on it are handled here.
+
+Round trip (:attr:`VoicePeer.rtt`): every WebRTC client (browsers, aiortc) answers our RTCP sender
+reports with receiver reports whose LSR/DLSR fields give it (RTT = arrival - LSR - DLSR, in NTP
+1/65536 s), which aiortc's sender computes and smooths (``remote-inbound-rtp`` ``roundTripTime`` in
+its stats, read every :data:`RTCP_POLL_S`). A client that also answers our data-channel pings (our
+page does) refines it: a recent pong is preferred, being measured on a monotonic clock every ping
+and not smoothed; a client that ignores them still gets a round trip from RTCP within a few seconds.
 
 Inbound audio (48 kHz stereo from the Opus decoder) becomes 20 ms frames of
 16 kHz mono (:func:`consume_audio`); outbound audio is a paced
@@ -61,6 +67,8 @@ log = logging.getLogger("vivavoce.webrtc")
 MAX_SDP_BYTES = 64 * 1024
 EVENTS_LABEL = "events"
 MAX_QUEUED_EVENTS = 64  # events sent before the data channel opens; beyond this the oldest are dropped
+RTCP_POLL_S = 1.0  # how often the RTCP round trip is read from the sender's stats (reports come every 0.5-1.5 s)
+PONG_FRESH_PINGS = 3  # a pong newer than this many ping intervals refines the RTCP round trip
 
 # --- ICE host addresses ---------------------------------------------------------------------
 
@@ -258,7 +266,8 @@ class VoicePeer:
         self.ping_interval = ping_interval
         self.jitter_prefetch = jitter_prefetch
         self.channel: RTCDataChannel | None = None
-        self._rtt: float | None = None
+        self._rtt: float | None = None  # of the latest pong
+        self.rtcp_rtt: float | None = None  # from RTCP receiver reports (smoothed by aiortc)
         self.last_pong_at: float | None = None  # time.monotonic() of the latest pong
         self.last_audio_at: float | None = None  # wall clock of the latest inbound audio frame
         self.connected_at: float | None = None  # wall clock when the connection was first up
@@ -272,14 +281,20 @@ class VoicePeer:
         self._close_task: asyncio.Task[None] | None = None
         self._audio_task: asyncio.Task[None] | None = None
         self._ping_task: asyncio.Task[None] | None = None
+        self._rtcp_task: asyncio.Task[None] | None = None
         self.pc.on("connectionstatechange", self._on_connection_state)
         self.pc.on("track", self._on_track)
         self.pc.on("datachannel", self._on_datachannel)
 
     @property
     def rtt(self) -> float | None:
-        """The latest round trip of our data-channel pings, in seconds (None until the first pong)."""
-        return self._rtt
+        """The round trip to the client in seconds: a recent data-channel pong's, else RTCP's (None until
+        either has been measured)."""
+        pong = self.last_pong_at
+        fresh = pong is not None and time.monotonic() - pong <= PONG_FRESH_PINGS * self.ping_interval
+        if self._rtt is not None and (fresh or self.rtcp_rtt is None):
+            return self._rtt
+        return self.rtcp_rtt
 
     @property
     def connection_state(self) -> str:
@@ -374,6 +389,8 @@ class VoicePeer:
         state = self.pc.connectionState
         if state == "connected" and self.connected_at is None:
             self.connected_at = time.time()
+            if self._rtcp_task is None and not self._closing:
+                self._rtcp_task = self._spawn(self._read_rtcp_rtt(), "webrtc-rtcp-rtt")
         elif state == "failed":
             self._report_closed("ice_failed")
         elif state == "closed":
@@ -435,6 +452,21 @@ class VoicePeer:
                 self.on_message(message)
             except Exception:
                 log.exception("on_message callback failed")
+
+    async def _read_rtcp_rtt(self) -> None:
+        """Keep :attr:`rtcp_rtt` up to date from the senders' ``remote-inbound-rtp`` stats."""
+        while not self._closing:
+            for sender in self.pc.getSenders():
+                try:
+                    stats = await sender.getStats()
+                except Exception as exc:  # the transport is going away
+                    log.debug("no sender stats: %r", exc)
+                    continue
+                for report in stats.values():
+                    rtt = getattr(report, "roundTripTime", None)
+                    if getattr(report, "type", None) == "remote-inbound-rtp" and isinstance(rtt, float):
+                        self.rtcp_rtt = max(rtt, 0.0)
+            await asyncio.sleep(RTCP_POLL_S)
 
     async def _ping_loop(self) -> None:
         """Our own pings carry ``t`` = our monotonic clock, so a pong's age is the round trip."""

@@ -204,6 +204,7 @@ class CallerContext:
     on_ready: Callable[[int], None] | None = None  # called with the caller's index at each session.ready
     media_timeout_s: float = 5.0  # voice: no audio from the server for this long drops the connection
     voice: Any = None  # voice: the loaded answers (api.loadtest.voice.VoiceAnswers)
+    synthetic: Any = None  # chat: answers written by an LLM persona (api.loadtest.synthetic.SyntheticParticipant)
 
 
 class JoinRefused(Exception):
@@ -329,6 +330,7 @@ class _ChatState:
         self.fatal: str | None = None
         self.first_connect_at: float | None = None
         self.turn_by_client_id: dict[str, Turn] = {}
+        self.history: list[tuple[str, str]] = []  # (role, content): what a synthetic participant answers to
 
 
 class ChatCaller(Caller[_ChatState]):
@@ -438,12 +440,16 @@ class ChatCaller(Caller[_ChatState]):
         for u in list(state.pending):
             await self._send(state, u)
         messages = [m for m in frame.get("messages") or [] if isinstance(m, dict)]
+        state.history = [
+            (str(m["role"]), str(m.get("content", ""))) for m in messages if m.get("role") in ("assistant", "user")
+        ]
         if messages and messages[-1].get("role") == "assistant" and not state.pending:
             self._maybe_answer(state, messages[-1])
 
     def _on_message(self, state: _ChatState, message: dict[str, Any], now: float) -> None:
         if message.get("role") != "assistant":
             return
+        state.history.append(("assistant", str(message.get("content", ""))))
         rec = state.rec
         if rec.first_message_ms is None and state.first_connect_at is not None:
             rec.first_message_ms = (now - state.first_connect_at) * 1000
@@ -491,6 +497,11 @@ class ChatCaller(Caller[_ChatState]):
             await gate.wait()
         delay = self.ctx.persona.typing_delay_ms.sample(self.rng) / 1000.0
         end = time.monotonic() + delay
+        if self.ctx.synthetic is not None:  # the model writes while the persona "types"
+            content = await self.ctx.synthetic.answer(state.history, self.rng)
+        else:
+            content = self.ctx.persona.answer(self.rng)
+        state.history.append(("user", content))
         while (left := end - time.monotonic()) > 0:
             if self.ctx.persona.typing_indicator and left > TYPING_EVERY_S / 2 and state.ws is not None:
                 with contextlib.suppress(Exception):
@@ -500,7 +511,7 @@ class ChatCaller(Caller[_ChatState]):
         rec = state.rec
         n = len(rec.utterances) + 1
         client_id = f"lt{self.index}-{self.sessions}-{n}-{secrets.token_hex(6)}"
-        u = Utterance(client_id, self.ctx.persona.answer(self.rng))
+        u = Utterance(client_id, content)
         rec.utterances.append(u)
         turn = Turn(client_id)
         rec.turns.append(turn)

@@ -88,6 +88,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--sync-start", action="store_true", help="answer only once every caller's first session is ready"
     )
     load.add_argument("--seed", type=int, help="random seed for typing delays and answers")
+    pilot = p.add_argument_group("synthetic participants (chat): a persona with a description, answered by a model")
+    pilot.add_argument("--llm-base-url", help="OpenAI-compatible server (env VIVAVOCE_LOADTEST_LLM_BASE_URL)")
+    pilot.add_argument("--llm-model", help="model name (env VIVAVOCE_LOADTEST_LLM_MODEL; default 'default')")
+    pilot.add_argument("--llm-api-key", help=argparse.SUPPRESS)  # prefer env VIVAVOCE_LOADTEST_LLM_API_KEY
     out = p.add_argument_group("output")
     out.add_argument("--report", type=Path, help="write the JSON report here")
     out.add_argument("--plot", type=Path, help="write a PNG (latency CDFs, callers over time) here")
@@ -148,6 +152,9 @@ def config_from_args(args: argparse.Namespace) -> LoadtestConfig:
         sync_start=args.sync_start,
         verify=not args.no_verify,
         seed=args.seed,
+        llm_base_url=args.llm_base_url or os.environ.get("VIVAVOCE_LOADTEST_LLM_BASE_URL") or None,
+        llm_api_key=args.llm_api_key or os.environ.get("VIVAVOCE_LOADTEST_LLM_API_KEY") or None,
+        llm_model=args.llm_model or os.environ.get("VIVAVOCE_LOADTEST_LLM_MODEL") or None,
     )
 
 

@@ -250,6 +250,8 @@ class Persona:
     pause_ms: Delay = field(default_factory=lambda: _uniform(1500, 3000))
     barge_in_probability: float = 0.1
     barge_in_after_ms: Delay = field(default_factory=lambda: _uniform(300, 1200))
+    # synthetic participants: with a model (loadtest --llm-base-url), chat answers are written from this
+    description: str | None = None
 
     def answer(self, rng: random.Random) -> str:
         if self.short_answers and rng.random() < self.short_answer_ratio:
@@ -284,7 +286,7 @@ class Persona:
         delays = ("typing_delay_ms", "think_ms", "pause_ms", "barge_in_after_ms")
         ratios = ("short_answer_ratio", "pause_probability", "barge_in_probability")
         lists = ("answers", "short_answers", "voice_answers", "voice_short_answers")
-        known = {*delays, *ratios, *lists, "typing_indicator", "name", "voice_answers_dir"}
+        known = {*delays, *ratios, *lists, "typing_indicator", "name", "voice_answers_dir", "description"}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(
@@ -311,6 +313,11 @@ class Persona:
                 kwargs[key] = float(ratio)
         if "typing_indicator" in data:
             kwargs["typing_indicator"] = bool(data["typing_indicator"])
+        if "description" in data:
+            description = data["description"]
+            if not isinstance(description, str) or not description.strip() or len(description) > 4000:
+                raise ConfigError("persona: description must be a non-empty text of at most 4000 characters")
+            kwargs["description"] = description.strip()
         if "voice_answers_dir" in data:
             folder = data["voice_answers_dir"]
             if not isinstance(folder, str) or not folder.strip():
@@ -327,6 +334,7 @@ class Persona:
             "short_answers": list(self.short_answers),
             "short_answer_ratio": self.short_answer_ratio,
             "typing_indicator": self.typing_indicator,
+            "description": self.description,
             "voice_answers_dir": str(self.voice_answers_dir),
             "voice_answers": list(self.voice_answers),
             "voice_short_answers": list(self.voice_short_answers),
@@ -409,6 +417,10 @@ class LoadtestConfig:
     verify: bool = True  # compare against the server's stored transcripts at the end
     verify_concurrency: int = 8
     seed: int | None = None
+    # synthetic participants: the persona's description answered by this model (OpenAI-compatible)
+    llm_base_url: str | None = None
+    llm_api_key: str | None = field(default=None, repr=False)
+    llm_model: str | None = None
 
     def __post_init__(self) -> None:
         if self.callers < 1:

@@ -195,6 +195,7 @@ def build_report(result: LoadtestResult) -> dict[str, Any]:
             "max_connected": max((c for _, _, c, _ in result.timeline), default=0),
             "deadline_hit": result.deadline_hit,
             "aborted": result.aborted,
+            "synthetic_answers": result.synthetic_answers,
         },
         "measures": measures,
         "by_kind": _by_kind(result),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import logging
 import random
 import secrets
 import time
@@ -33,7 +34,11 @@ from api.loadtest.config import (
     join_ws_url,
 )
 from api.loadtest.server_api import ApiError, ServerApi, describe
+from api.loadtest.synthetic import SyntheticParticipant
 from media.stt.wer import normalize_words, word_edit_distance, word_error_rate
+from runtime.llm.openai_compat import OpenAICompatModel
+
+log = logging.getLogger("vivavoce.loadtest")
 
 LATENCY_STAGES = ("network", "initial_wait", "transcriber", "eos", "eos_wait", "llm", "tts")
 # voice: the stages that telescope from the end of the participant's speech to the reply's first frame sent
@@ -60,6 +65,7 @@ class LoadtestResult:
     verified: bool = False
     verify_note: str | None = None
     channel_kinds: dict[str, str] = field(default_factory=dict)  # channel id → caller kind
+    synthetic_answers: dict[str, int] | None = None  # by the model / canned instead, with a synthetic persona
 
     @property
     def failed_sessions(self) -> list[SessionRecord]:
@@ -266,6 +272,12 @@ async def _schedule(
         if gate is not None and len(announced) >= config.callers:
             gate.set()
 
+    synthetic: SyntheticParticipant | None = None
+    if config.persona.description and config.llm_base_url:
+        model = OpenAICompatModel(base_url=config.llm_base_url, api_key=config.llm_api_key)
+        synthetic = SyntheticParticipant(model, config.persona, model_name=config.llm_model or "default")
+    elif config.persona.description:
+        log.warning("the persona has a description but no --llm-base-url: it answers from its canned list")
     ctx = CallerContext(
         http=ws_http,
         persona=config.persona,
@@ -279,6 +291,7 @@ async def _schedule(
         on_ready=announce,
         media_timeout_s=config.media_timeout_s,
         voice=voice,
+        synthetic=synthetic,
     )
     seed = config.seed if config.seed is not None else secrets.randbits(32)
 
@@ -357,6 +370,9 @@ async def _schedule(
         sampler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sampler
+        if synthetic is not None:
+            result.synthetic_answers = {"model": synthetic.answered, "canned": synthetic.fell_back}
+            await synthetic.model.aclose()
         result.timeline.append(
             (round(loop.time() - start, 3), counters.callers_active, counters.connected, counters.sessions_open)
         )

@@ -188,6 +188,18 @@
     fact(facts, "Started", timeNode(run.started_at));
     if (run.blueprint) fact(facts, "Blueprint", `${run.blueprint.name} (version ${run.blueprint_version})`);
     if (run.channel) fact(facts, "Channel", `${run.channel.name} (${words(run.channel.type)})`);
+    const who = run.blueprint && run.blueprint.interviewer;
+    if (who) {
+      const label = who.type === "llm" ? `AI: ${who.model || "default"} (prompt ${who.prompt_version || "?"})` : "Scripted";
+      fact(facts, "Interviewer", label);
+    }
+    const usage = run.usage;
+    if (usage && usage.llm_calls) {
+      const cost = usage.cost_usd === null ? "cost unknown (no price set)" : `$${usage.cost_usd.toFixed(4)}`;
+      fact(facts, "LLM use", `${usage.llm_calls} calls, ${usage.input_tokens} in / ${usage.output_tokens} out tokens, ${cost}`);
+    }
+    const flagged = (run.transcript || []).filter((m) => (m.flags || []).length).length;
+    if (flagged) fact(facts, "Flagged messages", String(flagged));
     fact(facts, "Run id", el("code", {}, run.id));
   }
 
@@ -272,6 +284,11 @@
         meta.append(el("span", { class: "offset" }, at));
       }
       if (message.is_filler) meta.append(el("span", { class: "flag" }, "filler"));
+      for (const flag of message.flags || []) meta.append(el("span", { class: "flag flag-alert" }, words(flag)));
+      const made = message.generation;
+      if (made && made.fallback) {
+        meta.append(el("span", { class: "flag", title: made.fallback_reason || "" }, "scripted fallback"));
+      }
       if (message.is_interrupted) meta.append(el("span", { class: "flag" }, "interrupted"));
       item.append(meta, el("p", { class: "content" }, message.content));
       list.append(item);
@@ -423,8 +440,36 @@
     tbody.replaceChildren(...rows);
   }
 
+  function renderResult(run) {
+    const result = run.result || { status: "pending" };
+    const status = document.getElementById("result-status");
+    const questions = new Map(((run.blueprint && run.blueprint.questions) || []).map((q) => [q.id, q]));
+    const statusText = {
+      pending: ENDED.has(run.status) ? "The analysis is in progress." : "Available once the interview has ended.",
+      ready: "",
+      failed: "The analysis failed.",
+    }[result.status];
+    status.textContent = statusText || "";
+    const summary = result.summary;
+    const how = summary ? (summary.method === "llm" ? ` (written by ${summary.model})` : " (extractive)") : "";
+    document.getElementById("result-overall").textContent = summary ? summary.overall + how : "";
+    const list = document.getElementById("result-questions");
+    list.replaceChildren();
+    for (const q of (summary && summary.questions) || []) {
+      const question = questions.get(q.question_id);
+      fact(list, question ? question.text : q.question_id, q.summary);
+    }
+    const data = document.getElementById("result-data");
+    const dataTitle = document.getElementById("result-data-title");
+    data.hidden = dataTitle.hidden = result.result === null || result.result === undefined;
+    data.textContent = data.hidden ? "" : JSON.stringify(result.result, null, 2);
+    const error = document.getElementById("result-error");
+    error.hidden = !result.result_error;
+    error.textContent = result.result_error ? `Result not extracted: ${result.result_error}` : "";
+  }
+
   async function showRun(runId) {
-    const expand = ["transcript", "blueprint", "channel", "sessions"].map((e) => `expand=${e}`).join("&");
+    const expand = ["transcript", "blueprint", "channel", "sessions", "result"].map((e) => `expand=${e}`).join("&");
     const run = await api(`/v1/runs/${encodeURIComponent(runId)}?${expand}`);
     const name = participantName(run.participant);
     document.title = `${name} · vivavoce console`;
@@ -446,6 +491,7 @@
     if (recorded) followPlayback(audio, lines);
     renderWaterfall(run);
     renderSummary(run);
+    renderResult(run);
     document.getElementById("run-view").hidden = false;
     say("");
   }

@@ -8,9 +8,17 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from media.stt.base import Recognizer
+from media.stt.base import HostedRecognizer, Recognizer
 
-__all__ = ["DEFAULT_RECOGNIZER", "RECOGNIZERS", "Recognizer", "create_recognizer"]
+__all__ = [
+    "DEFAULT_RECOGNIZER",
+    "HOSTED_RECOGNIZERS",
+    "RECOGNIZERS",
+    "HostedRecognizer",
+    "Recognizer",
+    "create_hosted_recognizer",
+    "create_recognizer",
+]
 
 #: name -> "module:class"; imported on first use.
 RECOGNIZERS: dict[str, str] = {
@@ -29,4 +37,25 @@ def create_recognizer(name: str = DEFAULT_RECOGNIZER, **options: Any) -> Recogni
     module_name, _, class_name = target.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     recognizer: Recognizer = cls(**options)
+    return recognizer
+
+
+#: Hosted services (network-bound, async, run on the server's event loop): name -> "module:class".
+HOSTED_RECOGNIZERS: dict[str, str] = {
+    "openai": "media.stt.openai:OpenAITranscription",
+    "deepgram": "media.stt.deepgram:DeepgramRecognition",
+}
+
+
+def create_hosted_recognizer(name: str, **options: Any) -> HostedRecognizer:
+    """A new hosted recogniser for one stream (``engine``, ``session``, ``language`` among ``options``)."""
+    try:
+        target = HOSTED_RECOGNIZERS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown hosted recognizer {name!r}; known: {', '.join(sorted(HOSTED_RECOGNIZERS))}"
+        ) from None
+    module_name, _, class_name = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    recognizer: HostedRecognizer = cls(**options)
     return recognizer

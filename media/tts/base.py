@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 from media.audio import PCM
 
@@ -17,3 +17,22 @@ class Synthesizer(abc.ABC):
     @abc.abstractmethod
     def synthesize(self, text: str) -> Iterator[PCM]:
         """Yield mono int16 chunks at :attr:`sample_rate` as they are produced."""
+
+    def speak(self, text: str) -> Iterator[tuple[PCM, int]]:
+        """Like :meth:`synthesize`, each chunk with the number of words of ``text`` it completes (0: not
+        known, or inside a word group). Engines that make whole pieces say so: a barge-in is then cut at
+        the words really heard even while the rest of the reply is still being made."""
+        for chunk in self.synthesize(text):
+            yield chunk, 0
+
+
+class HostedSynthesizer(abc.ABC):
+    """A speech service reached over the network: async, on the event loop; failures raise
+    :class:`media.hosted.HostedError`."""
+
+    name: str
+    sample_rate: int
+
+    @abc.abstractmethod
+    def stream(self, text: str) -> AsyncIterator[PCM]:
+        """Mono int16 chunks at :attr:`sample_rate` as they arrive."""

@@ -34,6 +34,7 @@ _EE_OK = 0
 _EE_NOT_FOUND = 2
 _PARAM_RATE = 1
 _PARAM_PITCH = 3
+_PHONEMES_IPA = 0x02  # espeakPHONEMES_IPA: phoneme names as IPA characters (UTF-8)
 
 RATE_MIN, RATE_MAX = 80, 450  # espeakRATE_MINIMUM / espeakRATE_MAXIMUM, words per minute
 PITCH_MIN, PITCH_MAX = 0, 100
@@ -82,6 +83,8 @@ class _Engine:
             ctypes.c_void_p,  # user_data
         ]
         lib.espeak_Synth.restype = ctypes.c_int
+        lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
+        lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
         self._lib = lib
 
         data_path = str(espeakng_loader.get_data_path()).encode()
@@ -127,6 +130,21 @@ class _Engine:
         if err != _EE_OK:
             raise RuntimeError(f"espeak_SetParameter({parameter}, {value}) failed ({err})")
 
+    def phonemes(self, text: bytes) -> list[str]:
+        """IPA phonemes (with stress marks) of ``text`` (UTF-8) in the current voice, one string per clause.
+
+        ``espeak_TextToPhonemes`` translates one clause per call and moves the text pointer on (NULL at the
+        end); the clause's punctuation is not in its result (callers that need it split clauses themselves).
+        """
+        buffer = ctypes.create_string_buffer(text)
+        pointer = ctypes.c_void_p(ctypes.addressof(buffer))
+        clauses: list[str] = []
+        while pointer.value:
+            result = self._lib.espeak_TextToPhonemes(ctypes.byref(pointer), _CHARS_UTF8, _PHONEMES_IPA)
+            if result:
+                clauses.append(result.decode("utf-8", errors="replace"))
+        return clauses
+
     def synth(self, text: bytes, job: _Job) -> None:
         """Synthesise ``text`` (UTF-8), delivering chunks to ``job``; returns when done or cancelled."""
         self._job = job
@@ -154,6 +172,17 @@ def _engine() -> _Engine:
 def _clean(text: str) -> bytes:
     """UTF-8 bytes safe to hand to C: no NULs or other control characters, no lone surrogates."""
     return _CONTROL_CHARS.sub(" ", text).encode("utf-8", errors="replace")
+
+
+def phonemize(text: str, voice: str = "en-us") -> list[str]:
+    """IPA phonemes of ``text`` spoken by eSpeak NG voice ``voice``, one string per clause (for Piper voices,
+    which were trained on eSpeak NG's phonemes). Serialised with synthesis on the process-wide engine."""
+    if not text.strip():
+        return []
+    with _LOCK:
+        engine = _engine()
+        engine.set_voice(voice)
+        return engine.phonemes(_clean(text))
 
 
 class EspeakSynthesizer(Synthesizer):

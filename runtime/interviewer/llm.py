@@ -502,6 +502,9 @@ class _Streamer:
             elif self.action is Action.REDIRECT:
                 found = speech.problems(sentence, max_words=30) + (["a question"] if asks else [])
                 kind = UtteranceKind.REDIRECT
+            elif self.action is Action.FOLLOW_UP:  # what leads into the follow-up question
+                found = speech.acknowledgement_problems(sentence, max_words=30)
+                kind = UtteranceKind.ACKNOWLEDGEMENT
             else:
                 found = speech.acknowledgement_problems(sentence)
                 kind = UtteranceKind.ACKNOWLEDGEMENT

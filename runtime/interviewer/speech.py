@@ -25,7 +25,8 @@ _LEAK = re.compile(
     re.IGNORECASE,
 )
 _PRAISE = re.compile(
-    r"\b(great|excellent|wonderful|fantastic|amazing|awesome|brilliant|perfect|impressive|fascinating"
+    r"\b(great(?! (deal|many|number|amount|lengths|distance))|excellent|wonderful|fantastic|amazing|awesome"
+    r"|brilliant|perfect|impressive|fascinating"
     r"|interesting|love (that|this|it|hearing)|good (answer|point|question)|well said|nice)\b",
     re.IGNORECASE,
 )
@@ -77,9 +78,9 @@ def question_problems(text: str, *, max_words: int = 40) -> list[str]:
     return found
 
 
-def acknowledgement_problems(text: str) -> list[str]:
+def acknowledgement_problems(text: str, *, max_words: int = 14) -> list[str]:
     """:func:`problems` for a brief neutral reaction: short, no question, no praise."""
-    found = problems(text, max_words=14)
+    found = problems(text, max_words=max_words)
     if "?" in text:
         found.append("a question where an acknowledgement was wanted")
     if _PRAISE.search(text):

@@ -54,6 +54,8 @@ class OpenAICompatModel(ChatModel):
         self._client = AsyncOpenAI(
             base_url=self.base_url, api_key=api_key or "not-needed", max_retries=0, timeout=default_timeout
         )
+        # The client imports its chat resources on first use (~0.1 s): at start, not in a participant's turn.
+        self._completions = self._client.chat.completions
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -88,7 +90,7 @@ class OpenAICompatModel(ChatModel):
 
     async def stream(self, request: ChatRequest, *, timeout: float) -> AsyncIterator[Chunk]:
         try:
-            response = await self._client.chat.completions.create(**self._arguments(request, timeout))
+            response = await self._completions.create(**self._arguments(request, timeout))
         except openai.APIError as exc:
             raise _translate(exc) from exc
         except httpx2.HTTPError as exc:

@@ -277,6 +277,11 @@ class Database:
                 if not self._adopting:
                     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
+    @property
+    def single_process(self) -> bool:
+        """Whether only this process can be using the store (a SQLite file is served by one process)."""
+        return self._raw_transactions
+
     async def create_schema(self) -> None:
         """Bring the schema to the newest migration (a new database is created from the migrations)."""
         await asyncio.to_thread(migrations.upgrade, self.sync_engine)

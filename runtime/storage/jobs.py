@@ -97,6 +97,19 @@ class JobStore:
         await self.db.write(write)
         return again
 
+    async def release_claims(self, now: float) -> int:
+        """Take back every claim on pending jobs: for a store only this process uses (SQLite), after a
+        restart nobody else can still be working on them, so they need not wait for their leases."""
+
+        def write(tx: Transaction) -> int:
+            return tx.change(
+                "UPDATE jobs SET locked_until = NULL, locked_by = NULL, updated_at = ? WHERE status = ?"
+                " AND locked_until IS NOT NULL",
+                (now, JobStatus.PENDING.value),
+            )
+
+        return await self.db.write(write)
+
     async def next_due(self) -> float | None:
         """When the next pending job falls due (a claimed one: when its lease runs out)."""
         rows = await self.db.fetch(

@@ -23,10 +23,11 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """One server process on ``data_dir`` (and, on PostgreSQL, the test database of ``database_of``, default it)."""
+    """One server process on ``data_dir`` (and, on PostgreSQL, the test database of ``database_of``, default it);
+    ``args`` are more options of ``vivavoce serve``."""
 
-    def __init__(self, data_dir: Path, port: int, *, database_of: Path | None = None) -> None:
-        self.data_dir, self.port = data_dir, port
+    def __init__(self, data_dir: Path, port: int, *args: str, database_of: Path | None = None) -> None:
+        self.data_dir, self.port, self.args = data_dir, port, args
         self.database_of = database_of or data_dir
         self.url = f"http://127.0.0.1:{port}"
         self.proc: asyncio.subprocess.Process | None = None
@@ -38,7 +39,8 @@ class ServerProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **database_env(self.database_of)}
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "api.cli", "serve", "--data-dir", str(self.data_dir), "--port", str(self.port),
-            "--log-level", "WARNING", cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            "--log-level", "WARNING", *self.args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )  # fmt: skip
         assert self.proc.stdout is not None
         while True:

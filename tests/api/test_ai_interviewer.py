@@ -245,3 +245,36 @@ async def test_a_reconnecting_participant_gets_the_stored_message_never_half_a_d
     assert not any(f["type"] == "message.delta" for f in second.frames)  # none of the old stream
     stored = [m["content"] for m in ready["messages"]]
     assert slow not in stored or stored.count(slow) == 1
+
+
+async def test_the_api_key_is_used_but_never_stored_logged_or_returned(
+    server_factory: ServerFactory, fake: FakeOpenAI, caplog: pytest.LogCaptureFixture, tmp_path: Any
+) -> None:
+    secret = "sk-test-secret-0123456789"
+    fake.responder = Moderator()
+    caplog.set_level("DEBUG")
+    server = await server_factory(llm_base_url=fake.base_url, llm_model="fake-model", llm_api_key=secret)
+    run, _ = await interview(server)
+    await analysed(server, run["id"])
+    seen = fake.seen_headers
+    assert seen and all(h.get("Authorization") == f"Bearer {secret}" for h in seen)  # sent to the model server
+    assert secret not in caplog.text and secret not in repr(server.config)
+    for path in ("/v1/runs", f"/v1/runs/{run['id']}?expand=transcript&expand=blueprint&expand=result", "/openapi.json"):
+        status, body = await server.request("GET", path)
+        assert status == 200 and secret not in json.dumps(body)
+    for stored in server.config.data_dir.rglob("*"):
+        if stored.is_file():
+            assert secret.encode() not in stored.read_bytes(), stored
+
+
+def test_serve_refuses_prices_it_cannot_use() -> None:
+    import subprocess
+    import sys
+
+    bad = subprocess.run(
+        [sys.executable, "-m", "api.cli", "serve", "--llm-prices", "/nonexistent/prices.json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "cannot read the LLM prices file" in bad.stderr and "Traceback" not in bad.stderr

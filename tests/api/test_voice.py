@@ -17,8 +17,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from api.state import STATE
+from api.voice import VoiceLink
 from media.caller import VoiceCaller
+from media.resample import resample
+from media.stt import create_recognizer
 from media.stt.wer import word_error_rate
+from media.synthesis import SynthesisThreads
+from media.tts.piper import PiperSynthesizer
 from runtime.interviewer import Purpose, ReplyPart, ReplyRequest, ScriptedInterviewer
 from tests.conftest import (
     ANSWERS,
@@ -138,6 +144,20 @@ async def test_voice_interview_completes_with_transcript_breakdowns_and_recordin
             assert first_sound(audio[:, lane], rate, start - 0.35, start - 0.1) is None, (message["content"], start)
         previous_end[lane] = message["end_offset_s"]
 
+    # what was played and recorded is Piper's English voice, and it says the interviewer's words
+    synthesis = server.app[STATE].voice.synthesis
+    assert isinstance(synthesis, SynthesisThreads)
+    assert any(isinstance(engine, PiperSynthesizer) for engine in synthesis._engines.values())
+    assistant = [m for m in transcript if m["role"] == "assistant"]
+    lane = np.concatenate([audio[int(m["start_offset_s"] * rate) : int(m["end_offset_s"] * rate) + rate // 5, 1]
+                           for m in assistant])  # fmt: skip
+    pcm = np.asarray(resample((lane * 32767).astype(np.int16), rate, 16_000), dtype=np.int16)
+    recognizer = create_recognizer("pocketsphinx")
+    recognizer.start()
+    recognizer.feed(pcm)
+    spoken = " ".join(m["content"] for m in assistant)
+    assert word_error_rate(spoken, recognizer.finish()) <= 0.5  # Piper through pocketsphinx: ~0.2 (test_piper.py)
+
 
 def first_sound(lane: np.ndarray, rate: int, start: float, stop: float) -> float | None:
     """Start of the first 10 ms block with sound between ``start`` and ``stop`` seconds."""
@@ -190,13 +210,18 @@ async def test_barge_in_stops_the_interviewer_and_cuts_the_stored_message(server
         first_audio = await caller.heard_after(0, 20 * UNIT)
         await asyncio.sleep(1.0)
         spoken_until = await caller.say(spoken_answer("job"))  # talks over the greeting
-        await caller.wait_event(is_message("question", "home"), 20 * UNIT)  # taken as the answer
+        # the first question was cut off before it was heard: it is asked again, and nothing is taken as its answer
+        await caller.wait_event(is_message("reask", "work"), 20 * UNIT)
     finally:
         await caller.close()
     done = await server.get_run(run["id"], "transcript")
     greeting = done["transcript"][0]
     assert greeting["kind"] == "greeting" and greeting["is_interrupted"] is True
     assert 0 < len(greeting["content"]) < len(long_greeting) and long_greeting.startswith(greeting["content"][:-1])
+    # the words kept are those that could have been heard (Piper speaks ~2.5 words/s), although most of the
+    # greeting was not even synthesised yet when it was cut
+    played_s = greeting["end_offset_s"] - greeting["start_offset_s"]
+    assert 1 <= len(greeting["content"].split()) <= 1 + 4 * played_s, (greeting["content"], played_s)
     user = next(m for m in done["transcript"] if m["role"] == "user")
     # playback stopped once the participant had spoken min_interruption_ms, long before the greeting's end
     stopped_after_onset = greeting["end_offset_s"] - user["start_offset_s"]
@@ -351,3 +376,23 @@ async def test_a_spoken_answer_the_database_refuses_is_asked_for_again(
     answers = [m["content"] for m in transcript if m["role"] == "user"]
     assert len(refused) == 1 and len(answers) == 1
     assert word_error_rate(ANSWERS["job"]["text"], answers[0]) <= 0.35
+
+
+async def test_network_is_measured_for_a_client_that_ignores_our_pings(voice_server: Server) -> None:
+    """Any WebRTC client answers RTCP sender reports: the round trip comes from them when the client does not
+    answer the data-channel pings that only our page answers."""
+    server = voice_server
+    run = await server.create_run(channel_id=server.extra["voice_channel"])
+    caller = VoiceCaller(answer_pings=False)
+    await caller.join(server.http, run["join_url"], timeout=10 * UNIT)
+    try:
+        await answer_the_first_question(caller, spoken_answer("job"))
+        link = server.app[STATE].live.controllers[run["id"]].link
+        assert isinstance(link, VoiceLink)
+        assert link.peer.last_pong_at is None and link.peer.rtcp_rtt is not None  # pings never answered
+    finally:
+        await caller.close()
+    done = await server.get_run(run["id"], "transcript")
+    reply = next(m for m in done["transcript"] if m.get("question_id") == "home")
+    network = reply["latency_breakdown"]["network"]
+    assert network is not None and 0.0 <= network < 50.0  # one way, in ms, on loopback

@@ -63,6 +63,10 @@ class FakeOpenAI:
     script: deque[Reply] = field(default_factory=deque)
     responder: Callable[[dict[str, Any]], Reply] | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
+    # per request, monotonic times: received, first (first content chunk sent), done (last chunk sent),
+    # sentence (the chunk that completed the reply's first sentence), and the last user message it answered
+    timings: list[dict[str, Any]] = field(default_factory=list)
+    seen_headers: list[dict[str, str]] = field(default_factory=list)  # of every completion request
     model: str = MODEL
     _runner: web.AppRunner | None = None
     port: int = 0
@@ -112,6 +116,9 @@ class FakeOpenAI:
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or "model" not in body:
             return _error(400, "'messages' and 'model' are required properties", "invalid_request_error")
         self.requests.append(body)
+        self.seen_headers.append(dict(request.headers))
+        timing: dict[str, Any] = {"received": time.monotonic(), "answer": _last_user(body)}
+        self.timings.append(timing)
         reply = self.script.popleft() if self.script else (self.responder(body) if self.responder else Reply("OK."))
         if reply.status != 200:
             await asyncio.sleep(reply.ttft)
@@ -155,7 +162,7 @@ class FakeOpenAI:
                     "usage": usage,
                 }
             )
-        return await self._stream(request, body, reply, arguments, usage, finish, call_id)
+        return await self._stream(request, body, reply, arguments, usage, finish, call_id, timing)
 
     async def _stream(
         self,
@@ -166,6 +173,7 @@ class FakeOpenAI:
         usage: dict[str, Any],
         finish: str,
         call_id: str,
+        timing: dict[str, Any],
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
@@ -206,6 +214,7 @@ class FakeOpenAI:
                 {"tool_calls": [{"index": 0, "function": {"arguments": arguments[i : i + reply.piece]}}]}
                 for i in range(0, len(arguments), reply.piece)
             ]
+        said = ""
         for n, delta in enumerate(pieces):
             if reply.stall_after is not None and n >= reply.stall_after:
                 await asyncio.sleep(3600)  # the client gives up; the handler is cancelled when it disconnects
@@ -216,12 +225,25 @@ class FakeOpenAI:
             if n and reply.token_delay:
                 await asyncio.sleep(reply.token_delay)
             await send(delta)
+            timing.setdefault("first", time.monotonic())
+            said += json.dumps(delta)
+            if "sentence" not in timing and any(mark in said for mark in (". ", "? ", "! ", '?"', '."')):
+                timing["sentence"] = time.monotonic()
         await send({}, finish_reason=finish)
+        timing["done"] = time.monotonic()
+        timing["prompt_tokens"] = usage["prompt_tokens"]
         if (body.get("stream_options") or {}).get("include_usage"):
             await send(None, usage=usage)
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+
+def _last_user(body: dict[str, Any]) -> str | None:
+    for message in reversed(body.get("messages") or []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return str(message.get("content"))
+    return None
 
 
 def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> web.Response:

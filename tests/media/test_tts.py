@@ -202,7 +202,7 @@ def test_invalid_options() -> None:
 
 
 def test_registry() -> None:
-    assert SYNTHESIZERS["espeak"] is EspeakSynthesizer
+    assert SYNTHESIZERS["espeak"] == "media.tts.espeak:EspeakSynthesizer"
     tts = create_synthesizer("espeak", rate=200, pitch=40)
     assert isinstance(tts, EspeakSynthesizer)
     assert (tts.rate, tts.pitch) == (200, 40)

@@ -635,3 +635,19 @@ def test_without_prefetch_a_reordered_packet_is_still_put_in_order() -> None:
             released.append(frame.timestamp // 960)
     # in order, nothing lost; aiortc hands on one frame per packet, so after the swap it runs one behind
     assert released == [100, 101, 102]
+
+
+async def test_words_heard_follow_the_pieces_played_not_the_audio_made_so_far() -> None:
+    """A reply made piece by piece and cut during its second piece: the words heard are the first piece's
+    and a share of the second's, though the third piece was never made."""
+    playback = Playback("m", "one two three four five six seven eight nine ten")
+    playback.append(np.ones(4800, dtype=np.int16), words=2)  # 0.1 s: "one two"
+    playback.append(np.ones(9600, dtype=np.int16), words=4)  # 0.2 s: "three four five six"
+    assert playback.take(4800 + 4800) is not None  # played the first piece and half the second
+    assert playback.played_fraction == pytest.approx(9600 / 14400)  # of the audio made so far: misleading
+    assert playback.words_heard(10) == pytest.approx(4.0)
+    unmarked = Playback("n", "a b c d")
+    unmarked.append(np.ones(4800, dtype=np.int16))
+    unmarked.complete()
+    assert unmarked.take(2400) is not None
+    assert unmarked.words_heard(4) == pytest.approx(2.0)  # no word counts: the share of the audio

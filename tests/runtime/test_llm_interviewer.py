@@ -398,3 +398,26 @@ async def test_only_answers_go_to_the_model(fake: FakeOpenAI) -> None:
         parts = await reply(interviewer(fake), replace(request(), purpose=purpose))
         assert said(parts)
     assert fake.requests == []
+
+
+def test_the_prompt_stays_bounded_over_a_long_interview() -> None:
+    """Sixty questions, each with a long answer and follow-ups: the prompt for the last one stays small."""
+    from runtime.interviewer.prompt import Options, build_messages
+
+    questions = tuple(Question(f"q{i}", f"Question number {i} about your week?", max_probes=2) for i in range(60))
+    guide = replace(GUIDE, questions=questions)
+    long_answer = " ".join(["word"] * 400)
+    transcript: list[Exchange] = []
+    for q in questions:
+        for probe in range(3):
+            transcript.append(Exchange("assistant", f"{q.text} ({probe})", q.id, K.PROBE if probe else K.QUESTION))
+            transcript.append(Exchange("user", long_answer, q.id, None))
+    sizes = []
+    for last in (5, 30, 59):
+        req = ReplyRequest(
+            guide, Position(last, 2), Purpose.ANSWER, answer=long_answer, transcript=tuple(transcript[: (last + 1) * 6])
+        )
+        options = Options(follow_up_allowed=False, follow_ups_left=0, why_no_follow_up=None, tools=True)
+        sizes.append(sum(len(m.content.split()) for m in build_messages(req, options)))
+    assert sizes[-1] < 3000  # words: the digest is capped and only the current question is in full
+    assert sizes[-1] - sizes[1] < 200  # it does not grow with the interview
