@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import sys
 import time
+from asyncio.subprocess import PIPE
 from pathlib import Path
 
 from runtime.storage import NewMessage, Store
@@ -22,12 +23,14 @@ WAVES, PER_WAVE = 40, 5
 WRITES = WAVES * PER_WAVE  # per process
 
 
-async def write_answers(url: str, run_id: str, prefix: str, start_at: float) -> None:
-    """One process's writes: ``WRITES`` answers to the run, all at once from ``start_at`` on."""
+async def write_answers(url: str, run_id: str, prefix: str) -> None:
+    """One process's writes: ``WRITES`` answers to the run, once told to go (a line on stdin)."""
     store = Store(url)
     await store.open()
     try:
-        await asyncio.sleep(max(0.0, start_at - time.time()))
+        await store.db.write(lambda tx: tx.sql("SELECT 1"), run_id=run_id)  # the run's writer has connected
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
         for wave in range(WAVES):  # a few writes in flight at a time: they share commits, and commits alternate
             now = time.time()
             await asyncio.gather(
@@ -53,16 +56,17 @@ async def test_two_processes_writing_to_one_run_never_skip_or_repeat_a_number(da
             org, blueprint_id=bp.id, blueprint_version=1, channel_id=None, connector_id=None,
             participant=Participant(None, None, None, {}), metadata={}, join_window_s=60.0,
         )  # fmt: skip
-        start_at = time.time() + 3 * UNIT  # both have connected by then
         code = "import asyncio, sys; from tests.runtime.test_storage_processes import write_answers as w; "
-        code += "asyncio.run(w(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])))"
-        args = [database_url, run.id]
-        pipes = {"stdout": asyncio.subprocess.PIPE, "stderr": asyncio.subprocess.PIPE}
+        code += "asyncio.run(w(sys.argv[1], sys.argv[2], sys.argv[3]))"
+        pipes = {"stdin": PIPE, "stdout": PIPE, "stderr": PIPE}
         procs = [
-            await asyncio.create_subprocess_exec(sys.executable, "-c", code, *args, p, str(start_at), cwd=ROOT, **pipes)
+            await asyncio.create_subprocess_exec(sys.executable, "-c", code, database_url, run.id, p, cwd=ROOT, **pipes)
             for p in ("a", "b")
         ]
-        outputs = [await asyncio.wait_for(p.communicate(), 60 * UNIT) for p in procs]
+        for proc in procs:  # both connected, then both go at once
+            assert proc.stdout is not None
+            assert await asyncio.wait_for(proc.stdout.readline(), 60 * UNIT) == b"ready\n"
+        outputs = await asyncio.wait_for(asyncio.gather(*(p.communicate(b"go\n") for p in procs)), 60 * UNIT)
         for proc, (_, err) in zip(procs, outputs, strict=True):
             assert proc.returncode == 0, err.decode()
         commits = [int(out) for out, _ in outputs]
