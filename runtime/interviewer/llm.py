@@ -46,6 +46,7 @@ from runtime.interviewer.protocol import (
     Utterance,
 )
 from runtime.interviewer.scripted import ScriptedInterviewer
+from runtime.interviewer.streaming import LiveText
 from runtime.llm import (
     BadRequest,
     ChatModel,
@@ -236,7 +237,7 @@ class _Turn:
         sent_at = time.monotonic()
         content, arguments = "", ""
         content_reader, args_reader = FieldReader(), FieldReader()
-        streaming: _Streamer | None = None
+        streaming: LiveText | None = None
         held = ""  # text that arrived before the action was known
         timeout = min(self.owner.settings.chunk_timeout_s, max(self._left(), 0.1))
         async for chunk in self.owner.model.stream(chat, timeout=timeout):
@@ -259,7 +260,7 @@ class _Turn:
                 new, reader = args_reader.feed(chunk.arguments), args_reader
             held += new
             if streaming is None and reader.action is not None:
-                streaming = _Streamer(self, reader.action)
+                streaming = LiveText(self, reader.action)
             if streaming is not None and held:
                 for part in streaming.feed(held):
                     yield part
@@ -289,7 +290,11 @@ class _Turn:
             raise DecisionError("end_interview, but the participant did not ask to stop; choose another action")
         meta = {**self.base_meta(), "action": action.value}
         if action is Action.FOLLOW_UP:
-            found = speech.question_problems(text) + self._topic_problems(text) + self._repeat_problems(text)
+            found = (
+                speech.question_problems(text)
+                + policy.avoided_topics(self.request, text)
+                + policy.repeats(self.request, text)
+            )
             if found and not self.spoken:
                 raise DecisionError("the follow-up " + "; ".join(found))
             if found:
@@ -301,7 +306,7 @@ class _Turn:
             position = Position(request.position.question_index, request.position.probes_used + 1)
             return self._finish_with([*parts, TurnEnd(position)], meta)
         if action is Action.REPHRASE:
-            found = speech.question_problems(text) + self._topic_problems(text)
+            found = speech.question_problems(text) + policy.avoided_topics(self.request, text)
             said = self._unspoken(text) if not found else policy.clarification(request)
             if found:
                 meta["rephrase_replaced"] = "; ".join(found)
@@ -329,7 +334,7 @@ class _Turn:
         asked = policy.ask(request.blueprint, following)
         if asked.kind is UtteranceKind.QUESTION and decision.question and not self._next_is_verbatim():
             adapted = speech.clean(decision.question)
-            found = speech.question_problems(adapted, max_words=60) + self._topic_problems(adapted)
+            found = speech.question_problems(adapted, max_words=60) + policy.avoided_topics(self.request, adapted)
             if not found:
                 asked = Utterance(adapted, asked.kind, asked.question_id)
                 meta["adapted_question"] = True
@@ -353,21 +358,6 @@ class _Turn:
         if action is Action.SKIP:
             return policy.DECLINE_PREFIX
         return policy.fresh_acknowledgement(self.request)
-
-    def _topic_problems(self, text: str) -> list[str]:
-        lowered = text.lower()
-        return [
-            f"raises an avoided topic ({topic!r})"
-            for topic in self.request.blueprint.interviewer.avoid
-            if topic.lower() in lowered
-        ]
-
-    def _repeat_problems(self, text: str) -> list[str]:
-        said = policy.normalized(text)
-        for line in self.request.transcript:
-            if line.role == "assistant" and policy.normalized(line.content) == said:
-                return ["repeats what was already asked"]
-        return []
 
     def _unspoken(self, text: str) -> str:
         """What of ``text`` has not been spoken yet this turn (voice yields sentences as they come)."""
@@ -441,88 +431,6 @@ class _Turn:
         log.warning("interviewer falls back to the script for this turn (%s): %s", self.model, reason)
         meta = {**self.base_meta(), "fallback": True, "fallback_reason": reason[:300]}
         return self._finish_with(self._fallback_parts(), meta)
-
-
-class _Streamer:
-    """Previews (chat) or speaks (voice) the model's words while they stream, once they are known to be sayable."""
-
-    def __init__(self, turn: _Turn, action: Action) -> None:
-        self.turn = turn
-        self.action = action
-        self.splitter = speech.SentenceSplitter()
-        self.text = ""
-        self.broken = False  # something unsayable arrived: stop previewing, let the decision decide
-        self.open = self._streamable()
-
-    def _streamable(self) -> bool:
-        if self.action is Action.END_INTERVIEW:
-            return False
-        if self.action is Action.FOLLOW_UP and not self.turn.allowance.allowed:
-            return False
-        return not (self.turn.clarify and self.action is not Action.REPHRASE)
-
-    def feed(self, text: str) -> list[ReplyPart]:
-        if not self.open or self.broken:
-            return []
-        self.text += text
-        if not self.turn.request.speech:
-            if not self.turn.previewed:
-                text = text.lstrip()
-                if not text:
-                    return []
-            if not speech.safe_prefix(self.text) or "<" in self.text:
-                self.broken = True
-                return []
-            self.turn.previewed += text
-            return [Delta(text)]
-        return self._sentences(list(self.splitter.feed(text)))
-
-    def finish(self) -> list[ReplyPart]:
-        if not self.open or self.broken or not self.turn.request.speech:
-            return []
-        return self._sentences(self.splitter.flush(), last=True)
-
-    def _sentences(self, sentences: list[str], *, last: bool = False) -> list[ReplyPart]:
-        turn, out = self.turn, list[ReplyPart]()
-        question = turn.question
-        assert question is not None
-        for sentence in sentences:
-            sentence = speech.clean(sentence)
-            asks = "?" in sentence
-            if self.action is Action.FOLLOW_UP and asks:
-                found = (
-                    speech.question_problems(sentence)
-                    + turn._topic_problems(sentence)
-                    + turn._repeat_problems(sentence)
-                )
-                kind = UtteranceKind.PROBE
-            elif self.action is Action.REPHRASE:
-                found = speech.question_problems(sentence) if asks else speech.problems(sentence, max_words=30)
-                kind = UtteranceKind.REPHRASE
-            elif self.action is Action.REDIRECT:
-                found = speech.problems(sentence, max_words=30) + (["a question"] if asks else [])
-                kind = UtteranceKind.REDIRECT
-            elif self.action is Action.FOLLOW_UP:  # what leads into the follow-up question
-                found = speech.acknowledgement_problems(sentence, max_words=30)
-                kind = UtteranceKind.ACKNOWLEDGEMENT
-            else:
-                found = speech.acknowledgement_problems(sentence)
-                kind = UtteranceKind.ACKNOWLEDGEMENT
-            if found or (kind is UtteranceKind.ACKNOWLEDGEMENT and len(turn.spoken) >= 2):
-                self.broken = True
-                return out
-            if kind is UtteranceKind.ACKNOWLEDGEMENT and self.action in (Action.NEXT_QUESTION, Action.SKIP):
-                last_ack = policy.last_acknowledgement(turn.request)
-                if not turn.spoken and policy.normalized(sentence) == policy.normalized(last_ack or ""):
-                    self.broken = True
-                    return out
-            utterance = Utterance(sentence, kind, question.id, meta={**turn.base_meta(), "action": self.action.value})
-            turn.spoken.append(utterance)
-            out.append(utterance)
-            if asks:  # one question per turn: what follows it is not said
-                self.broken = True
-                break
-        return out
 
 
 def _combined(ack: str, asked: Utterance) -> Utterance:

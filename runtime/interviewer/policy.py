@@ -161,6 +161,22 @@ def probe_allowance(request: ReplyRequest) -> Allowance:
     return Allowance(True)
 
 
+def avoided_topics(request: ReplyRequest, text: str) -> list[str]:
+    """Why ``text`` may not be said: it raises a topic the researcher said never to raise."""
+    lowered = text.lower()
+    avoid = request.blueprint.interviewer.avoid
+    return [f"raises an avoided topic ({topic!r})" for topic in avoid if topic.lower() in lowered]
+
+
+def repeats(request: ReplyRequest, text: str) -> list[str]:
+    """Why ``text`` may not be said: the interviewer already said exactly that in this interview."""
+    said = normalized(text)
+    for line in request.transcript:
+        if line.role == "assistant" and normalized(line.content) == said:
+            return ["repeats what was already asked"]
+    return []
+
+
 # --- acknowledgements ---------------------------------------------------------------------
 
 ACKNOWLEDGEMENTS = (
