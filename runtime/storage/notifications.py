@@ -116,7 +116,9 @@ class EventFollower:
         attempt = 0
         while True:
             try:
-                conn = await self._pg.connect(self.dsn, timeout=postgres.CONNECT_TIMEOUT_S)
+                conn = await self._pg.connect(
+                    self.dsn, timeout=postgres.CONNECT_TIMEOUT_S, server_settings=postgres.LISTENER
+                )
             except (OSError, TimeoutError, self._pg.PostgresError, self._pg.InterfaceError) as exc:
                 log.warning("event listener cannot connect (%r); retrying", exc)
                 await asyncio.sleep(RETRY_S[min(attempt, len(RETRY_S) - 1)])
@@ -147,7 +149,13 @@ class EventFollower:
             await asyncio.wait_for(conn.execute("SELECT 1"), postgres.CONNECT_TIMEOUT_S)
 
     def _on_notification(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        origin, committed = parse(payload)
+        try:
+            origin, committed = parse(payload)
+        except ValueError:  # not one of ours (another version, or a hand-sent NOTIFY): readers re-read instead
+            log.warning("unreadable event notification %r", payload[:200])
+            for run in self.hub.watched_runs():
+                self.hub.resync(run)
+            return
         if origin == self.origin:
             return
         for span in committed:

@@ -35,6 +35,11 @@ WRITERS = 4  # writer threads, each with its connection: a write waits on networ
 POOL_SIZE = 4  # SQLAlchemy's async engine (the other reads), and its overflow
 POOL_OVERFLOW = 4
 RECYCLE_S = 1800  # connections are replaced after this long (a proxy or server may drop idle ones)
+APPLICATION = "vivavoce"  # pg_stat_activity.application_name: "vivavoce <role>" tells an operator what each one is
+
+
+JOIN_READS = {"application_name": f"{APPLICATION} join reads"}
+LISTENER = {"application_name": f"{APPLICATION} events"}
 
 
 def is_postgres(url: str) -> bool:
@@ -73,7 +78,7 @@ def async_engine_options() -> dict[str, Any]:
         "max_overflow": POOL_OVERFLOW,
         "pool_pre_ping": True,
         "pool_recycle": RECYCLE_S,
-        "connect_args": {"timeout": CONNECT_TIMEOUT_S},
+        "connect_args": {"timeout": CONNECT_TIMEOUT_S, "server_settings": {"application_name": f"{APPLICATION} reads"}},
     }
 
 
@@ -83,6 +88,7 @@ def sync_engine_options() -> dict[str, Any]:
         "pool_pre_ping": True,
         "pool_recycle": RECYCLE_S,
         "connect_args": {
+            "application_name": f"{APPLICATION} writes",
             "connect_timeout": CONNECT_TIMEOUT_S,
             "keepalives": 1,
             "keepalives_idle": 10,
@@ -168,7 +174,7 @@ class PostgresReaders:
                 return
             pg = self._pg
             try:
-                conn = await pg.connect(self.dsn, timeout=CONNECT_TIMEOUT_S)
+                conn = await pg.connect(self.dsn, timeout=CONNECT_TIMEOUT_S, server_settings=JOIN_READS)
             except (OSError, pg.PostgresError, pg.InterfaceError, TimeoutError) as exc:
                 raise StorageUnavailable(f"the database could not be reached: {exc!r}") from exc
             self._open += 1

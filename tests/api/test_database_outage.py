@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.api.tcp_proxy import TcpProxy
-from tests.api.test_events import TERMINAL, SseReader
+from tests.api.test_events import SseReader
 from tests.conftest import (
     BLUEPRINT,
     LONG_ANSWER,
@@ -104,7 +104,7 @@ async def test_a_reader_on_a_process_cut_off_from_the_database_gets_what_was_com
     cut_off = await server_factory(database_url=url, api_key=writer.api_key, data_dir=tmp_path / "reader")
     run = await writer.create_run()
     reader = SseReader(cut_off, run["id"])
-    reading = reader.start(lambda r: bool(r.types) and r.types[-1] in TERMINAL)
+    reading = reader.start()  # until the server ends the stream (after run.result_ready)
     await reader.wait_for(1)
     p = await writer.join(run)
     await p.until("message", kind="question", question_id="q1")

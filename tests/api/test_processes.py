@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psycopg
 import pytest
 import websockets
 
 from tests.api.server_process import ServerProcess, free_port
-from tests.api.test_events import TERMINAL, SseReader
-from tests.conftest import LONG_ANSWER, UNIT, postgres_only
+from tests.api.test_events import SseReader, answer_all, join_until_q1
+from tests.conftest import LONG_ANSWER, UNIT, ServerFactory, database_url_for, postgres_only
 
 pytestmark = postgres_only("SQLite is a single-process store")
 
@@ -100,7 +101,7 @@ async def test_a_reader_on_one_process_sees_every_event_of_an_interview_on_anoth
     async with aiohttp.ClientSession() as http:
         run = await _create_run(http, b, auth)
         reader = SseReader(Endpoint(a.url, http, auth), run["id"])  # type: ignore[arg-type]
-        reading = reader.start(lambda r: bool(r.types) and r.types[-1] in TERMINAL)
+        reading = reader.start()  # until the server ends the stream (after run.result_ready)
         await reader.wait_for(1)
         async with websockets.connect(run["join_url"].replace("http://", "ws://") + "/ws") as ws:
             interviewee = Interviewee(ws)
@@ -112,7 +113,7 @@ async def test_a_reader_on_one_process_sees_every_event_of_an_interview_on_anoth
     assert interviewee.answers >= 3
     assert reader.seqs == list(range(1, len(stored) + 1))  # every event once, in order
     assert reader.events == stored
-    assert reader.types[-1] == "run.completed"
+    assert reader.types[-2:] == ["run.completed", "run.result_ready"] and reader.ended
 
 
 async def test_a_reader_whose_process_restarts_mid_stream_resumes_with_last_event_id_without_a_gap(
@@ -138,7 +139,7 @@ async def test_a_reader_whose_process_restarts_mid_stream_resumes_with_last_even
             assert question is not None
             await a.start()
             second = SseReader(Endpoint(a.url, http, auth), run["id"], headers={"Last-Event-ID": str(first.seqs[-1])})  # type: ignore[arg-type]
-            resumed = second.start(lambda r: bool(r.types) and r.types[-1] in TERMINAL)
+            resumed = second.start()  # until the server ends the stream (after run.result_ready)
             await _seen(second, question["id"])  # what was committed while A was down
             await interviewee.answer()
             while await interviewee.next_question() is not None:
@@ -147,3 +148,28 @@ async def test_a_reader_whose_process_restarts_mid_stream_resumes_with_last_even
         stored = await _stored(http, b, run["id"], auth)
     assert first.seqs + second.seqs == list(range(1, len(stored) + 1))
     assert first.events + second.events == stored
+
+
+async def test_a_notification_that_is_not_ours_makes_readers_read_back_and_breaks_nothing(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    server = await server_factory(data_dir=tmp_path / "one")
+    run = await server.create_run()
+    reader = SseReader(server, run["id"])
+    reading = reader.start()  # until the server ends the stream (after run.result_ready)
+    await reader.wait_for(1)
+    url = database_url_for(tmp_path / "one")
+    assert url is not None
+    with psycopg.connect(url, autocommit=True) as conn:  # e.g. a newer version's format, or a hand-sent NOTIFY
+        conn.execute("NOTIFY vivavoce_events, 'not a hint'")
+        names = {
+            r[0]
+            for r in conn.execute(
+                "SELECT application_name FROM pg_stat_activity WHERE datname = %s", [url.rsplit("/", 1)[1]]
+            )
+        }
+    assert {"vivavoce writes", "vivavoce join reads", "vivavoce events"} <= names  # what an operator sees
+    await answer_all(await join_until_q1(server, run))
+    await asyncio.wait_for(reading, 10 * UNIT)
+    assert reader.seqs == list(range(1, len(reader.seqs) + 1))
+    assert reader.types[-2:] == ["run.completed", "run.result_ready"] and reader.ended
