@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck check clean
+.PHONY: serve test test-postgres lint typecheck check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ test: $(STAMP)
 	$(BIN)/ruff format --check runtime media api tests
 	$(BIN)/mypy
 	$(BIN)/pytest -n 2 --dist loadfile
+
+# The suite again with PostgreSQL as the store (a database per test server, on VIVAVOCE_TEST_POSTGRES, default
+# postgresql://postgres@127.0.0.1:5432). tests/media never opens a database: it runs in `make test` only.
+test-postgres: $(STAMP)
+	VIVAVOCE_TEST_DATABASE=postgresql $(BIN)/pytest -n 2 --dist loadfile tests/runtime tests/api tests/browser
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix runtime media api tests

@@ -149,6 +149,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     if state.config.database_url is None:
         state.config.data_dir.mkdir(parents=True, exist_ok=True)
     await state.store.open()
+    await state.store.db.follow_other_processes(state.hub)  # PostgreSQL: SSE readers here see every process's events
     configure_host_addresses(state.config.ice_host_addresses or None)
     recovered = await state.live.recover()
     if recovered:

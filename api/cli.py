@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 from aiohttp import web
-from sqlalchemy import create_engine
 
 from api.app import create_app
 from api.bootstrap import bootstrap
@@ -19,6 +18,7 @@ from api.config import ServerConfig
 from api.loadtest import cli as loadtest_cli
 from api.state import STATE
 from runtime.storage import Store, migrations
+from runtime.storage.database import shown_url, sync_engine
 
 HOSTED_OPTIONS = (
     "hosted_stt",
@@ -152,7 +152,7 @@ async def serve(config: ServerConfig) -> None:
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()
     out = sys.stdout
-    print(f"vivavoce listening on {config.base_url}  (database: {config.db_url})", file=out)
+    print(f"vivavoce listening on {config.base_url}  (database: {shown_url(config.db_url)})", file=out)
     if boot.api_key:
         print(f"API key (shown once, store it now): {boot.api_key}", file=out)
     else:
@@ -215,13 +215,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def upgrade_database(config: ServerConfig) -> int:
-    engine = create_engine(config.db_url.replace("+aiosqlite", "", 1))
+    engine = sync_engine(config.db_url)
     try:
         before = migrations.current(engine)
         after = migrations.upgrade(engine)
     finally:
         engine.dispose()
-    print(f"database {config.db_url}: {before or 'empty'} -> {after}")
+    print(f"database {shown_url(config.db_url)}: {before or 'empty'} -> {after}")
     return 0
 
 
