@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -16,8 +17,14 @@ from api.app import create_app
 from api.bootstrap import bootstrap
 from api.config import ServerConfig
 from api.loadtest import cli as loadtest_cli
+from api.local_llm import LocalLLM, LocalLLMError, LocalLLMSettings
 from api.state import STATE
 from runtime.storage import Store
+
+LLM_HINT = (
+    "AI interviewer: off (scripted questions). Turn it on with --llm-base-url URL --llm-model NAME "
+    "(any OpenAI-compatible server), or locally without a key: make local-llm && vivavoce serve --local-llm"
+)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
         "browsers; env VIVAVOCE_ICE_HOST_ADDRESSES)",
     )
     serve.add_argument("--speech-processes", type=int, help="recognition worker processes (default: one per core)")
+    serve.add_argument(
+        "--local-llm",
+        action="store_true",
+        default=None,
+        help="run a local LLM (llama.cpp's server, SmolLM2) for the AI interviewer; install it with "
+        "`make local-llm` (env VIVAVOCE_LOCAL_LLM=1)",
+    )
+    serve.add_argument("--local-llm-model", type=Path, metavar="FILE", help="GGUF model for --local-llm")
+    serve.add_argument("--local-llm-threads", type=int, help="CPU threads of the local LLM (default 1)")
     serve.add_argument("--log-level", default="INFO")
     serve.add_argument(
         "--event-loop",
@@ -79,10 +95,23 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         ice_servers=tuple(args.ice_servers) if getattr(args, "ice_servers", None) else None,
         ice_host_addresses=tuple(args.ice_host_addresses) if getattr(args, "ice_host_addresses", None) else None,
         speech_processes=getattr(args, "speech_processes", None),
+        local_llm=getattr(args, "local_llm", None),
+        local_llm_model=getattr(args, "local_llm_model", None),
+        local_llm_threads=getattr(args, "local_llm_threads", None),
     )
 
 
 async def serve(config: ServerConfig) -> None:
+    """Run until SIGINT/SIGTERM; with ``local_llm``, the local LLM is started first and stopped last."""
+    if not config.local_llm:
+        return await serve_app(config)
+    settings = LocalLLMSettings(model_path=config.local_llm_model, threads=config.local_llm_threads)
+    async with LocalLLM(config.data_dir / "local-llm.log", settings) as llm:
+        print(f"Local LLM {llm.model} at {llm.base_url}  (log: {llm.log_path})", flush=True)
+        await serve_app(dataclasses.replace(config, llm_base_url=llm.base_url, llm_model=llm.model))
+
+
+async def serve_app(config: ServerConfig) -> None:
     app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5)
     await runner.setup()
@@ -100,6 +129,8 @@ async def serve(config: ServerConfig) -> None:
         f"voice channel {boot.voice_channel_id}",
         file=out,
     )
+    if config.llm_base_url is None:
+        print(LLM_HINT, file=out)
     print(f"Demo interview (chat): {boot.demo_join_url}", file=out, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -133,12 +164,16 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         config = _config(args)
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        if args.event_loop == "uvloop":
-            import uvloop
+        try:
+            if args.event_loop == "uvloop":
+                import uvloop
 
-            uvloop.run(serve(config))
-        else:
-            asyncio.run(serve(config))
+                uvloop.run(serve(config))
+            else:
+                asyncio.run(serve(config))
+        except LocalLLMError as e:
+            print(f"vivavoce: {e}", file=sys.stderr)
+            return 1
         return 0
     config = _config(args)
     if config.database_url is None:

