@@ -153,8 +153,8 @@ class LocalLLM:
 
     async def start(self) -> None:
         """Start the server and return once it answers; raises :class:`LocalLLMError` with the reason if not."""
-        check_server_installed()
         self._model = resolve_model(self.settings.model_path)
+        check_server_installed()
         self._port = self.settings.port or free_port(self.settings.host)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
