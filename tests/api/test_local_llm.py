@@ -15,10 +15,12 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageParam
 
 from api.local_llm import (
     LLMState,
@@ -37,16 +39,15 @@ INSTALLED = all(importlib.util.find_spec(m) for m in (*SERVER_MODULES, MODEL_PAC
 needs_local_llm = pytest.mark.skipif(
     not INSTALLED and not os.environ.get("CI"), reason="the local LLM is not installed (make local-llm)"
 )
-INTERVIEW = [
+INTERVIEW: list[ChatCompletionMessageParam] = [
     {"role": "system", "content": "You are a friendly interviewer. Ask one short follow-up question."},
     {"role": "user", "content": "I work as a nurse in a big hospital, mostly night shifts."},
 ]
 
 
-def settings(**overrides: object) -> LocalLLMSettings:
-    values: dict[str, object] = {"start_timeout_s": 60 * UNIT, "backoff_s": 0.05 * UNIT, "stop_grace_s": 5 * UNIT}
-    values.update(overrides)
-    return LocalLLMSettings(**values)  # type: ignore[arg-type]
+def settings(**overrides: Any) -> LocalLLMSettings:
+    values: dict[str, Any] = {"start_timeout_s": 60 * UNIT, "backoff_s": 0.05 * UNIT, "stop_grace_s": 5 * UNIT}
+    return LocalLLMSettings(**{**values, **overrides})
 
 
 def alive(pid: int) -> bool:
@@ -90,7 +91,7 @@ async def test_a_streamed_reply_comes_back_through_the_openai_client(tmp_path: P
             models = await client.models.list()
             assert [m.id for m in models.data] == [llm.model]
             stream = await client.chat.completions.create(
-                model=llm.model, messages=INTERVIEW, max_tokens=12, temperature=0, stream=True,  # type: ignore[arg-type]
+                model=llm.model, messages=INTERVIEW, max_tokens=12, temperature=0, stream=True,
                 stream_options={"include_usage": True},
             )  # fmt: skip
             pieces, finish, usage = [], None, None
@@ -105,31 +106,40 @@ async def test_a_streamed_reply_comes_back_through_the_openai_client(tmp_path: P
             # llama-cpp-python 0.3.36 ignores stream_options: a streamed reply carries no usage (docs/llm.md);
             # the interviewer must not depend on it. If this starts failing, the server learned it.
             assert usage is None
-            whole = await client.chat.completions.create(model=llm.model, messages=INTERVIEW, max_tokens=12)  # type: ignore[arg-type]
+            whole = await client.chat.completions.create(model=llm.model, messages=INTERVIEW, max_tokens=12)
             assert whole.usage is not None and whole.usage.prompt_tokens > 20 and whole.usage.completion_tokens <= 12
     assert (tmp_path / "llm.log").read_text().count("POST /v1/chat/completions") == 2
 
 
 @needs_local_llm
 async def test_json_mode_and_a_forced_tool_call_return_arguments_that_match_the_schema(tmp_path: Path) -> None:
-    schema = {"type": "object", "properties": {"question": {"type": "string"}}, "required": ["question"]}
-    tool = {"type": "function", "function": {"name": "ask", "description": "Ask a question", "parameters": schema}}
+    schema: dict[str, object] = {
+        "type": "object",
+        "properties": {"question": {"type": "string"}},
+        "required": ["question"],
+    }
+    tool: ChatCompletionFunctionToolParam = {
+        "type": "function",
+        "function": {"name": "ask", "description": "Ask a question", "parameters": schema},
+    }
     async with (
         LocalLLM(tmp_path / "llm.log", settings()) as llm,
         AsyncOpenAI(base_url=llm.base_url, api_key="unused", max_retries=0) as client,
     ):
         reply = await client.chat.completions.create(
-            model=llm.model, messages=INTERVIEW, max_tokens=60, temperature=0,  # type: ignore[arg-type]
-            response_format={"type": "json_object", "schema": schema},  # type: ignore[typeddict-unknown-key]
+            model=llm.model, messages=INTERVIEW, max_tokens=60, temperature=0,
+            # llama-cpp-python's own extension of JSON mode: "schema" beside "type" constrains the output
+            extra_body={"response_format": {"type": "json_object", "schema": schema}},
         )  # fmt: skip
         assert isinstance(json.loads(reply.choices[0].message.content or "")["question"], str)
         called = await client.chat.completions.create(
-            model=llm.model, messages=INTERVIEW, max_tokens=60, temperature=0,  # type: ignore[arg-type]
-            tools=[tool], tool_choice={"type": "function", "function": {"name": "ask"}},  # type: ignore[list-item]
+            model=llm.model, messages=INTERVIEW, max_tokens=60, temperature=0,
+            tools=[tool], tool_choice={"type": "function", "function": {"name": "ask"}},
         )  # fmt: skip
         calls = called.choices[0].message.tool_calls or []
-        assert called.choices[0].finish_reason == "tool_calls" and [c.function.name for c in calls] == ["ask"]  # type: ignore[union-attr]
-        assert isinstance(json.loads(calls[0].function.arguments)["question"], str)  # type: ignore[union-attr]
+        assert called.choices[0].finish_reason == "tool_calls" and len(calls) == 1
+        assert calls[0].type == "function" and calls[0].function.name == "ask"
+        assert isinstance(json.loads(calls[0].function.arguments)["question"], str)
 
 
 @needs_local_llm
@@ -141,7 +151,7 @@ async def test_a_crashed_server_is_restarted_on_the_same_url(tmp_path: Path, cap
         await asyncio.wait_for(llm.wait_ready(starts=2), 60 * UNIT)
         assert llm.pid not in (None, first) and llm.base_url == url and not alive(first)
         async with AsyncOpenAI(base_url=url, api_key="unused", max_retries=0) as client:
-            reply = await client.chat.completions.create(model=llm.model, messages=INTERVIEW, max_tokens=4)  # type: ignore[arg-type]
+            reply = await client.chat.completions.create(model=llm.model, messages=INTERVIEW, max_tokens=4)
             assert reply.choices[0].message.content
     assert "local LLM exited with code -9; restarting it" in caplog.text
 
@@ -231,7 +241,7 @@ async def test_a_server_that_dies_while_starting_fails_with_its_log(tmp_path: Pa
 
 async def read_banner(proc: asyncio.subprocess.Process) -> list[str]:
     assert proc.stdout is not None
-    lines = []
+    lines: list[str] = []
     while True:
         line = (await asyncio.wait_for(proc.stdout.readline(), 60 * UNIT)).decode()
         assert line, f"vivavoce exited before it was ready: {lines}"
