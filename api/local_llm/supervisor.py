@@ -20,7 +20,13 @@ Server flags chosen here: ``--interrupt_requests false``, because llama-cpp-pyth
 running stream early (a bare ``[DONE]``, no ``finish_reason``) as soon as a second request arrives,
 which would cut one participant's reply whenever another one speaks; requests queue instead (the
 server runs one generation at a time). ``n_threads`` and ``n_threads_batch`` are both set, since the
-latter defaults to every core.
+latter defaults to every core. ``--cache true`` (``prompt_cache_mib``): on one core, evaluating a prompt
+is compute-bound (SmolLM2-135M: ~100 tokens/s, so a 700-token interviewer prompt takes ~7 s) while the
+server keeps the key/value state of its last prompt only; with two interviews taking turns, every turn
+would evaluate its whole prompt again. The RAM cache keeps the states of recent prompts and resumes
+from the longest matching prefix, so a turn evaluates only what is new (docs/benchmarks.md). Its size
+limit counts the llama.cpp state only; each entry also holds a copy of the logits of every prompt token
+(SmolLM2: 0.2 MB per token, ~9x the state), so the real memory is about ten times ``prompt_cache_mib``.
 """
 
 from __future__ import annotations
@@ -69,6 +75,8 @@ class LocalLLMSettings:
     threads: int = 1
     context_tokens: int = 4096  # set explicitly: llama-cpp-python's default (2048) cuts long interviews
     chat_format: str | None = None  # llama-cpp-python's --chat_format; default: the GGUF's own template
+    prompt_cache_mib: int = 200  # key/value states kept for prompt prefixes (0: off); see the module docstring
+    extra_args: tuple[str, ...] = ()  # more llama_cpp.server flags, e.g. ("--cache", "true")
     host: str = "127.0.0.1"
     port: int | None = None  # default: a free port
     start_timeout_s: float = 60.0
@@ -96,7 +104,9 @@ def server_args(model: LocalModel, settings: LocalLLMSettings, port: int) -> lis
     ]  # fmt: skip
     if settings.chat_format:
         args += ["--chat_format", settings.chat_format]
-    return args
+    if settings.prompt_cache_mib > 0:
+        args += ["--cache", "true", "--cache_type", "ram", "--cache_size", str(settings.prompt_cache_mib << 20)]
+    return [*args, *settings.extra_args]
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
