@@ -129,24 +129,22 @@ async def through_server(model: Path | None, threads: int, runs: int, log: Path)
         AsyncOpenAI(base_url=llm.base_url, api_key="unused", max_retries=0) as client,
     ):
         counted = await client.chat.completions.create(
-            model=llm.model,
-            messages=messages(0, True),
-            max_tokens=1,  # type: ignore[arg-type]
-        )
+            model=llm.model, messages=messages("", 0), max_tokens=1  # type: ignore[arg-type]
+        )  # fmt: skip
         results["prompt_tokens"] = counted.usage.prompt_tokens if counted.usage else None
-        for case in ("cold", "warm"):
+        for case, (opening, discard) in CASES.items():
             turns = []
-            for run in range(runs + 1):  # run 0 warms the warm case's prefix
+            for run in range(runs + discard):
                 started = loop.time()
                 stream = await client.chat.completions.create(
-                    model=llm.model, messages=messages(run + 1, case == "cold"),  # type: ignore[arg-type]
+                    model=llm.model, messages=messages(opening(run), run),  # type: ignore[arg-type]
                     max_tokens=MAX_TOKENS, temperature=0, stream=True,
                 )  # fmt: skip
                 stamps: list[float] = []
                 async for chunk in stream:
                     if chunk.choices and chunk.choices[0].delta.content:
                         stamps.append(loop.time())
-                if run > 0:
+                if run >= discard:
                     turns.append(turn(started, stamps, len(stamps)))
             results[case] = turns
     return results
