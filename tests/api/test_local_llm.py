@@ -143,6 +143,22 @@ async def test_json_mode_and_a_forced_tool_call_return_arguments_that_match_the_
 
 
 @needs_local_llm
+async def test_two_interviews_taking_turns_resume_from_the_prompt_cache(tmp_path: Path) -> None:
+    def turn(interview: str) -> list[ChatCompletionMessageParam]:
+        return [{"role": "system", "content": f"You interview {interview} about their work."}, *INTERVIEW[1:]]
+
+    async with (
+        LocalLLM(tmp_path / "llm.log", settings()) as llm,
+        AsyncOpenAI(base_url=llm.base_url, api_key="unused", max_retries=0) as client,
+    ):
+        for interview in ("Ada", "Grace", "Ada"):
+            await client.chat.completions.create(model=llm.model, messages=turn(interview), max_tokens=2)
+    log = (tmp_path / "llm.log").read_text()
+    # llama-cpp-python's verbose log: Ada's second turn restores her saved state instead of starting over
+    assert log.count("Llama._create_completion: cache hit") == 1
+
+
+@needs_local_llm
 async def test_a_crashed_server_is_restarted_on_the_same_url(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async with LocalLLM(tmp_path / "llm.log", settings()) as llm:
         first, url = llm.pid, llm.base_url
