@@ -13,6 +13,9 @@ tokens back (temperature 0, so every run generates the same number of tokens). M
 - ``llama.cpp``: ``Llama.eval`` of the same prompt tokens, then 40 greedy ``sample``/``eval`` steps:
   the raw compute ceiling of the model on these threads.
 
+Each also reports the CPU time the turn cost the process running the model (the server's child, or
+this process), which other load on the machine barely moves, unlike the wall times.
+
 Each in two cases, since llama.cpp reuses the key/value cache of the longest prefix it already saw:
 ``cold`` (the system prompt starts differently every run, so all of it is evaluated: a first turn),
 ``warm`` (same system prompt and history, a new answer: the next turn of the same interview, only the
@@ -92,6 +95,13 @@ class Turn:
     total_ms: float
     tokens: int
     tokens_per_s: float  # decode rate after the first token
+    cpu_ms: float  # CPU time the turn cost the process that ran the model: barely moved by other load
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # how each case opens its system prompt on run i, and how many runs it discards first
@@ -110,13 +120,14 @@ def messages(opening: str, run: int) -> list[dict[str, str]]:
     ]
 
 
-def turn(started: float, stamps: list[float], tokens: int) -> Turn:
+def turn(started: float, stamps: list[float], tokens: int, cpu_s: float) -> Turn:
     decode_s = stamps[-1] - stamps[0] if len(stamps) > 1 else 0.0
     return Turn(
         ttft_ms=(stamps[0] - started) * 1000,
         total_ms=(stamps[-1] - started) * 1000,
         tokens=tokens,
         tokens_per_s=(len(stamps) - 1) / decode_s if decode_s > 0 else 0.0,
+        cpu_ms=cpu_s * 1000,
     )
 
 
@@ -135,7 +146,8 @@ async def through_server(model: Path | None, threads: int, runs: int, log: Path)
         for case, (opening, discard) in CASES.items():
             turns = []
             for run in range(runs + discard):
-                started = loop.time()
+                assert llm.pid is not None
+                cpu, started = cpu_s(llm.pid), loop.time()
                 stream = await client.chat.completions.create(
                     model=llm.model, messages=messages(opening(run), run),  # type: ignore[arg-type]
                     max_tokens=MAX_TOKENS, temperature=0, stream=True,
@@ -145,7 +157,7 @@ async def through_server(model: Path | None, threads: int, runs: int, log: Path)
                     if chunk.choices and chunk.choices[0].delta.content:
                         stamps.append(loop.time())
                 if run >= discard:
-                    turns.append(turn(started, stamps, len(stamps)))
+                    turns.append(turn(started, stamps, len(stamps), cpu_s(llm.pid) - cpu))
             results[case] = turns
     return results
 
@@ -161,28 +173,28 @@ def in_process(model: Path, threads: int, runs: int) -> dict[str, Any]:
         opening, discard = CASES[case]
         turns = []
         for run in range(runs + discard):
-            started = time.perf_counter()
+            cpu, started = time.process_time(), time.perf_counter()
             stream = llm.create_chat_completion(
                 messages=messages(opening(run), run),  # type: ignore[arg-type]
                 max_tokens=MAX_TOKENS, temperature=0, stream=True,
             )  # fmt: skip
             stamps = [time.perf_counter() for chunk in stream if chunk["choices"][0]["delta"].get("content")]  # type: ignore[union-attr]
             if run >= discard:
-                turns.append(turn(started, stamps, len(stamps)))
+                turns.append(turn(started, stamps, len(stamps), time.process_time() - cpu))
         results[f"bindings_{case}"] = turns
     # llama.cpp itself: evaluate the prompt's tokens from an empty cache, then greedy decoding
     prompt = llm.tokenize(render(llm, messages("", 0)).encode(), add_bos=False, special=True)
     turns = []
     for _ in range(runs):
         llm.reset()
-        started = time.perf_counter()
+        cpu, started = time.process_time(), time.perf_counter()
         llm.eval(prompt)
         stamps = []
         for _ in range(MAX_TOKENS):
             token = llm.sample(temp=0.0)
             stamps.append(time.perf_counter())
             llm.eval([token])
-        turns.append(turn(started, stamps, len(stamps)))
+        turns.append(turn(started, stamps, len(stamps), time.process_time() - cpu))
     results["llama.cpp_cold"] = turns
     return results
 
@@ -208,7 +220,8 @@ def rows(results: dict[str, list[Turn]]) -> Iterator[tuple[str, ...]]:
     for name, turns in results.items():
         cells = [name]
         # the bad tail of a time is its p95, of a rate its p5
-        for field, tail, digits in (("ttft_ms", 0.95, 0), ("tokens_per_s", 0.05, 1), ("total_ms", 0.95, 0)):
+        fields = (("ttft_ms", 0.95, 0), ("tokens_per_s", 0.05, 1), ("total_ms", 0.95, 0), ("cpu_ms", 0.95, 0))
+        for field, tail, digits in fields:
             values = [getattr(t, field) for t in turns]
             cells.append(f"{statistics.median(values):.{digits}f} / {percentile(values, tail):.{digits}f}")
         cells.append(",".join(map(str, sorted({t.tokens for t in turns}))))
@@ -232,7 +245,8 @@ def main() -> None:
         f"{model.name}, {args.threads} thread(s), n_ctx {CONTEXT}, prompt {prompt_tokens} tokens (cold), "
         f"max {MAX_TOKENS} tokens, {args.runs} runs; load: {os.getloadavg()[0]:.2f}"
     )
-    print(f"| path | TTFT ms p50 / p95 | decode tok/s p50 / p5 | total ms p50 / p95 | tokens |\n|{'---|' * 5}")
+    header = ("path", "TTFT ms p50 / p95", "decode tok/s p50 / p5", "total ms p50 / p95", "CPU ms p50 / p95", "tokens")
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for row in rows(results):
         print("| " + " | ".join(row) + " |")
     if args.json:

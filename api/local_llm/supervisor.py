@@ -20,13 +20,17 @@ Server flags chosen here: ``--interrupt_requests false``, because llama-cpp-pyth
 running stream early (a bare ``[DONE]``, no ``finish_reason``) as soon as a second request arrives,
 which would cut one participant's reply whenever another one speaks; requests queue instead (the
 server runs one generation at a time). ``n_threads`` and ``n_threads_batch`` are both set, since the
-latter defaults to every core. ``--cache true`` (``prompt_cache_mib``): on one core, evaluating a prompt
-is compute-bound (SmolLM2-135M: ~100 tokens/s, so a 700-token interviewer prompt takes ~7 s) while the
-server keeps the key/value state of its last prompt only; with two interviews taking turns, every turn
-would evaluate its whole prompt again. The RAM cache keeps the states of recent prompts and resumes
-from the longest matching prefix, so a turn evaluates only what is new (docs/benchmarks.md). Its size
-limit counts the llama.cpp state only; each entry also holds a copy of the logits of every prompt token
-(SmolLM2: 0.2 MB per token, ~9x the state), so the real memory is about ten times ``prompt_cache_mib``.
+latter defaults to every core. ``--logits_all false``: the server's default computes the output layer
+for every prompt token (for ``logprobs``, which the interviewer does not ask for), a fifth of the CPU
+of evaluating a prompt with SmolLM2's 49k-token vocabulary.
+
+``--cache true`` (``prompt_cache_mib``): evaluating a prompt is compute-bound (SmolLM2-135M on one
+core: ~5 s of CPU for a 700-token interviewer prompt), and the server keeps the key/value state of its
+last prompt only, so with two interviews taking turns every turn would evaluate its whole prompt again.
+The RAM cache keeps the states of recent prompts and resumes from the longest matching prefix: a turn
+evaluates only what is new (docs/benchmarks.md). Its size limit counts the llama.cpp state only; each
+entry also holds the logits of every prompt token (SmolLM2: 0.2 MB per token, ~9x the state), so the
+real memory is about ten times ``prompt_cache_mib``.
 """
 
 from __future__ import annotations
@@ -101,6 +105,7 @@ def server_args(model: LocalModel, settings: LocalLLMSettings, port: int) -> lis
         "--n_ctx", str(settings.context_tokens),
         "--n_threads", str(settings.threads), "--n_threads_batch", str(settings.threads),
         "--interrupt_requests", "false",
+        "--logits_all", "false",
     ]  # fmt: skip
     if settings.chat_format:
         args += ["--chat_format", settings.chat_format]
