@@ -116,7 +116,8 @@ def messages(opening: str, run: int) -> list[dict[str, str]]:
     return [
         {"role": "system", "content": opening + SYSTEM},
         {"role": "assistant", "content": QUESTION},
-        {"role": "user", "content": ANSWERS[run % len(ANSWERS)]},
+        # numbered, so no answer repeats an earlier one (the prompt cache would skip it all)
+        {"role": "user", "content": f"Answer {run}: {ANSWERS[run % len(ANSWERS)]}"},
     ]
 
 
