@@ -115,6 +115,7 @@ def llm_settings(config: ServerConfig) -> LLMSettings:
         chat_deadline_s=config.llm_timeout_s,
         voice_deadline_s=config.llm_voice_timeout_s,
         tool_mode=ToolMode(config.llm_tool_mode),
+        warm_up=config.llm_warm_up,
     )
 
 
