@@ -430,9 +430,10 @@ async def test_warm_up_sends_the_first_answers_prompt_so_a_cache_holds_it(fake: 
     await reply(who, request())
     warm, first = fake.requests
     assert warm["max_tokens"] == 1 and warm["tools"] == first["tools"]
-    assert warm["messages"][0]["content"].split("Current question")[0] == first["messages"][0]["content"].split(
-        "Current question"
-    )[0]  # the same prefix: the rules and the study's settings
+    assert (
+        warm["messages"][0]["content"].split("Current question")[0]
+        == first["messages"][0]["content"].split("Current question")[0]
+    )  # the same prefix: the rules and the study's settings
     silent = interviewer(fake)
     await silent.prepare(replace(request(), purpose=Purpose.START, position=Position()))
     await silent.aclose()
