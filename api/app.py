@@ -154,6 +154,7 @@ def llm_settings(config: ServerConfig) -> LLMSettings:
         chat_deadline_s=config.llm_timeout_s,
         voice_deadline_s=config.llm_voice_timeout_s,
         tool_mode=ToolMode(config.llm_tool_mode),
+        warm_up=config.llm_warm_up,
     )
 
 
@@ -188,6 +189,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     if state.config.database_url is None:
         state.config.data_dir.mkdir(parents=True, exist_ok=True)
     await state.store.open()
+    await state.store.db.follow_other_processes(state.hub)  # PostgreSQL: SSE readers here see every process's events
     configure_host_addresses(state.config.ice_host_addresses or None)
     recovered = await state.live.recover()
     if recovered:

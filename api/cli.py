@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -17,14 +18,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from aiohttp import web
-from sqlalchemy import create_engine
 
 from api.app import create_app
 from api.bootstrap import bootstrap
 from api.config import ServerConfig
 from api.loadtest import cli as loadtest_cli
+from api.local_llm import LocalLLM, LocalLLMError, LocalLLMSettings
 from api.state import STATE
 from runtime.storage import Store, migrations
+from runtime.storage.database import shown_url, sync_engine
 
 HOSTED_OPTIONS = (
     "hosted_stt",
@@ -37,6 +39,11 @@ HOSTED_OPTIONS = (
     "hosted_tts_voice",
     "hosted_tts_key_env",
     "hosted_timeout_s",
+)
+
+LLM_HINT = (
+    "AI interviewer: off (scripted questions). Turn it on with --llm-base-url URL --llm-model NAME "
+    "(any OpenAI-compatible server), or locally without a key: make local-llm && vivavoce serve --local-llm"
 )
 
 
@@ -104,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     hosted.add_argument("--hosted-tts-key-env", metavar="VAR", help="variable holding the key (default "
                         "OPENAI_API_KEY; env VIVAVOCE_HOSTED_TTS_KEY_ENV)")  # fmt: skip
     hosted.add_argument("--hosted-timeout-s", type=float, help="a slower hosted call falls back (default 8)")
+    serve.add_argument(
+        "--local-llm",
+        action="store_true",
+        default=None,
+        help="run a local LLM (llama.cpp's server, SmolLM2) for the AI interviewer; install it with "
+        "`make local-llm` (env VIVAVOCE_LOCAL_LLM=1)",
+    )
+    serve.add_argument("--local-llm-model", type=Path, metavar="FILE", help="GGUF model for --local-llm")
+    serve.add_argument("--local-llm-threads", type=int, help="CPU threads of the local LLM (default 1)")
     serve.add_argument("--log-level", default="INFO")
     serve.add_argument(
         "--event-loop",
@@ -153,6 +169,9 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         llm_prices=_read_prices(getattr(args, "llm_prices", None)),
         synthesizer=getattr(args, "synthesizer", None),
         **{name: getattr(args, name, None) for name in HOSTED_OPTIONS},
+        local_llm=getattr(args, "local_llm", None),
+        local_llm_model=getattr(args, "local_llm_model", None),
+        local_llm_threads=getattr(args, "local_llm_threads", None),
     )
 
 
@@ -166,6 +185,27 @@ def _read_prices(path: Path | None) -> str | None:
 
 
 async def serve(config: ServerConfig) -> None:
+    """Run until SIGINT/SIGTERM; with ``local_llm``, the local LLM is started first and stopped last."""
+    if not config.local_llm:
+        return await serve_app(config)
+    settings = LocalLLMSettings(model_path=config.local_llm_model, threads=config.local_llm_threads)
+    async with LocalLLM(config.data_dir / "local-llm.log", settings) as llm:
+        print(f"Local LLM {llm.model} at {llm.base_url}  (log: {llm.log_path})", flush=True)
+        # A small model on one core needs seconds per turn: longer deadlines unless given, and a warm prompt cache.
+        local = dataclasses.replace(
+            config,
+            llm_base_url=llm.base_url,
+            llm_model=llm.model,
+            llm_warm_up=True,
+            llm_timeout_s=config.llm_timeout_s if config.llm_timeout_s != ServerConfig.llm_timeout_s else 40.0,
+            llm_voice_timeout_s=config.llm_voice_timeout_s
+            if config.llm_voice_timeout_s != ServerConfig.llm_voice_timeout_s
+            else 10.0,
+        )
+        await serve_app(local)
+
+
+async def serve_app(config: ServerConfig) -> None:
     app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5)
     await runner.setup()
@@ -173,7 +213,7 @@ async def serve(config: ServerConfig) -> None:
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()
     out = sys.stdout
-    print(f"vivavoce listening on {config.base_url}  (database: {config.db_url})", file=out)
+    print(f"vivavoce listening on {config.base_url}  (database: {shown_url(config.db_url)})", file=out)
     if boot.api_key:
         print(f"API key (shown once, store it now): {boot.api_key}", file=out)
     else:
@@ -183,6 +223,8 @@ async def serve(config: ServerConfig) -> None:
         f"voice channel {boot.voice_channel_id}",
         file=out,
     )
+    if config.llm_base_url is None:
+        print(LLM_HINT, file=out)
     print(f"Demo interview (chat): {boot.demo_join_url}", file=out, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -269,12 +311,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"vivavoce serve: {exc}", file=sys.stderr)
             return 2
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        if args.event_loop == "uvloop":
-            import uvloop
+        try:
+            if args.event_loop == "uvloop":
+                import uvloop
 
-            uvloop.run(serve(config))
-        else:
-            asyncio.run(serve(config))
+                uvloop.run(serve(config))
+            else:
+                asyncio.run(serve(config))
+        except LocalLLMError as e:
+            print(f"vivavoce: {e}", file=sys.stderr)
+            return 1
         return 0
     config = _config(args)
     if args.command == "db":
@@ -293,13 +339,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def upgrade_database(config: ServerConfig) -> int:
-    engine = create_engine(config.db_url.replace("+aiosqlite", "", 1))
+    engine = sync_engine(config.db_url)
     try:
         before = migrations.current(engine)
         after = migrations.upgrade(engine)
     finally:
         engine.dispose()
-    print(f"database {config.db_url}: {before or 'empty'} -> {after}")
+    print(f"database {shown_url(config.db_url)}: {before or 'empty'} -> {after}")
     return 0
 
 

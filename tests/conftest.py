@@ -1,9 +1,16 @@
-"""Shared fixtures: a real server on 127.0.0.1 with a real SQLite file, and real clients.
+"""Shared fixtures: a real server on 127.0.0.1 with a real database, and real clients.
 
 Every wait in the suite is a multiple of ``UNIT`` seconds (env ``VIVAVOCE_TEST_UNIT``,
 default 1.0): raise it on a slow machine instead of editing timeouts.
 Server-side durations are shrunk with the server's ``time_scale`` so that, say,
 a 5 s idle timeout fires after ``5 * time_scale`` seconds.
+
+The database is a SQLite file in the server's data dir, or with
+``VIVAVOCE_TEST_DATABASE=postgresql`` (``make test-postgres``) a PostgreSQL
+database of its own for each server's data dir, made for the test from a
+migrated template and dropped after it (server ``VIVAVOCE_TEST_POSTGRES``,
+default 127.0.0.1:5432, user postgres). Tests that only make sense on SQLite
+(a file's durability, upgrading an old file) are marked ``sqlite_only``.
 """
 
 from __future__ import annotations
@@ -11,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,10 +37,26 @@ from api.config import ServerConfig
 from api.state import STATE, AppState
 from runtime.errors import StorageUnavailable
 from runtime.interviewer import Interviewer
-from runtime.storage import NewMessage
+from runtime.storage import NewMessage, migrations
+from runtime.storage.database import sync_engine
 from runtime.types import MessageRole
 
 UNIT = float(os.environ.get("VIVAVOCE_TEST_UNIT", "1.0"))
+TEST_DATABASE = os.environ.get("VIVAVOCE_TEST_DATABASE", "sqlite")
+assert TEST_DATABASE in ("sqlite", "postgresql"), f"VIVAVOCE_TEST_DATABASE={TEST_DATABASE!r}: sqlite or postgresql"
+POSTGRES = TEST_DATABASE == "postgresql"
+POSTGRES_SERVER = os.environ.get("VIVAVOCE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+
+
+def sqlite_only(why: str) -> pytest.MarkDecorator:
+    """Mark a test that is about SQLite itself (it runs in the SQLite pass of the suite only)."""
+    return pytest.mark.skipif(POSTGRES, reason=f"SQLite only: {why}")
+
+
+def postgres_only(why: str) -> pytest.MarkDecorator:
+    """Mark a test of what only a PostgreSQL store does (it runs in the PostgreSQL pass of the suite only)."""
+    return pytest.mark.skipif(not POSTGRES, reason=f"PostgreSQL only: {why}")
+
 
 BLUEPRINT = {
     "name": "Test interview",
@@ -239,6 +263,108 @@ def refuse_first_answer(server: Server, monkeypatch: pytest.MonkeyPatch) -> list
     return refused
 
 
+class ScratchDatabases:
+    """PostgreSQL databases made for one test, one per key (a server's data dir), dropped after it.
+
+    Each is a copy of a template this test process migrated once (``CREATE
+    DATABASE … TEMPLATE``: ~30 ms against ~180 ms to create and migrate). Names
+    carry a random token, so test runs of other checkouts sharing the server
+    never touch them.
+    """
+
+    def __init__(self, server: str) -> None:
+        self.server = server.rstrip("/")
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        self.prefix = f"vv_test_{secrets.token_hex(3)}_{worker}"
+        self.template: str | None = None
+        self.made: dict[str, str] = {}  # key -> database name, this test's
+        self._n = 0
+
+    def _admin(self, statement: str) -> None:
+        import psycopg
+
+        with psycopg.connect(f"{self.server}/postgres", autocommit=True) as conn:
+            conn.execute(statement)
+
+    def url(self, name: str) -> str:
+        return f"{self.server}/{name}"
+
+    def for_key(self, key: str, *, migrated: bool = True) -> str:
+        """The database URL for ``key``, made on first use in this test (``migrated=False``: with no tables)."""
+        if key not in self.made and not migrated:
+            self._n += 1
+            self.made[key] = f"{self.prefix}_{self._n}"
+            self._admin(f"CREATE DATABASE {self.made[key]}")
+        if key not in self.made:
+            if self.template is None:
+                template = f"{self.prefix}_template"
+                self._admin(f"DROP DATABASE IF EXISTS {template}")
+                self._admin(f"CREATE DATABASE {template}")
+                engine = sync_engine(self.url(template))
+                try:
+                    migrations.upgrade(engine)
+                finally:
+                    engine.dispose()
+                self.template = template
+            self._n += 1
+            name = f"{self.prefix}_{self._n}"
+            self._admin(f"CREATE DATABASE {name} TEMPLATE {self.template}")
+            self.made[key] = name
+        return self.url(self.made[key])
+
+    def drop_made(self) -> None:
+        for name in self.made.values():
+            self._admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        self.made.clear()
+
+    def drop_template(self) -> None:
+        if self.template is not None:
+            self._admin(f"DROP DATABASE IF EXISTS {self.template} WITH (FORCE)")
+            self.template = None
+
+
+DATABASES = ScratchDatabases(POSTGRES_SERVER)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _drop_the_template() -> Iterator[None]:
+    yield
+    if POSTGRES:
+        DATABASES.drop_template()
+
+
+@pytest.fixture(autouse=True)
+def _drop_test_databases() -> Iterator[None]:
+    yield
+    if POSTGRES:
+        DATABASES.drop_made()
+
+
+def database_url_for(data_dir: Path) -> str | None:
+    """The database a server with ``data_dir`` uses: None on SQLite (its file in the data dir), else its own."""
+    return DATABASES.for_key(str(data_dir.resolve())) if POSTGRES else None
+
+
+def database_env(data_dir: Path) -> dict[str, str]:
+    """Environment for a ``vivavoce`` subprocess using ``data_dir``: where its database is."""
+    url = database_url_for(data_dir)
+    return {} if url is None else {"VIVAVOCE_DATABASE_URL": url}
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """A fresh database for a test that opens a Store itself."""
+    return database_url_for(tmp_path / "store") or f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}"
+
+
+@pytest.fixture
+def empty_database_url(tmp_path: Path) -> str:
+    """A database with no tables yet (its migrations not run)."""
+    if POSTGRES:
+        return DATABASES.for_key(str(tmp_path / "empty"), migrated=False)
+    return f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+
+
 ServerFactory = Callable[..., Awaitable[Server]]
 
 
@@ -251,6 +377,8 @@ async def server_factory(tmp_path: Path) -> AsyncIterator[ServerFactory]:
         """A new server; pass the ``data_dir`` and ``api_key`` of a stopped one to restart it."""
         options.setdefault("data_dir", tmp_path / f"data{len(servers)}")
         options.setdefault("heartbeat_s", 5.0)
+        if "database_url" not in options:
+            options["database_url"] = database_url_for(options["data_dir"])
         config = ServerConfig(host="127.0.0.1", port=0, **options)
         app = create_app(config, interviewer=interviewer)
         runner = web.AppRunner(app, shutdown_timeout=1)

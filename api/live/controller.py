@@ -56,7 +56,7 @@ from runtime.conversation import (
     Persist,
     StopPlayback,
 )
-from runtime.interviewer import Delta, Exchange, Interviewer, ReplyPart, TurnEnd, Utterance
+from runtime.interviewer import Delta, Exchange, Interviewer, Purpose, ReplyPart, TurnEnd, Utterance
 from runtime.serialize import message_json
 from runtime.storage import NewMessage, Store
 from runtime.types import (
@@ -316,6 +316,8 @@ class RunController:
         while queue:
             action = queue.popleft()
             if isinstance(action, Compose):
+                if action.request.purpose is Purpose.START:  # the interviewer may get ready for the first answer
+                    self._spawn(self.interviewer.prepare(action.request))
                 self._answered[action.turn_id] = action.answers
                 self._reply_ids[action.turn_id] = uuid.uuid4().hex[:16]
                 self._composing[action.turn_id] = self._spawn(self._compose(action))

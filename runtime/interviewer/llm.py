@@ -79,6 +79,10 @@ class LLMSettings:
     max_tokens: int = 200
     tool_mode: ToolMode = ToolMode.AUTO
     seed: int | None = None
+    # Send the first question's prompt (one token back) when an interview starts, so a server with a prompt
+    # cache (llama.cpp) has read the rules and the study's settings before the first answer: a small local
+    # model needs seconds for that. Off by default: on a hosted API it is a paid call per interview.
+    warm_up: bool = False
 
 
 class _Unusable(Exception):
@@ -111,6 +115,18 @@ class LLMInterviewer(Interviewer):
 
     def model_name(self, request: ReplyRequest) -> str:
         return request.blueprint.interviewer.model or self.settings.default_model
+
+    async def prepare(self, request: ReplyRequest) -> None:
+        if not self.settings.warm_up or not request.blueprint.questions:
+            return
+        # the first answer's request as it will be sent, but for the answer itself: its tools and system prompt
+        first = replace(request, position=Position(0), purpose=Purpose.ANSWER, answer="")
+        chat = _Turn(self, first, clarify=False).chat_request(None, max_tokens=1)
+        try:
+            async for _ in self.model.stream(chat, timeout=self.settings.chunk_timeout_s * 2):
+                pass
+        except LLMError as exc:
+            log.info("warming the model's prompt cache failed: %s", exc)
 
     async def reply(self, request: ReplyRequest) -> AsyncIterator[ReplyPart]:
         if request.purpose is not Purpose.ANSWER or request.question is None:
@@ -184,27 +200,8 @@ class _Turn:
         settings = self.owner.settings
         backoff = 0.25
         while True:
-            tools = settings.tool_mode is ToolMode.TOOLS or (
-                settings.tool_mode is ToolMode.AUTO and self.model not in self.owner._no_tools
-            )
-            options = prompt.Options(
-                follow_up_allowed=self.allowance.allowed,
-                follow_ups_left=self.question.max_probes - self.request.position.probes_used if self.question else 0,
-                why_no_follow_up=self.allowance.reason,
-                tools=tools,
-                correction=correction,
-            )
-            adapt = not self._next_is_verbatim()
-            chat = ChatRequest(
-                model=self.model,
-                messages=prompt.build_messages(self.request, options),
-                tools=[prompt.respond_tool(options, adapt_next=adapt)] if tools else [],
-                tool_choice=prompt.RESPOND if tools else None,
-                json_mode=not tools,
-                temperature=self.request.blueprint.interviewer.temperature,
-                max_tokens=settings.max_tokens,
-                seed=settings.seed,
-            )
+            tools = self.uses_tools()
+            chat = self.chat_request(correction)
             self.call.attempts += 1
             streamed = False
             try:
@@ -229,6 +226,33 @@ class _Turn:
                 self.call.reasons.append(str(exc))
                 await asyncio.sleep(wait)
                 backoff *= 2
+
+    def uses_tools(self) -> bool:
+        mode = self.owner.settings.tool_mode
+        return mode is ToolMode.TOOLS or (mode is ToolMode.AUTO and self.model not in self.owner._no_tools)
+
+    def chat_request(self, correction: str | None, *, max_tokens: int | None = None) -> ChatRequest:
+        """What is sent to the model for this turn (``correction``: why the last attempt was refused)."""
+        settings = self.owner.settings
+        tools = self.uses_tools()
+        options = prompt.Options(
+            follow_up_allowed=self.allowance.allowed,
+            follow_ups_left=self.question.max_probes - self.request.position.probes_used if self.question else 0,
+            why_no_follow_up=self.allowance.reason,
+            tools=tools,
+            correction=correction,
+        )
+        adapt = not self._next_is_verbatim()
+        return ChatRequest(
+            model=self.model,
+            messages=prompt.build_messages(self.request, options),
+            tools=[prompt.respond_tool(options, adapt_next=adapt)] if tools else [],
+            tool_choice=prompt.RESPOND if tools else None,
+            json_mode=not tools,
+            temperature=self.request.blueprint.interviewer.temperature,
+            max_tokens=max_tokens or settings.max_tokens,
+            seed=settings.seed,
+        )
 
     def _deadline_s(self) -> float:
         return self.owner.settings.voice_deadline_s if self.request.speech else self.owner.settings.chat_deadline_s

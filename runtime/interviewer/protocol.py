@@ -109,6 +109,10 @@ class Interviewer(abc.ABC):
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release what the interviewer holds (connections to a model)."""
 
+    async def prepare(self, request: ReplyRequest) -> None:  # noqa: B027 - optional hook
+        """The interview is starting (``request`` is its START): get ready for its first answer, e.g. warm a
+        model server's prompt cache while the participant reads the greeting. Failures are the hook's own."""
+
 
 def word_count(text: str) -> int:
     return len(text.split())

@@ -22,28 +22,44 @@ SQLite runs in WAL mode: readers (the async engine, over aiosqlite) never
 wait for the writer. ``synchronous`` defaults to ``FULL`` (a commit survives
 power loss); ``NORMAL`` survives a killed process. Per-run sequence numbers
 stay gapless because only the writer thread writes.
+
+PostgreSQL (:mod:`runtime.storage.postgres`): writes over psycopg, reads over
+asyncpg. There a write spends its time waiting on round trips, not on the CPU,
+so there are several writer threads (each its own connection and group commit);
+a run's writes always go to the same one, so they commit in the order they were
+made. Several processes may write too: a run's next number
+comes from ``UPDATE runs SET last_seq = last_seq + 1 … RETURNING``, whose row
+lock is held until commit, so numbers stay gapless and commit in order. A
+writer whose connection broke connects again; it runs the batch again if the
+batch cannot have committed (the connection had died while idle), and refuses
+it with ``StorageUnavailable`` otherwise. Each group commit that stored events tells the
+other processes which (:mod:`runtime.storage.notifications`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import queue
 import sqlite3
+import secrets
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, create_engine, event, make_url
+from sqlalchemy import URL, Connection, create_engine, event, make_url
 from sqlalchemy.engine import Engine, RootTransaction
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from runtime.errors import StorageUnavailable
-from runtime.storage import migrations
+from runtime.events import EventHub
+from runtime.storage import migrations, notifications, postgres
 from runtime.storage.readers import SQLiteReaders
-from runtime.types import Event
+from runtime.types import Event, EventType
 
 EventListener = Callable[[Event], None]
 T = TypeVar("T")
@@ -58,6 +74,15 @@ class _Retry(Exception):
 
 class _RolledBack(Exception):
     """The only write of a batch failed: its transaction is rolled back, its error goes to its caller."""
+
+
+class _ConnectionLost(Exception):
+    """The writer's connection broke during a batch: connect again, and run the batch again if it cannot have
+    committed (a connection that died while idle is found out by the next batch), else refuse it."""
+
+    def __init__(self, *, committing: bool) -> None:
+        super().__init__("committing" if committing else "before commit")
+        self.committing = committing
 
 
 class Transaction:
@@ -154,13 +179,30 @@ def _read_pool(url: str) -> dict[str, Any]:
     read waits for a free connection instead (queries take well under a
     millisecond). Nothing is reset on return: reads never open a transaction.
     """
+    if postgres.is_postgres(url):
+        return postgres.async_engine_options()
     if make_url(url).get_backend_name() != "sqlite":
         return {}
     return {"pool_size": READ_CONNECTIONS, "max_overflow": 0, "pool_reset_on_return": None}
 
 
-def _sync_url(url: str) -> str:
-    return url.replace("+aiosqlite", "", 1)
+def _async_url(url: str) -> str | URL:
+    return postgres.with_driver(url, "asyncpg") if postgres.is_postgres(url) else url
+
+
+def sync_url(url: str) -> str | URL:
+    """The URL the writer thread (and the migrations) connect with: the blocking driver of the same database."""
+    return postgres.with_driver(url, "psycopg") if postgres.is_postgres(url) else url.replace("+aiosqlite", "", 1)
+
+
+def shown_url(url: str) -> str:
+    """``url`` fit to print: its password masked."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def sync_engine(url: str) -> Engine:
+    """A blocking engine for ``url`` (the migrations use it; the writer thread's is set up in :class:`Database`)."""
+    return create_engine(sync_url(url), **(postgres.sync_engine_options() if postgres.is_postgres(url) else {}))
 
 
 def _placeholders(paramstyle: str) -> Callable[[str], str]:
@@ -190,11 +232,13 @@ class Database:
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"unknown SQLite synchronous mode {synchronous!r}")
         self.url = url
-        self.engine: AsyncEngine = create_async_engine(url, **_read_pool(url))
-        self.sync_engine: Engine = create_engine(_sync_url(url))
+        self.engine: AsyncEngine = create_async_engine(_async_url(url), **_read_pool(url))
+        self.sync_engine: Engine = sync_engine(url)
         self._listeners: list[EventListener] = []
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._writer: threading.Thread | None = None
+        # One writer thread per lane; a run's writes always take the same lane, so they commit in order.
+        lanes = postgres.WRITERS if postgres.is_postgres(url) else 1  # SQLite: one writer at a time anyway
+        self._lanes: list[queue.SimpleQueue[_Job | None]] = [queue.SimpleQueue() for _ in range(lanes)]
+        self._writers: list[threading.Thread] = []
         self.commits = 0  # group commits so far (and writes, below): for benchmarks
         self.writes = 0
         self._raw_transactions = self.sync_engine.dialect.name == "sqlite"
@@ -202,7 +246,15 @@ class Database:
         self._placeholder = _placeholders(self.sync_engine.dialect.paramstyle)
         path = make_url(url).database  # the hottest reads skip SQLAlchemy on a SQLite file (readers.py)
         on_file = self._raw_transactions and path not in (None, "", ":memory:")
-        self._readers = SQLiteReaders(str(path), size=READ_CONNECTIONS) if on_file else None
+        self._readers: SQLiteReaders | postgres.PostgresReaders | None = None
+        if on_file:
+            self._readers = SQLiteReaders(str(path), size=READ_CONNECTIONS)
+        elif postgres.is_postgres(url):
+            self._readers = postgres.PostgresReaders(url)
+        # Other processes may share a PostgreSQL database: commits tell them which events they stored.
+        self.origin = secrets.token_hex(6)
+        self._hints = self._placeholder(notifications.NOTIFY) if postgres.is_postgres(url) else None
+        self._follower: notifications.EventFollower | None = None
         if self.engine.dialect.name == "sqlite":
             mode = synchronous.upper()
             for engine in (self.engine.sync_engine, self.sync_engine):
@@ -251,14 +303,23 @@ class Database:
                 conn.close()
 
         await asyncio.to_thread(run)
+    async def follow_other_processes(self, hub: EventHub) -> None:
+        """Publish to ``hub`` the events other processes commit (PostgreSQL; on SQLite there are none)."""
+        if self._hints is not None and self._follower is None:
+            self._follower = notifications.EventFollower(self.url, self.origin, hub, self._events_between)
+            await self._follower.start()
 
     async def close(self) -> None:
+        if self._follower is not None:
+            await self._follower.close()
+            self._follower = None
         if self._readers is not None:
             await self._readers.close()
-        if self._writer is not None:
-            self._jobs.put(None)
-            await asyncio.to_thread(self._writer.join)
-            self._writer = None
+        for jobs in self._lanes if self._writers else ():
+            jobs.put(None)
+        for writer in self._writers:
+            await asyncio.to_thread(writer.join)
+        self._writers = []
         self.sync_engine.dispose()
         await self.engine.dispose()
 
@@ -270,39 +331,61 @@ class Database:
 
     # --- writes -----------------------------------------------------------------------------
 
-    async def write(self, fn: Callable[[Transaction], T]) -> T:
-        """Run ``fn`` in a write transaction; return its result once committed and announced."""
-        if self._writer is None:
-            self._writer = threading.Thread(target=self._write_loop, name="vivavoce-db-writer", daemon=True)
-            self._writer.start()
+    async def write(self, fn: Callable[[Transaction], T], *, run_id: str | None = None) -> T:
+        """Run ``fn`` in a write transaction; return its result once committed and announced.
+
+        Writes of one ``run_id`` are committed in the order they were made (they share a writer thread);
+        on PostgreSQL, writes of different runs may commit side by side, in several writer threads.
+        """
+        if not self._writers:
+            self._writers = [
+                threading.Thread(target=self._write_loop, args=(jobs,), name=f"vivavoce-db-writer-{i}", daemon=True)
+                for i, jobs in enumerate(self._lanes)
+            ]
+            for writer in self._writers:
+                writer.start()
         loop = asyncio.get_running_loop()
         job = _Job(fn, loop.create_future(), loop, [])
-        self._jobs.put(job)
+        lanes = self._lanes
+        lanes[0 if run_id is None or len(lanes) == 1 else hash(run_id) % len(lanes)].put(job)
         result: T = await job.future
         return result
 
-    def _write_loop(self) -> None:
+    def _write_loop(self, jobs: queue.SimpleQueue[_Job | None]) -> None:
         """Serve jobs until told to stop. Nothing a write or the database does may end this thread: a
         job that queued behind a dead writer would wait forever. If the connection fails (the file
         cannot be opened, the disk went away) or a bug escapes a batch, that batch's writers get
         :class:`StorageUnavailable` and the next job opens a fresh connection."""
         stop = False
+        again: list[_Job] = []  # a batch to run once more, on a new connection
         while not stop:
             batch: list[_Job] = []
             try:
                 with self.sync_engine.connect() as conn:
                     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+                    if self.sync_engine.dialect.name == "postgresql":
+                        postgres.text_json(cursor)
                     while True:
-                        batch = self._next_batch()
+                        if again:  # found its first connection dead: once more, on this new one
+                            batch, again, retried = again, [], True
+                        else:
+                            batch, retried = self._next_batch(jobs), False
                         if not batch:
                             stop = True
                             break
-                        self._run_batch(conn, cursor, self._placeholder, batch)
+                        try:
+                            self._run_batch(conn, cursor, self._placeholder, batch)
+                        except _ConnectionLost as lost:
+                            conn.invalidate()  # not back to the pool: the next batch connects afresh
+                            if lost.committing or retried:
+                                raise
+                            again, batch = batch, []  # nothing of it was committed: run it again
+                            break
                         batch = []
             except BaseException as exc:  # reported to every writer of the batch
                 log.exception("database writer failed; its batch is refused")
                 if not batch:  # the connection could not be opened: refuse the next job, not a later one
-                    batch = self._next_batch()
+                    batch, again = again or self._next_batch(jobs), []
                     stop = not batch
                 error = StorageUnavailable(f"the database could not be written: {exc!r}")
                 for job in batch:
@@ -310,19 +393,19 @@ class Database:
                 if batch:
                     self._announce(batch)
 
-    def _next_batch(self) -> list[_Job]:
+    def _next_batch(self, jobs: queue.SimpleQueue[_Job | None]) -> list[_Job]:
         """Block for the next job, then take whatever else queued meanwhile; [] means stop."""
-        first = self._jobs.get()
+        first = jobs.get()
         if first is None:
             return []
         batch = [first]
         while len(batch) < MAX_BATCH:
             try:
-                job = self._jobs.get_nowait()
+                job = jobs.get_nowait()
             except queue.Empty:
                 break
             if job is None:
-                self._jobs.put(None)  # finish this batch, then stop
+                jobs.put(None)  # finish this batch, then stop
                 break
             batch.append(job)
         return batch
@@ -341,6 +424,7 @@ class Database:
         """Run and commit ``batch``. Returns True if a write failed without savepoints (nothing was committed)."""
         alone = len(batch) == 1  # nothing else to protect: its error rolls back its own transaction
         scope = _Scope(self, conn, cursor)
+        committing = False
         try:
             scope.begin()
             try:
@@ -364,8 +448,13 @@ class Database:
                     if savepoints:
                         cursor.execute("RELEASE SAVEPOINT vv_write")
                     job.events = tx.events
+                if self._hints is not None:
+                    self._send_hints(cursor, batch)
+                committing = True
                 scope.commit()
-            except BaseException:
+            except BaseException as exc:
+                if postgres.is_broken(getattr(cursor, "connection", None)):
+                    raise _ConnectionLost(committing=committing) from exc
                 with contextlib.suppress(Exception):
                     scope.rollback()
                 raise
@@ -373,11 +462,19 @@ class Database:
             return True
         except _RolledBack:
             pass
+        except _ConnectionLost:
+            raise
         except Exception as exc:  # the commit itself failed: nothing in the batch happened
             for job in batch:
                 job.error = job.error or exc
                 job.events = []
         return False
+
+    def _send_hints(self, cursor: Any, batch: list[_Job]) -> None:
+        """In the committing transaction: NOTIFY the runs and seqs it stored (delivered only if it commits)."""
+        committed = notifications.spans(ev for job in batch for ev in job.events)
+        for payload in notifications.payloads(self.origin, committed):
+            cursor.execute(self._hints, (notifications.CHANNEL, payload))
 
     def _announce(self, batch: list[_Job]) -> None:
         self.commits += 1
@@ -417,7 +514,23 @@ class Database:
             result = await conn.exec_driver_sql(self._placeholder(statement), tuple(params))
             return [tuple(row) for row in result]
 
+    async def _events_between(self, run_id: str, after: int, upto: int) -> list[Event]:
+        rows = await self.fetch(
+            "SELECT seq, type, created_at, data FROM events WHERE run_id = ? AND seq > ? AND seq <= ? ORDER BY seq",
+            (run_id, after, upto),
+        )
+        return [Event(run_id, seq, EventType(kind), created, json.loads(data)) for seq, kind, created, data in rows]
+
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as conn:
-            yield conn
+        """A connection of the async engine. A database that cannot be reached (or dropped the connection)
+        answers :class:`StorageUnavailable` (503), as a refused write does, not an internal error."""
+        try:
+            async with self.engine.connect() as conn:
+                yield conn
+        except (OperationalError, InterfaceError, OSError, TimeoutError) as exc:
+            raise StorageUnavailable(f"the database could not be read: {exc!r}") from exc
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise StorageUnavailable(f"the database could not be read: {exc!r}") from exc
+            raise

@@ -322,7 +322,7 @@ class RunStore:
             if also is not None:
                 also(tx, run_id)
 
-        await self.db.write(write)
+        await self.db.write(write, run_id=run_id)
         return await self.get_run(run_id)
 
     async def get_run(self, run_id: str, *, org_id: str | None = None) -> Run:
@@ -376,7 +376,7 @@ class RunStore:
         def write(tx: Transaction) -> Any:
             tx.change(_SAVE_STATE, (_dumps(_position_json(position)), idle_since, run_id))
 
-        await self.db.write(write)
+        await self.db.write(write, run_id=run_id)
 
     async def end_run(self, run_id: str, reason: EndReason, now: float | None = None) -> Run | None:
         """End the run and any live session. Returns None if the run had already ended."""
@@ -398,7 +398,7 @@ class RunStore:
                 add_job(tx, ANALYSIS, run_id, now)
             return run
 
-        return await self.db.write(write)  # type: ignore[no-any-return]
+        return await self.db.write(write, run_id=run_id)  # type: ignore[no-any-return]
 
     @staticmethod
     def _live(tx: Transaction, run_id: str) -> bool:
@@ -436,7 +436,7 @@ class RunStore:
             self._insert_event(tx, run_id, run.last_seq, EventType.SESSION_STARTED, data, now)
             return run, session
 
-        return await self.db.write(write)  # type: ignore[no-any-return]
+        return await self.db.write(write, run_id=run_id)  # type: ignore[no-any-return]
 
     async def end_session(self, session_id: str, reason: SessionEndReason, now: float) -> None:
         def write(tx: Transaction) -> Any:
@@ -557,7 +557,7 @@ class RunStore:
             self._insert_event(tx, run_id, seq, EventType.MESSAGE_CREATED, data, new.ended_at, text=stored)
             return msg, True
 
-        return await self.db.write(write)  # type: ignore[no-any-return]
+        return await self.db.write(write, run_id=run_id)  # type: ignore[no-any-return]
 
     async def update_message(
         self,
@@ -656,7 +656,7 @@ class RunStore:
             self._emit(tx, run_id, EventType.RUN_RESULT_READY, data, now)
             complete_job(tx, job_id, now)
 
-        await self.db.write(write)
+        await self.db.write(write, run_id=run_id)
 
     async def analysis(self, run_id: str) -> tuple[JSON | None, JSON | None, str | None, float | None]:
         """(summary, result, result_error, analysed_at) of a run; all None before the analysis."""

@@ -9,12 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
-import signal
-import socket
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,56 +17,8 @@ import aiohttp
 import pytest
 import websockets
 
+from tests.api.server_process import ServerProcess, free_port
 from tests.conftest import LONG_ANSWER, UNIT
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ServerProcess:
-    def __init__(self, data_dir: Path, port: int, *args: str) -> None:
-        self.data_dir, self.port, self.args = data_dir, port, args
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc: asyncio.subprocess.Process | None = None
-        self.api_key: str | None = None
-        self.banner: dict[str, str] = {}
-
-    async def start(self) -> None:
-        self.api_key = None
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "api.cli", "serve", "--data-dir", str(self.data_dir), "--port", str(self.port),
-            "--log-level", "WARNING", *self.args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        assert self.proc.stdout is not None
-        while True:
-            line = (await asyncio.wait_for(self.proc.stdout.readline(), 30 * UNIT)).decode()
-            assert line, "server exited before it was ready"
-            if m := re.search(r"API key \(shown once, store it now\): (\S+)", line):
-                self.api_key = m.group(1)
-            if m := re.search(r"Demo blueprint (\S+); chat channel (\S+);", line):
-                self.banner = {"blueprint_id": m.group(1), "channel_id": m.group(2)}
-            if line.startswith("Demo interview"):
-                return
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-
-    async def wait(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            await self.proc.wait()
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()
-            await asyncio.wait_for(self.proc.wait(), 10 * UNIT)
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from api.loadtest.callers import Counters
 from api.loadtest.cli import EXIT_REFUSED, execute, main
 from api.loadtest.config import Delay, Slo, check_target, join_ws_url, origin_of
 from api.loadtest.stats import percentile
-from tests.conftest import UNIT, Server, ServerFactory, eventually
+from tests.conftest import UNIT, Server, ServerFactory, database_env, eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = Persona(typing_delay_ms=Delay(distribution="uniform", low=5, high=30, min=5, max=30), short_answer_ratio=0.3)
@@ -145,7 +145,7 @@ async def start_server_process(data_dir: Path, port: int) -> tuple[asyncio.subpr
     """``vivavoce serve`` as a subprocess; returns it, the API key (first start only) and the chat channel."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "api.cli", "serve", "--data-dir", str(data_dir), "--port", str(port),
-        "--log-level", "WARNING", cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        "--log-level", "WARNING", cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **database_env(data_dir)},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     assert proc.stdout is not None

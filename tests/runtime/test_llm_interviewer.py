@@ -421,3 +421,20 @@ def test_the_prompt_stays_bounded_over_a_long_interview() -> None:
         sizes.append(sum(len(m.content.split()) for m in build_messages(req, options)))
     assert sizes[-1] < 3000  # words: the digest is capped and only the current question is in full
     assert sizes[-1] - sizes[1] < 200  # it does not grow with the interview
+
+
+async def test_warm_up_sends_the_first_answers_prompt_so_a_cache_holds_it(fake: FakeOpenAI) -> None:
+    who = interviewer(fake, warm_up=True)
+    await who.prepare(replace(request(), purpose=Purpose.START, position=Position()))
+    fake.push(respond("follow_up", "Why the train?"))
+    await reply(who, request())
+    warm, first = fake.requests
+    assert warm["max_tokens"] == 1 and warm["tools"] == first["tools"]
+    assert (
+        warm["messages"][0]["content"].split("Current question")[0]
+        == first["messages"][0]["content"].split("Current question")[0]
+    )  # the same prefix: the rules and the study's settings
+    silent = interviewer(fake)
+    await silent.prepare(replace(request(), purpose=Purpose.START, position=Position()))
+    await silent.aclose()
+    assert len(fake.requests) == 2  # off by default: on a hosted API it would be a paid call

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 from pathlib import Path
@@ -28,11 +29,11 @@ from runtime.types import (
     SessionType,
     UtteranceKind,
 )
-from tests.conftest import UNIT
+from tests.conftest import POSTGRES, UNIT
 
 
-async def _store(tmp_path: Path) -> tuple[Store, str, str]:
-    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
+async def _store(url: str) -> tuple[Store, str, str]:
+    store = Store(url)
     await store.open()
     org = await store.catalog.create_organization("org")
     content = BlueprintContent("guide", "Hello.", (Question("q1", "Why?", (), 1),), "Bye.")
@@ -55,8 +56,8 @@ async def _run(store: Store, org: str, bp_id: str) -> str:
     return run.id
 
 
-async def test_a_failing_write_is_undone_alone_and_the_batch_commits(tmp_path: Path) -> None:
-    store, org, bp_id = await _store(tmp_path)
+async def test_a_failing_write_is_undone_alone_and_the_batch_commits(database_url: str) -> None:
+    store, org, bp_id = await _store(database_url)
     try:
         run_id = await _run(store, org, bp_id)
         before = (await store.runs.get_run(run_id)).last_seq
@@ -81,8 +82,8 @@ async def test_a_failing_write_is_undone_alone_and_the_batch_commits(tmp_path: P
         await store.close()
 
 
-async def test_event_numbers_stay_gapless_under_concurrent_writes(tmp_path: Path) -> None:
-    store, org, bp_id = await _store(tmp_path)
+async def test_event_numbers_stay_gapless_under_concurrent_writes(database_url: str) -> None:
+    store, org, bp_id = await _store(database_url)
     try:
         runs = [await _run(store, org, bp_id) for _ in range(5)]
         now = time.time()
@@ -103,9 +104,9 @@ async def test_event_numbers_stay_gapless_under_concurrent_writes(tmp_path: Path
         await store.close()
 
 
-async def test_stored_rows_read_back_as_written(tmp_path: Path) -> None:
+async def test_stored_rows_read_back_as_written(database_url: str) -> None:
     """Plain-SQL writes keep the column formats SQLAlchemy's types read (JSON text, booleans, NULL as 'null')."""
-    store, org, bp_id = await _store(tmp_path)
+    store, org, bp_id = await _store(database_url)
     try:
         run_id = await _run(store, org, bp_id)
         now = time.time()
@@ -131,8 +132,8 @@ async def test_stored_rows_read_back_as_written(tmp_path: Path) -> None:
         events = await store.runs.list_events(run_id)
         assert events[-2].data["message"]["id"] == msg.id
         assert events[-2].data["message"]["latency_breakdown"]["llm"] == 3.25
+        ((raw,),) = await store.db.fetch("SELECT latency FROM messages WHERE id = ?", (user.id,))
         async with store.db.read() as conn:
-            raw = (await conn.exec_driver_sql("SELECT latency FROM messages WHERE id = ?", (user.id,))).scalar()
             data = (await conn.execute(select(t.events.c.data).where(t.events.c.seq == events[-1].seq))).scalar()
         assert raw == "null"
         assert json.loads(json.dumps(data)) == events[-1].data
@@ -140,8 +141,8 @@ async def test_stored_rows_read_back_as_written(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_a_retried_client_id_returns_the_stored_message(tmp_path: Path) -> None:
-    store, org, bp_id = await _store(tmp_path)
+async def test_a_retried_client_id_returns_the_stored_message(database_url: str) -> None:
+    store, org, bp_id = await _store(database_url)
     try:
         run_id = await _run(store, org, bp_id)
         now = time.time()
@@ -158,8 +159,8 @@ async def test_a_retried_client_id_returns_the_stored_message(tmp_path: Path) ->
         await store.close()
 
 
-async def test_sessions_and_the_end_of_a_run_number_their_events_in_order(tmp_path: Path) -> None:
-    store, org, bp_id = await _store(tmp_path)
+async def test_sessions_and_the_end_of_a_run_number_their_events_in_order(database_url: str) -> None:
+    store, org, bp_id = await _store(database_url)
     try:
         run_id = await _run(store, org, bp_id)  # created, started, first session
         started = await store.runs.start_session(run_id, SessionType.TEXT, time.time())  # replaces the first
@@ -190,8 +191,8 @@ async def test_sessions_and_the_end_of_a_run_number_their_events_in_order(tmp_pa
         await store.close()
 
 
-async def test_one_batch_with_a_failing_write_commits_the_others_and_undoes_it(tmp_path: Path) -> None:
-    store, org, bp_id = await _store(tmp_path)
+async def test_one_batch_with_a_failing_write_commits_the_others_and_undoes_it(database_url: str) -> None:
+    store, org, bp_id = await _store(database_url)
     try:
         run_id = await _run(store, org, bp_id)
         before = (await store.runs.get_run(run_id)).last_seq
@@ -205,14 +206,15 @@ async def test_one_batch_with_a_failing_write_commits_the_others_and_undoes_it(t
             raise RuntimeError("boom")
 
         now = time.time()
-        held = asyncio.ensure_future(store.db.write(hold))
+        held = asyncio.ensure_future(store.db.write(hold, run_id=run_id))  # the run's writer thread
         await asyncio.sleep(0.05)
         commits = store.db.commits
         writes = [
             store.runs.add_message(run_id, NewMessage(MessageRole.USER, f"m{i}", now, now, client_id=f"c{i}"))
             for i in range(3)
         ]
-        batch = asyncio.gather(writes[0], store.db.write(fails), writes[1], writes[2], return_exceptions=True)
+        failing = store.db.write(fails, run_id=run_id)
+        batch = asyncio.gather(writes[0], failing, writes[1], writes[2], return_exceptions=True)
         await asyncio.sleep(0.05)
         gate.set()
         await held
@@ -229,8 +231,8 @@ async def test_one_batch_with_a_failing_write_commits_the_others_and_undoes_it(t
         await store.close()
 
 
-async def test_a_stored_message_is_sent_as_the_text_it_was_stored_with(tmp_path: Path) -> None:
-    store, org, bp_id = await _store(tmp_path)
+async def test_a_stored_message_is_sent_as_the_text_it_was_stored_with(database_url: str) -> None:
+    store, org, bp_id = await _store(database_url)
     try:
         run_id = await _run(store, org, bp_id)
         started = (await store.runs.get_run(run_id)).started_at
@@ -256,7 +258,13 @@ class _Escapes(BaseException):
 
 
 async def test_a_database_that_cannot_be_opened_refuses_writes_instead_of_hanging(tmp_path: Path) -> None:
-    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'missing' / 'db.sqlite'}")
+    if POSTGRES:  # nothing listens on that port
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            url = f"postgresql://postgres@127.0.0.1:{s.getsockname()[1]}/absent"
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'missing' / 'db.sqlite'}"
+    db = Database(url)
     try:
         for _ in range(2):  # and again: the writer is still there to answer
             with pytest.raises(StorageUnavailable, match="could not be written"):
@@ -265,8 +273,8 @@ async def test_a_database_that_cannot_be_opened_refuses_writes_instead_of_hangin
         await asyncio.wait_for(db.close(), 5 * UNIT)
 
 
-async def test_a_failure_that_escapes_a_write_refuses_its_batch_and_the_next_write_commits(tmp_path: Path) -> None:
-    store, org, bp_id = await _store(tmp_path)
+async def test_a_failure_that_escapes_a_write_refuses_its_batch_and_the_next_write_commits(database_url: str) -> None:
+    store, org, bp_id = await _store(database_url)
     try:
         run_id = await _run(store, org, bp_id)
 
