@@ -43,8 +43,8 @@ import contextlib
 import json
 import logging
 import queue
-import sqlite3
 import secrets
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import POSTGRES, ServerFactory, database_env
+from tests.conftest import POSTGRES, ServerFactory, database_env, sqlite_only
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,11 +65,12 @@ async def test_orgs_create_and_list_and_a_key_for_the_new_org_sees_only_its_data
     server_factory: ServerFactory, tmp_path: Path
 ) -> None:
     first = await server_factory(data_dir=tmp_path / "data")
-    made = vivavoce("orgs", "create", "Lab of Phonetics", "--data-dir", str(tmp_path / "data"))
+    env = database_env(tmp_path / "data")
+    made = vivavoce("orgs", "create", "Lab of Phonetics", "--data-dir", str(tmp_path / "data"), env=env)
     assert made.returncode == 0, made.stderr
     org_id = made.stdout.strip()
     assert org_id.startswith("org_") and "keys create --org" in made.stderr
-    listed = vivavoce("orgs", "list", "--data-dir", str(tmp_path / "data"))
+    listed = vivavoce("orgs", "list", "--data-dir", str(tmp_path / "data"), env=env)
     assert listed.returncode == 0, listed.stderr
     rows = listed.stdout.splitlines()
     assert rows[0].split() == ["id", "keys", "created", "(UTC)", "retention", "name"]
@@ -77,22 +78,25 @@ async def test_orgs_create_and_list_and_a_key_for_the_new_org_sees_only_its_data
     assert rows[-1].startswith(org_id) and rows[-1].endswith("Lab of Phonetics")
 
     for org in (org_id, "Lab of Phonetics"):  # by id or by name
-        key = vivavoce("keys", "create", "--org", org, "--data-dir", str(tmp_path / "data"))
+        key = vivavoce("keys", "create", "--org", org, "--data-dir", str(tmp_path / "data"), env=env)
         assert key.returncode == 0, key.stderr
         status, channels = await first.request("GET", "/v1/channels", key=key.stdout.strip())
         assert status == 200 and channels["data"] == []  # the demo channels belong to the first org
 
 
-def test_keys_create_for_an_unknown_org_says_so(tmp_path: Path) -> None:
+def test_keys_create_for_an_unknown_org_says_so(empty_database_url: str, tmp_path: Path) -> None:
     data = tmp_path / "data"
-    assert vivavoce("orgs", "create", "x", "--data-dir", str(data)).returncode == 1  # no database yet
-    assert vivavoce("db", "upgrade", "--data-dir", str(data)).returncode == 0
-    made = vivavoce("keys", "create", "--org", "org_nope", "--data-dir", str(data))
+    env = {"VIVAVOCE_DATABASE_URL": empty_database_url} if POSTGRES else {}
+    if not POSTGRES:
+        assert vivavoce("orgs", "create", "x", "--data-dir", str(data)).returncode == 1  # no database yet
+    assert vivavoce("db", "upgrade", "--data-dir", str(data), env=env).returncode == 0
+    made = vivavoce("keys", "create", "--org", "org_nope", "--data-dir", str(data), env=env)
     assert made.returncode == 1
     assert "no organization 'org_nope'" in made.stderr and "vivavoce orgs list" in made.stderr
     assert "Traceback" not in made.stderr and made.stdout == ""
 
 
+@sqlite_only("the database file a command run elsewhere must not create")
 def test_data_commands_run_elsewhere_leave_no_empty_database_behind(tmp_path: Path) -> None:
     elsewhere = tmp_path / "somewhere"
     elsewhere.mkdir()
