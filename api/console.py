@@ -136,7 +136,8 @@ async def front_door(request: web.Request) -> web.Response:
 
 @routes.route("GET", "/console", summary="Researcher console: the runs list (signs in first)", tag="console",
               auth=False, content_types=("text/html",), also=(303,),
-              params=(Param("status", "Status filter"), Param("starting_after", "Page cursor")))  # fmt: skip
+              params=(Param("status", "Status filter"), Param("starting_after", "Page cursor"),
+                      Param("blueprint_id", "One blueprint's runs, with its study exports")))  # fmt: skip
 async def console_runs(request: web.Request) -> web.Response:
     if await _signed_in(request) is None:
         return _to_sign_in(request)

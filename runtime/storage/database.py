@@ -303,6 +303,7 @@ class Database:
                 conn.close()
 
         await asyncio.to_thread(run)
+
     async def follow_other_processes(self, hub: EventHub) -> None:
         """Publish to ``hub`` the events other processes commit (PostgreSQL; on SQLite there are none)."""
         if self._hints is not None and self._follower is None:
