@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck check clean
+.PHONY: serve test lint typecheck check clean speech
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,11 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(BIN)/vivavoce serve
 
-test: $(STAMP)
+# Real human speech for tests and benchmarks (from the pocketsphinx sdist; cached, not committed).
+speech: $(STAMP)
+	$(BIN)/python fixtures/fetch_speech.py
+
+test: $(STAMP) speech
 	$(BIN)/ruff check runtime media api tests
 	$(BIN)/ruff format --check runtime media api tests
 	$(BIN)/mypy
