@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from media.audio import PCM
+from media.stt import DEFAULT_RECOGNIZER
 from media.workers.slot import Slot
 from media.workers.wire import (
     RecognizerSpec,
@@ -61,9 +62,10 @@ class RecognitionStream:
 
     _ids = itertools.count(1)
 
-    def __init__(self, pool: SpeechWorkers, slot: Slot) -> None:
+    def __init__(self, pool: SpeechWorkers, slot: Slot, language: str | None = None) -> None:
         self._pool = pool
         self._slot = slot
+        self.language = language
         self._sid = next(self._ids)
         self._generation: int | None = None  # worker generation the utterance runs on
         self._pinned = True  # counted in slot.load
@@ -87,7 +89,7 @@ class RecognitionStream:
         # here would queue the participant's end-of-turn decisions behind every other stream's
         # audio on this worker. An error starting shows up at partial() or finish().
         slot.check(slot.generation)
-        slot.send((0, self._sid, "start", None))
+        slot.send((0, self._sid, "start", self.language))
 
     async def feed(self, pcm: PCM) -> None:
         generation = self._utterance()
@@ -96,6 +98,13 @@ class RecognitionStream:
         self._slot.check(generation)
         self._slot.send((0, self._sid, "feed", pcm.tobytes()))
         await self._slot.drain()
+
+    async def resume(self) -> None:
+        """Take back the last ``finish()``: the utterance goes on (fire-and-forget, in order with the feeds);
+        the next ``finish()`` covers all of it, before and after the pause."""
+        generation = self._utterance()
+        self._slot.check(generation)
+        self._slot.send((0, self._sid, "resume", None))
 
     async def partial(self) -> str:
         result: str = await self._slot.call(self._utterance(), self._sid, "partial")
@@ -161,7 +170,7 @@ class SpeechWorkers:
         self,
         *,
         processes: int = 1,
-        recognizer: RecognizerSpec = "pocketsphinx",
+        recognizer: RecognizerSpec = DEFAULT_RECOGNIZER,
         synthesizer: SynthesizerSpec = "espeak",
         inprocess: bool = False,
         recognizer_options: Mapping[str, Any] | None = None,
@@ -259,11 +268,14 @@ class SpeechWorkers:
     def _least_loaded(self) -> Slot:
         return min(self._slots, key=lambda s: (s.load, not s.alive, s.index))
 
-    def recognition(self) -> RecognitionStream:
-        """A new recognition stream on the least loaded worker."""
+    def recognition(self, language: str | None = None) -> RecognitionStream:
+        """A new recognition stream on the least loaded worker, for ``language`` (a BCP 47 tag given to the
+        engine as its ``language`` option; None or English: the engine's default)."""
         if self.closed:
             raise WorkerError("speech workers are closed")
-        return RecognitionStream(self, self._least_loaded())
+        if language is not None and language.split("-")[0].lower() == "en":
+            language = None  # every engine's default: English streams share one pool of recognisers
+        return RecognitionStream(self, self._least_loaded(), language)
 
     async def synthesize(self, text: str) -> AsyncIterator[tuple[PCM, int]]:
         """Synthesise ``text`` on the least loaded worker: ``(int16 chunk, sample rate)`` as produced.

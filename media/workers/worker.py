@@ -27,7 +27,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -59,12 +59,16 @@ class EngineConfig:
     warm: bool
 
 
-def _make_recognizer(config: EngineConfig) -> Recognizer:
+def _make_recognizer(config: EngineConfig, language: str | None = None) -> Recognizer:
+    """A recogniser for ``language`` (a BCP 47 tag; None: the engine's default, English)."""
+    options = dict(config.recognizer_options)
+    if language is not None:
+        options["language"] = language
     if isinstance(config.recognizer, str):
         from media.stt import create_recognizer
 
-        return create_recognizer(config.recognizer, **config.recognizer_options)
-    return config.recognizer(**config.recognizer_options)
+        return create_recognizer(config.recognizer, **options)
+    return config.recognizer(**options)
 
 
 def _make_synthesizer(config: EngineConfig) -> Synthesizer:
@@ -81,8 +85,14 @@ class _Utterances:
     """One recognition stream inside a worker."""
 
     recognizer: Recognizer
+    language: str | None = None
     partial: str = ""
+    final: str = ""  # what the last finish() gave, for an engine that cannot resume()
+    parts: list[str] = field(default_factory=list)  # the utterance's text before each resume(), ditto
     error: tuple[str, str, str] | None = None
+
+    def text(self, last: str) -> str:
+        return " ".join(part for part in [*self.parts, last] if part)
 
 
 @dataclass
@@ -103,7 +113,7 @@ class _Core:
     def __init__(self, config: EngineConfig, send: Callable[[Reply], None]) -> None:
         self.config = config
         self.send = send
-        self.idle: list[Recognizer] = []
+        self.idle: dict[str | None, list[Recognizer]] = {}  # by language; None: the engine's default
         self.streams: dict[int, _Utterances] = {}
         self.synthesizer: Synthesizer | None = None
         self.jobs: deque[_SynthJob] = deque()
@@ -114,14 +124,14 @@ class _Core:
 
     def warm(self) -> None:
         if self.config.warm:
-            self.idle.append(_make_recognizer(self.config))
+            self.idle.setdefault(None, []).append(_make_recognizer(self.config))
             self.synthesizer = _make_synthesizer(self.config)
 
     def short_of_spares(self) -> bool:
-        return self.config.warm and len(self.idle) < SPARE_RECOGNIZERS
+        return self.config.warm and len(self.idle.get(None, ())) < SPARE_RECOGNIZERS
 
     def add_spare(self) -> None:
-        self.idle.append(_make_recognizer(self.config))
+        self.idle.setdefault(None, []).append(_make_recognizer(self.config))
 
     @property
     def busy(self) -> bool:
@@ -151,12 +161,16 @@ class _Core:
         if op == "start":
             try:
                 stream = self.streams.get(sid)
+                if stream is not None and stream.language != payload:
+                    self.streams.pop(sid)  # another language from now on (not reused: it may be a different model)
+                    stream = None
                 if stream is None:
-                    recognizer = self.idle.pop() if self.idle else _make_recognizer(self.config)
+                    idle = self.idle.get(payload)
+                    recognizer = idle.pop() if idle else _make_recognizer(self.config, payload)
                     if self.adaptation is not None:
                         recognizer.adapt(self.adaptation)
-                    stream = self.streams[sid] = _Utterances(recognizer)
-                stream.error, stream.partial = None, ""
+                    stream = self.streams[sid] = _Utterances(recognizer, payload)
+                stream.error, stream.partial, stream.final, stream.parts = None, "", "", []
                 stream.recognizer.start()
             except Exception as exc:
                 if sid in self.streams:  # a start sent without waiting: its error comes with finish()
@@ -171,20 +185,36 @@ class _Core:
             elif stream.error is not None:
                 self.reply(rid, "err", stream.error)
             elif op == "partial":
-                self.reply(rid, "ok", stream.partial)
+                try:
+                    fresh = stream.recognizer.partial()
+                except Exception as exc:
+                    stream.error = error_payload(exc)
+                    self.reply(rid, "err", stream.error)
+                else:
+                    self.reply(rid, "ok", stream.text(stream.partial if fresh is None else fresh))
             else:
                 try:
-                    text = stream.recognizer.finish()
+                    stream.final = stream.recognizer.finish()
                     self.adaptation = stream.recognizer.adaptation() or self.adaptation
                 except Exception as exc:
                     stream.error = error_payload(exc)
                     self.reply(rid, "err", stream.error)
                 else:
-                    self.reply(rid, "ok", text)
+                    self.reply(rid, "ok", stream.text(stream.final))
+        elif op == "resume":
+            stream = self.streams.get(sid)
+            if stream is not None and stream.error is None:
+                try:
+                    if not stream.recognizer.resume():  # the engine starts afresh; the text so far is kept here
+                        stream.parts.append(stream.final)
+                        stream.final = stream.partial = ""
+                        stream.recognizer.start()
+                except Exception as exc:
+                    stream.error = error_payload(exc)
         elif op == "close":
             stream = self.streams.pop(sid, None)
-            if stream is not None and stream.error is None:
-                self.idle.append(stream.recognizer)  # a failed engine is dropped rather than reused
+            if stream is not None and stream.error is None:  # a failed engine is dropped rather than reused
+                self.idle.setdefault(stream.language, []).append(stream.recognizer)
             self.reply(rid, "ok", None)
         elif op == "synth":
             self.jobs.append(_SynthJob(rid, payload))
