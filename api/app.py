@@ -65,6 +65,7 @@ def create_app(config: ServerConfig, *, interviewer: Interviewer | None = None) 
     workers = SpeechWorkers(
         processes=config.speech_processes,
         recognizer=config.recognizer,
+        recognizer_options=config.recognizer_options,
         synthesizer=config.synthesizer,
         inprocess=config.speech_inprocess,
     )

@@ -51,6 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
         "browsers; env VIVAVOCE_ICE_HOST_ADDRESSES)",
     )
     serve.add_argument("--speech-processes", type=int, help="recognition worker processes (default: one per core)")
+    serve.add_argument(
+        "--recognizer", choices=("whisper", "pocketsphinx"), help="speech-to-text engine (env VIVAVOCE_RECOGNIZER)"
+    )
+    serve.add_argument(
+        "--recognizer-model",
+        metavar="MODEL",
+        help="Whisper model: tiny.en, base or a CTranslate2 Whisper folder, for every language "
+        "(env VIVAVOCE_RECOGNIZER_MODEL; default tiny.en for English blueprints, base for others)",
+    )
+    serve.add_argument(
+        "--turn-max-silence-ms",
+        type=float,
+        help="longest pause inside an answer that sounds unfinished (default 2000; env VIVAVOCE_TURN_MAX_SILENCE_MS)",
+    )
     serve.add_argument("--log-level", default="INFO")
     serve.add_argument(
         "--event-loop",
@@ -79,6 +93,9 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         ice_servers=tuple(args.ice_servers) if getattr(args, "ice_servers", None) else None,
         ice_host_addresses=tuple(args.ice_host_addresses) if getattr(args, "ice_host_addresses", None) else None,
         speech_processes=getattr(args, "speech_processes", None),
+        recognizer=getattr(args, "recognizer", None),
+        recognizer_model=getattr(args, "recognizer_model", None),
+        turn_max_silence_ms=getattr(args, "turn_max_silence_ms", None),
     )
 
 

@@ -31,11 +31,21 @@ class ServerConfig:
     speech_inprocess: bool = False  # run speech engines in threads of this process instead
     synthesis_inprocess: bool = True  # synthesis in threads here (eSpeak releases the GIL), recognition in workers
     vad: str = "webrtc"
-    recognizer: str = "pocketsphinx"
+    recognizer: str = "whisper"  # or "pocketsphinx" (light, English only, ~7x the word errors)
+    # a CTranslate2 Whisper model folder (or tiny.en / base) for every stream; default: tiny.en for English
+    # blueprints, base for other languages
+    recognizer_model: str | None = None
+    # longest pause inside an answer whose words so far are unfinished (runtime/turn_end.py); at or
+    # below a channel's eos_silence_ms, silence alone ends turns
+    turn_max_silence_ms: float = 2000.0
     synthesizer: str = "espeak"
     # Multiplies every runtime duration (timeouts, join window, sweeps, heartbeats).
     # 1.0 in production; tests use a small value so timeouts fire in milliseconds.
     time_scale: float = 1.0
+
+    @property
+    def recognizer_options(self) -> dict[str, object]:
+        return {"model": self.recognizer_model} if self.recognizer_model else {}
 
     @property
     def db_url(self) -> str:
@@ -74,6 +84,12 @@ class ServerConfig:
             values["ice_host_addresses"] = tuple(a for a in env["VIVAVOCE_ICE_HOST_ADDRESSES"].split(",") if a)
         if "VIVAVOCE_SPEECH_PROCESSES" in env:
             values["speech_processes"] = int(env["VIVAVOCE_SPEECH_PROCESSES"])
+        if "VIVAVOCE_RECOGNIZER" in env:
+            values["recognizer"] = env["VIVAVOCE_RECOGNIZER"]
+        if "VIVAVOCE_RECOGNIZER_MODEL" in env:
+            values["recognizer_model"] = env["VIVAVOCE_RECOGNIZER_MODEL"]
+        if "VIVAVOCE_TURN_MAX_SILENCE_MS" in env:
+            values["turn_max_silence_ms"] = float(env["VIVAVOCE_TURN_MAX_SILENCE_MS"])
         if "VIVAVOCE_SQLITE_SYNCHRONOUS" in env:
             values["sqlite_synchronous"] = env["VIVAVOCE_SQLITE_SYNCHRONOUS"]
         values.update({k: v for k, v in overrides.items() if v is not None})

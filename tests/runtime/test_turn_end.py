@@ -1,0 +1,65 @@
+"""Is an answer finished? The rules of runtime/turn_end.py on what recognisers write."""
+
+from __future__ import annotations
+
+import pytest
+
+from runtime.turn_end import TurnEndSettings, Verdict, judge, silence_window
+
+UNFINISHED = [
+    "I think the hardest part is...",  # Whisper's ellipsis for a voice trailing off
+    "I think the hardest part is",  # a linking verb after a noun (PocketSphinx: no punctuation)
+    "So I went to the",
+    "and then because",
+    "We moved here because",
+    "My favourite thing is, um",
+    "Um",
+    "I like the people and",
+    "I like apples, pears, plums",  # a rising list
+    "We have dogs, cats,",
+    "It was kind of",
+    "There are things such as",
+    "What I really want is to",
+    "I mean, the main reason is my",
+    "I was going to say -",
+]
+COMPLETE = [
+    "",
+    "Yes.",
+    "No.",
+    "I work as a nurse at the city hospital.",
+    "I live in a small town near the coast",
+    "Thank you.",
+    "I know what it is.",
+    "That's what I was looking for.",
+    "I'm not sure what it's like",
+    "That's the one I looked at.",
+    "I like apples, pears and plums.",
+    "Why do you ask?",
+    "Go forward 10 meters.",
+    "I think I can.",
+    "I'd like this",
+    "I don't have any.",
+]
+
+
+@pytest.mark.parametrize("text", UNFINISHED)
+def test_unfinished(text: str) -> None:
+    assert judge(text) is Verdict.UNFINISHED
+
+
+@pytest.mark.parametrize("text", COMPLETE)
+def test_complete(text: str) -> None:
+    assert judge(text) is Verdict.COMPLETE
+
+
+def test_the_last_sentence_decides() -> None:
+    assert judge("I work at the hospital. And I") is Verdict.UNFINISHED
+    assert judge("I work at the hospital and. I like it.") is Verdict.COMPLETE
+
+
+def test_silence_window() -> None:
+    settings = TurnEndSettings(max_silence_ms=2000)
+    assert silence_window("I went to the", 500, settings) == 2000
+    assert silence_window("I went to the shop.", 500, settings) == 500
+    assert silence_window("I went to the", 2500, settings) == 2500  # never shorter than the channel's window
