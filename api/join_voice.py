@@ -93,7 +93,9 @@ async def join_offer(request: web.Request) -> web.Response:
         settings=channel.settings,
         vad=state.config.vad,
         language=controller.blueprint.language,
-        turn_end=TurnEndSettings(max_silence_ms=state.config.turn_max_silence_ms),
+        turn_end=TurnEndSettings(
+            max_silence_ms=state.config.turn_max_silence_ms, punctuated=state.config.recognizer == "whisper"
+        ),
     )
     try:
         answer = await link.peer.accept(offer)

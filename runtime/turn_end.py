@@ -14,7 +14,12 @@ Unfinished means, on the last sentence of the text:
   conjunction ("and", "because"), a preposition that needs its object ("of", "to"), a filler ("um", "uh");
 * it ends on a linking verb after a noun ("the hardest part is"; "I know what it is" stays complete);
 * it ends on "such as", "kind of", "I mean", "like" after a comma;
-* it is a rising list: two or more commas and no "and"/"or" before its last item ("apples, pears, plums").
+* it is a rising list: two or more commas and no "and"/"or" before its last item ("apples, pears, plums");
+* the recogniser punctuates (``TurnEndSettings.punctuated``: Whisper does; None: judged from the text,
+  capitals or punctuation) and the last sentence of four words or more has no full stop, question or
+  exclamation mark: Whisper ends what it hears as a finished sentence with one, and leaves a voice
+  stopping mid-sentence open ("And Mr. John Dashwood had then leisure", "he was not an ill"). Short
+  fragments ("10 of clubs") often come without one, hence the four words.
 
 Anything else, or an empty transcript (nothing to wait for), is complete.
 """
@@ -39,6 +44,9 @@ class TurnEndSettings:
     #: Longest pause allowed inside an answer whose words so far are unfinished; at or below the channel's
     #: window the rules are off (silence alone decides).
     max_silence_ms: float = 2000.0
+    #: Whether the recogniser writes sentence punctuation (Whisper: True; PocketSphinx: False); None: guess
+    #: from each text.
+    punctuated: bool | None = None
 
 
 def _words(*groups: str) -> frozenset[str]:
@@ -65,9 +73,11 @@ LINKING_VERBS = _words("is are was were be been being become became seems")
 TRAILING_PHRASES = (("such", "as"), ("kind", "of"), ("sort", "of"), ("i", "mean"), ("you", "know", "what"))
 _WORD = re.compile(r"[a-z']+")
 _SENTENCE_END = re.compile(r"[.?!]+\s+")
+_ABBREVIATION = re.compile(r"\b(Mr|Mrs|Ms|Dr|St|Prof|Jr|Sr|vs|etc|e\.g|i\.e)\.", re.IGNORECASE)
+_PUNCTUATED = re.compile(r"[A-Z.,?!;:]")
 
 
-def judge(text: str) -> Verdict:
+def judge(text: str, punctuated: bool | None = None) -> Verdict:
     """Is ``text`` (the transcript so far, as a recogniser writes it) an answer that has ended?"""
     stripped = text.strip()
     if not stripped:
@@ -76,7 +86,7 @@ def judge(text: str) -> Verdict:
         return Verdict.UNFINISHED
     if stripped.endswith(("?", "!")):
         return Verdict.COMPLETE
-    sentence = _SENTENCE_END.split(stripped)[-1]
+    sentence = _SENTENCE_END.split(_ABBREVIATION.sub(r"\1", stripped))[-1]
     words = _WORD.findall(sentence.lower())
     if not words:
         return Verdict.COMPLETE
@@ -89,6 +99,10 @@ def judge(text: str) -> Verdict:
     if any(tuple(words[-len(p) :]) == p for p in TRAILING_PHRASES):
         return Verdict.UNFINISHED
     if _rising_list(sentence):
+        return Verdict.UNFINISHED
+    if punctuated is None:
+        punctuated = bool(_PUNCTUATED.search(stripped))
+    if punctuated and not sentence.endswith((".", "?", "!")) and len(words) >= 4:
         return Verdict.UNFINISHED
     return Verdict.COMPLETE
 
@@ -103,6 +117,6 @@ def _rising_list(sentence: str) -> bool:
 
 def silence_window(text: str, base_ms: float, settings: TurnEndSettings) -> float:
     """How long the current pause may last before the turn ends, given the words so far."""
-    if judge(text) is Verdict.UNFINISHED:
+    if judge(text, settings.punctuated) is Verdict.UNFINISHED:
         return max(base_ms, settings.max_silence_ms)
     return base_ms

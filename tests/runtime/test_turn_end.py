@@ -22,23 +22,26 @@ UNFINISHED = [
     "What I really want is to",
     "I mean, the main reason is my",
     "I was going to say -",
+    "And Mr. John Dashwood had then leisure",  # Whisper, no full stop: the voice stopped mid-sentence
+    "Mr. John Dashwood had then leisure to consider how much there",
 ]
 COMPLETE = [
     "",
     "Yes.",
     "No.",
     "I work as a nurse at the city hospital.",
-    "I live in a small town near the coast",
+    "i live in a small town near the coast",  # PocketSphinx never punctuates: only the words count
+    "10 of clubs",  # short fragments come without a full stop
     "Thank you.",
     "I know what it is.",
     "That's what I was looking for.",
-    "I'm not sure what it's like",
+    "I'm not sure what it's like.",
     "That's the one I looked at.",
     "I like apples, pears and plums.",
     "Why do you ask?",
     "Go forward 10 meters.",
     "I think I can.",
-    "I'd like this",
+    "I'd like this.",
     "I don't have any.",
 ]
 
@@ -51,6 +54,19 @@ def test_unfinished(text: str) -> None:
 @pytest.mark.parametrize("text", COMPLETE)
 def test_complete(text: str) -> None:
     assert judge(text) is Verdict.COMPLETE
+
+
+def test_a_punctuating_recogniser_leaves_unfinished_sentences_open() -> None:
+    assert judge("he was not an ill", punctuated=True) is Verdict.UNFINISHED  # Whisper, unsure: lower case
+    assert judge("he was not an ill", punctuated=False) is Verdict.COMPLETE  # PocketSphinx: words only
+    assert judge("he was not an ill") is Verdict.COMPLETE  # guessed: no capitals, no punctuation
+    assert judge("10 of clubs", punctuated=True) is Verdict.COMPLETE  # a short fragment
+    assert judge("He was not an ill-disposed young man.", punctuated=True) is Verdict.COMPLETE
+
+
+def test_abbreviations_do_not_end_sentences() -> None:
+    assert judge("And Mr. John.") is Verdict.COMPLETE  # one sentence, with its full stop
+    assert judge("I asked Dr. Smith and") is Verdict.UNFINISHED
 
 
 def test_the_last_sentence_decides() -> None:
