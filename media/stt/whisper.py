@@ -6,9 +6,10 @@ Whisper reads a whole window of audio at once; it does not stream. What this mod
   costs ~0.6 s of encoder per call with tiny.en on one core. CTranslate2's encoder takes shorter inputs, so an
   utterance is encoded in a window of ``max(min_context_s, its length + pad_s)``. Windows much shorter than
   ~10 s make the decoder loop ("ten of clubs ten of clubs ..."); at 10 s it transcribes as well as at 30 s on
-  the real-speech set, ~4x faster (docs/benchmarks.md). A decode that still looks wrong (too compressible,
-  too unlikely, or cut at the token limit) is done again in the full 30 s window, then with the temperature
-  fallback (0.2, 0.4, ...; CTranslate2's sampler is seeded once per process, so runs repeat).
+  the real-speech set, ~4x faster (docs/benchmarks.md). A decode that still looks wrong (a loop: repeated
+  phrases, too compressible, cut at the token limit; or too unlikely) is done again in the full 30 s window,
+  and a loop then with the temperature fallback (0.2, 0.4, ... within ``fallback_budget_s``; CTranslate2's
+  sampler is seeded once per process, so runs repeat).
 * **Pieces.** :meth:`finish` is called when the participant pauses (before the turn has ended: see
   api/voice.py); if they go on (:meth:`resume`), a decoded stretch of at least ``piece_s`` is kept as a
   closed piece and only the audio after it is decoded at the end, so the end-of-turn decode stays short
@@ -144,6 +145,7 @@ class WhisperRecognizer(Recognizer):
         temperatures: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0),
         tokens_per_s: float = 12.0,
         beam_size: int = 3,
+        fallback_budget_s: float = 1.0,
         seed: int = 0,
     ) -> None:
         code = _language_code(language)
@@ -177,6 +179,7 @@ class WhisperRecognizer(Recognizer):
         self.temperatures = temperatures
         self.tokens_per_s = tokens_per_s
         self.beam_size = beam_size
+        self.fallback_budget_s = fallback_budget_s
         self.decodes = 0  # decoder runs, for tests and benchmarks
         self.start()
 
@@ -254,22 +257,29 @@ class WhisperRecognizer(Recognizer):
         return self._decode(pcm, self._window_s(len(pcm)), 0.0)
 
     def transcribe(self, pcm: PCM) -> Decoded:
-        """The transcript of ``pcm`` (16 kHz int16, at most ~30 s), through every guard (module docs)."""
+        """The transcript of ``pcm`` (16 kHz int16, at most ~30 s), through every guard (module docs).
+
+        Fallbacks, cheapest first: a decode that loops or is unlikely is done again in the full window; only a
+        loop goes on to the sampled temperatures, and only while ``fallback_budget_s`` of wall time lasts (an
+        unlikely but sane decode such as "5, 5." is kept rather than sampled five times over 3 s).
+        """
         if len(pcm) == 0 or _peak_dbfs(pcm) < self.min_level_dbfs:
             return Decoded("")
+        began = time.perf_counter()
         first = self._decode(pcm, self._window_s(len(pcm)), 0.0, self.beam_size)
+        if self._is_silence(first):
+            return Decoded("", first.no_speech_prob, first.avg_logprob, first.compression_ratio)
         tries = [first]
-        if not self._is_silence(first) and first.looks_wrong(self.compression_threshold, self.logprob_threshold):
-            if first.window_s < FULL_WINDOW_S:
-                tries.append(self._decode(pcm, FULL_WINDOW_S, 0.0, self.beam_size))
-            for temperature in self.temperatures:
-                if not tries[-1].looks_wrong(self.compression_threshold, self.logprob_threshold):
-                    break
-                tries.append(self._decode(pcm, FULL_WINDOW_S, temperature))
+        if first.looks_wrong(self.compression_threshold, self.logprob_threshold) and first.window_s < FULL_WINDOW_S:
+            tries.append(self._decode(pcm, FULL_WINDOW_S, 0.0, self.beam_size))
+        for temperature in self.temperatures:
+            if not tries[-1].loops(self.compression_threshold) or time.perf_counter() - began > self.fallback_budget_s:
+                break
+            tries.append(self._decode(pcm, FULL_WINDOW_S, temperature))
         good = [d for d in tries if not d.looks_wrong(self.compression_threshold, self.logprob_threshold)]
         not_looping = [d for d in tries if not d.loops(self.compression_threshold)]
         chosen = good[0] if good else max(not_looping, key=lambda d: d.avg_logprob, default=None)
-        if chosen is None or self._is_silence(first) or self._is_silence(chosen) or self._is_invented(chosen):
+        if chosen is None or self._is_silence(chosen) or self._is_invented(chosen):
             return Decoded("", first.no_speech_prob, first.avg_logprob, first.compression_ratio)
         return chosen
 
@@ -290,7 +300,7 @@ class WhisperRecognizer(Recognizer):
         audio = pcm[: int(FULL_WINDOW_S * SAMPLE_RATE)].astype(np.float32) / 32768.0
         window = int(window_s * SAMPLE_RATE)
         features = m.features(audio, padding=max(window - len(audio), 0) + 160)
-        frames = int(window_s * 100)
+        frames = int(window_s * 100) // 2 * 2  # the encoder halves it: an even count of 10 ms frames
         features = np.ascontiguousarray(features[:, :frames][None], dtype=np.float32)
         encoded = m.whisper.encode(ctranslate2.StorageView.from_array(features), to_cpu=False)
         max_new = int(self.tokens_per_s * len(pcm) / SAMPLE_RATE) + 8
