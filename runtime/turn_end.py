@@ -14,7 +14,8 @@ Unfinished means, on the last sentence of the text:
   conjunction ("and", "because"), a preposition that needs its object ("of", "to"), a filler ("um", "uh");
 * it ends on a linking verb after a noun ("the hardest part is"; "I know what it is" stays complete);
 * it ends on "such as", "kind of", "I mean", "like" after a comma;
-* it is a rising list: two or more commas and no "and"/"or" before its last item ("apples, pears, plums");
+* it is a rising list: two or more commas, no "and"/"or" before its last item, and no full stop after it
+  ("apples, pears, plums");
 * the recogniser punctuates (``TurnEndSettings.punctuated``: Whisper does; None: judged from the text,
   capitals or punctuation) and the last sentence of four words or more has no full stop, question or
   exclamation mark: Whisper ends what it hears as a finished sentence with one, and leaves a voice
@@ -108,7 +109,9 @@ def judge(text: str, punctuated: bool | None = None) -> Verdict:
 
 
 def _rising_list(sentence: str) -> bool:
-    items = [item.strip() for item in sentence.rstrip(".").split(",")]
+    if sentence.endswith((".", "?", "!")):
+        return False  # the recogniser heard the list close ("Eight of spades, four of clubs, seven of hearts.")
+    items = [item.strip() for item in sentence.split(",")]
     if len(items) < 3:
         return False
     last_item = _WORD.findall(items[-1].lower())

@@ -38,6 +38,7 @@ COMPLETE = [
     "I'm not sure what it's like.",
     "That's the one I looked at.",
     "I like apples, pears and plums.",
+    "Eight of spades, four of clubs, seven of hearts.",  # a list the recogniser heard closed
     "Why do you ask?",
     "Go forward 10 meters.",
     "I think I can.",
