@@ -31,7 +31,7 @@ class ServerConfig:
     speech_inprocess: bool = False  # run speech engines in threads of this process instead
     synthesis_inprocess: bool = True  # synthesis in threads here (eSpeak releases the GIL), recognition in workers
     vad: str = "webrtc"
-    recognizer: str = "whisper"  # or "pocketsphinx" (light, English only, ~7x the word errors)
+    recognizer: str = "whisper"  # or "pocketsphinx" (light, English only, ~4.5x the word errors)
     # a CTranslate2 Whisper model folder (or tiny.en / base) for every stream; default: tiny.en for English
     # blueprints, base for other languages
     recognizer_model: str | None = None

@@ -6,7 +6,7 @@ Engines are imported lazily, so importing :mod:`media.stt` loads neither Whisper
   base for other languages, both shipped as registry packages (MIT); any CTranslate2 Whisper folder with
   ``model=PATH``.
 * ``pocketsphinx``: CMU PocketSphinx 5 (BSD-2-Clause), English only; a light engine (streams, ~0.2 of a
-  core per stream) but ~29 % WER on real read speech against ~4 % for Whisper tiny.en (docs/benchmarks.md).
+  core per stream) but 22.5 % WER on real read speech against 4.9 % for Whisper tiny.en (docs/benchmarks.md).
 """
 
 from __future__ import annotations
