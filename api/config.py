@@ -25,8 +25,8 @@ class ServerConfig:
     ice_servers: tuple[str, ...] = ()  # STUN/TURN URLs; none by default (a public STUN stalls offline)
     ice_host_addresses: tuple[str, ...] = ()  # host candidate addresses; empty = aioice's default
     voice_connect_timeout_s: float = 15.0  # an offer whose peer does not connect by then is dropped
-    # worker processes for recognition: one per core, since a PocketSphinx stream costs ~0.17 core
-    # per second of speech and one process saturates at ~6 participants speaking at once
+    # worker processes for recognition: one per core (per second of speech a Whisper tiny.en stream costs
+    # ~0.08 s of CPU, decoded at pauses; a PocketSphinx one ~0.17 s)
     speech_processes: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
     speech_inprocess: bool = False  # run speech engines in threads of this process instead
     synthesis_inprocess: bool = True  # synthesis in threads here (eSpeak releases the GIL), recognition in workers

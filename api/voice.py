@@ -123,8 +123,9 @@ class Recordings:
 class VoiceServices:
     """What voice sessions share in one server: speech workers, recorders, and signalling tasks.
 
-    Recognition runs in worker processes (pocketsphinx holds the GIL while it
-    decodes: ~0.35 s of CPU per second of speech). Synthesis runs in threads of
+    Recognition runs in worker processes (Whisper decodes at each pause, ~0.08 s
+    of CPU per second of speech with tiny.en; PocketSphinx holds the GIL while it
+    decodes). Synthesis runs in threads of
     this process by default: eSpeak NG releases the GIL inside its C call and
     needs ~0.3 % of real time, and a worker busy decoding would otherwise make
     every reply wait behind recognition (measured: tts p50 850 ms at 10 callers).

@@ -5,7 +5,8 @@ into one ``Recognizer.feed`` call (a lagging worker catches up with fewer, large
 queueing further behind), then advances at most one synthesis by one chunk before looking at its inbox
 again, so a long synthesis never holds up recognition on the same worker. Syntheses on one worker run one
 after another (FIFO): eSpeak NG is one process-wide engine. Recognisers are pooled per worker and reused
-across streams (loading PocketSphinx takes about half a second); with ``warm=True`` each worker loads one
+across streams (loading PocketSphinx takes about half a second; Whisper's model is loaded once per process and
+shared, so a new Whisper recogniser is cheap); with ``warm=True`` each worker loads one
 recogniser and one synthesiser before it reports ready, and whenever its inbox is empty it loads spares
 until :data:`SPARE_RECOGNIZERS` wait idle, so a new participant's first answer does not wait for a
 model to load (nor does every other stream on that worker).
