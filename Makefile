@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test test-postgres lint typecheck check clean local-llm
+.PHONY: serve test test-postgres lint typecheck check clean local-llm speech
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,11 @@ local-llm: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/vivavoce serve
 
-test: $(STAMP)
+# Real human speech for tests and benchmarks (from the pocketsphinx sdist; cached, not committed).
+speech: $(STAMP)
+	$(BIN)/python fixtures/fetch_speech.py
+
+test: $(STAMP) speech
 	$(BIN)/ruff check runtime media api tests
 	$(BIN)/ruff format --check runtime media api tests
 	$(BIN)/mypy

@@ -167,6 +167,7 @@ def _speech_workers(config: ServerConfig) -> SpeechWorkers:
     return SpeechWorkers(
         processes=config.speech_processes,
         recognizer=config.recognizer,
+        recognizer_options=config.recognizer_options,
         synthesizer=synthesizer,
         inprocess=config.speech_inprocess,
     )

@@ -120,6 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--local-llm-model", type=Path, metavar="FILE", help="GGUF model for --local-llm")
     serve.add_argument("--local-llm-threads", type=int, help="CPU threads of the local LLM (default 1)")
+    serve.add_argument(
+        "--recognizer", choices=("whisper", "pocketsphinx"), help="speech-to-text engine (env VIVAVOCE_RECOGNIZER)"
+    )
+    serve.add_argument(
+        "--recognizer-model",
+        metavar="MODEL",
+        help="Whisper model: tiny.en, base or a CTranslate2 Whisper folder, for every language "
+        "(env VIVAVOCE_RECOGNIZER_MODEL; default tiny.en for English blueprints, base for others)",
+    )
+    serve.add_argument(
+        "--turn-max-silence-ms",
+        type=float,
+        help="longest pause inside an answer that sounds unfinished (default 2000; env VIVAVOCE_TURN_MAX_SILENCE_MS)",
+    )
     serve.add_argument("--log-level", default="INFO")
     serve.add_argument(
         "--event-loop",
@@ -172,6 +186,9 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         local_llm=getattr(args, "local_llm", None),
         local_llm_model=getattr(args, "local_llm_model", None),
         local_llm_threads=getattr(args, "local_llm_threads", None),
+        recognizer=getattr(args, "recognizer", None),
+        recognizer_model=getattr(args, "recognizer_model", None),
+        turn_max_silence_ms=getattr(args, "turn_max_silence_ms", None),
     )
 
 

@@ -40,14 +40,20 @@ class ServerConfig:
     ice_servers: tuple[str, ...] = ()  # STUN/TURN URLs; none by default (a public STUN stalls offline)
     ice_host_addresses: tuple[str, ...] = ()  # host candidate addresses; empty = aioice's default
     voice_connect_timeout_s: float = 15.0  # an offer whose peer does not connect by then is dropped
-    # worker processes for recognition: one per core, since a PocketSphinx stream costs ~0.17 core
-    # per second of speech and one process saturates at ~6 participants speaking at once
+    # worker processes for recognition: one per core (per second of speech a Whisper tiny.en stream costs
+    # ~0.08 s of CPU, decoded at pauses; a PocketSphinx one ~0.17 s)
     speech_processes: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
     speech_inprocess: bool = False  # run speech engines in threads of this process instead
     synthesis_inprocess: bool = True  # synthesis on threads here (its engines release the GIL), recognition in workers
     synthesis_threads: int = 1  # threads making the replies of every session, piece by piece (media/synthesis.py)
     vad: str = "webrtc"
-    recognizer: str = "pocketsphinx"
+    recognizer: str = "whisper"  # or "pocketsphinx" (light, English only, ~4.5x the word errors)
+    # a CTranslate2 Whisper model folder (or tiny.en / base) for every stream; default: tiny.en for English
+    # blueprints, base for other languages
+    recognizer_model: str | None = None
+    # longest pause inside an answer whose words so far are unfinished (runtime/turn_end.py); at or
+    # below a channel's eos_silence_ms, silence alone ends turns
+    turn_max_silence_ms: float = 2000.0
     # the AI interviewer: any OpenAI-compatible Chat Completions server (docs/llm.md)
     llm_base_url: str | None = None  # e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1
     llm_api_key: str | None = field(default=None, repr=False)  # never stored, logged or returned
@@ -93,6 +99,10 @@ class ServerConfig:
             return None
         fields = {f: getattr(self, f"hosted_{kind}_{f}", None) for f in ("url", "model", "voice", "key_env")}
         return HostedEngine.configured(service, kind, timeout_s=self.hosted_timeout_s, **fields)
+
+    @property
+    def recognizer_options(self) -> dict[str, object]:
+        return {"model": self.recognizer_model} if self.recognizer_model else {}
 
     @property
     def db_url(self) -> str:
@@ -159,6 +169,12 @@ class ServerConfig:
             values["webhooks_allow_private"] = env["VIVAVOCE_WEBHOOKS_ALLOW_PRIVATE"].lower() in ("1", "true", "yes")
         if "VIVAVOCE_WEBHOOK_TIMEOUT_S" in env:
             values["webhook_timeout_s"] = float(env["VIVAVOCE_WEBHOOK_TIMEOUT_S"])
+        if "VIVAVOCE_RECOGNIZER" in env:
+            values["recognizer"] = env["VIVAVOCE_RECOGNIZER"]
+        if "VIVAVOCE_RECOGNIZER_MODEL" in env:
+            values["recognizer_model"] = env["VIVAVOCE_RECOGNIZER_MODEL"]
+        if "VIVAVOCE_TURN_MAX_SILENCE_MS" in env:
+            values["turn_max_silence_ms"] = float(env["VIVAVOCE_TURN_MAX_SILENCE_MS"])
         if "VIVAVOCE_SQLITE_SYNCHRONOUS" in env:
             values["sqlite_synchronous"] = env["VIVAVOCE_SQLITE_SYNCHRONOUS"]
         for name in _HOSTED_FIELDS:

@@ -33,6 +33,7 @@ from api.state import ORG_ID, STATE, AppState
 from api.voice import VoiceLink
 from media.webrtc import InvalidOffer, parse_offer
 from runtime.errors import Conflict, InvalidRequest, NotFound
+from runtime.turn_end import TurnEndSettings
 from runtime.types import ChannelType, EndReason
 
 log = logging.getLogger("vivavoce.voice")
@@ -122,6 +123,10 @@ async def join_offer(request: web.Request) -> web.Response:
         synthesis=voice.speaker(controller.blueprint.language),
         settings=channel.settings,
         vad=state.config.vad,
+        language=controller.blueprint.language,
+        turn_end=TurnEndSettings(
+            max_silence_ms=state.config.turn_max_silence_ms, punctuated=state.config.recognizer == "whisper"
+        ),
     )
     try:
         answer = await link.peer.accept(offer)

@@ -22,8 +22,13 @@ decision is put on one queue and handled by one task, in order, so a
 ``SpeechEnded`` is never processed before the ``SpeechStarted`` it closes,
 and the recogniser sees its audio in order. Recognition is finished early when a
 pause reaches ``finalize_after_ms`` (so the transcript is ready when the silence
-window closes); if the participant resumes, the early result is kept as the
-answer's first part and the rest is recognised as a new utterance. A playback
+window closes); if the participant resumes, the recogniser is told the utterance
+goes on (``resume``: Whisper keeps a long enough decoded stretch as a closed piece
+and decodes the rest with what follows; a streaming engine keeps the early text
+and starts afresh). The early transcript also decides how long the pause may
+last (:mod:`runtime.turn_end`): the endpointer holds the turn open from the
+pause until that verdict, up to the longest window, and then ends it after the
+short window if the words read as a complete answer. A playback
 finishing after the link was replaced or closed reports to a controller that
 ignores stale links.
 """
@@ -31,6 +36,7 @@ ignores stale links.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -61,7 +67,6 @@ from runtime.endpointing import (
     Endpointer,
     EndpointSettings,
     Interrupting,
-    Noise,
     Pausing,
     Resumed,
     SpeechEnded,
@@ -70,6 +75,7 @@ from runtime.endpointing import (
 )
 from runtime.errors import StorageUnavailable
 from runtime.serialize import message_json
+from runtime.turn_end import TurnEndSettings, silence_window
 from runtime.types import ChannelSettings, LatencyBreakdown, Message, Run, SessionType, UtteranceKind
 
 log = logging.getLogger("vivavoce.voice")
@@ -78,6 +84,7 @@ PREROLL_FRAMES = 15  # 300 ms of audio before the first voiced frame goes to the
 PARTIAL_EVERY_FRAMES = 15  # ask for a partial caption every 300 ms of speech
 AUDIO_BATCH_FRAMES = 3  # speech frames handed to the recogniser together (60 ms); any decision flushes them
 MAX_PAUSE_SAMPLES = 10 * SAMPLE_RATE  # audio held while an early finish is pending (the pause is < 1 s)
+DEFAULT_TURN_END = TurnEndSettings()
 SAY_AGAIN = "Sorry, your answer could not be saved. Please say it again."
 
 
@@ -125,12 +132,13 @@ class Recordings:
 class VoiceServices:
     """What voice sessions share in one server: speech workers, recorders, and signalling tasks.
 
-    Recognition runs in worker processes (pocketsphinx holds the GIL while it
-    decodes: ~0.35 s of CPU per second of speech). Synthesis runs in threads of
-    this process by default (:class:`~media.synthesis.SynthesisThreads`): eSpeak NG
-    and onnxruntime release the GIL while they work, and a worker busy decoding
-    would otherwise make every reply wait behind recognition (measured: tts p50
-    850 ms at 10 callers). ``synthesis`` may also be speech workers (processes).
+    Recognition runs in worker processes (Whisper decodes at each pause, ~0.08 s
+    of CPU per second of speech with tiny.en; PocketSphinx holds the GIL while it
+    decodes). Synthesis runs in threads of this process by default
+    (:class:`~media.synthesis.SynthesisThreads`): eSpeak NG and onnxruntime release
+    the GIL while they work, and a worker busy decoding would otherwise make every
+    reply wait behind recognition (measured: tts p50 850 ms at 10 callers).
+    ``synthesis`` may also be speech workers (processes).
 
     Hosted engines (``hosted_stt``, ``hosted_tts``) run on this event loop, through one HTTP
     session, with the embedded engines behind them for any utterance they fail (:mod:`media.fallback`).
@@ -221,7 +229,7 @@ def cut_to_played(text: str, playback: Playback) -> str:
 class Listener(Protocol):
     """Where a voice session's recognition streams come from: speech workers, or a hosted service."""
 
-    def recognition(self) -> StreamingRecognition: ...
+    def recognition(self, language: str | None = None) -> StreamingRecognition: ...
 
 
 class _HostedListener:
@@ -230,11 +238,13 @@ class _HostedListener:
         self.engine = engine
         self.language = language
 
-    def recognition(self) -> StreamingRecognition:
+    def recognition(self, language: str | None = None) -> StreamingRecognition:
+        language = language or self.language
         hosted = create_hosted_recognizer(
-            self.engine.service, engine=self.engine, session=self.services.http(), language=self.language
+            self.engine.service, engine=self.engine, session=self.services.http(), language=language
         )
-        return FallbackRecognition(hosted, self.services.workers.recognition, what=self.engine.describe())
+        embedded = functools.partial(self.services.workers.recognition, language)
+        return FallbackRecognition(hosted, embedded, what=self.engine.describe())
 
 
 class _WorkerSpeaker:
@@ -261,6 +271,8 @@ class VoiceLink:
         ice_servers: list[RTCIceServer] | None = None,
         vad: str = "webrtc",
         recorder: Recorder | None = None,
+        language: str = "en",
+        turn_end: TurnEndSettings | None = DEFAULT_TURN_END,
     ) -> None:
         self.peer = VoicePeer(
             ice_servers=ice_servers,
@@ -277,6 +289,10 @@ class VoiceLink:
             EndpointSettings(eos_silence_ms=settings.eos_silence_ms, min_interruption_ms=settings.min_interruption_ms)
         )
         self.vad = create_vad(vad)
+        self.language = language
+        # the words decide a pause's length only if they can lengthen it
+        self.turn_end = turn_end if turn_end and turn_end.max_silence_ms > settings.eos_silence_ms else None
+        self._pauses = 0  # counts pauses, so a late verdict on the words of an earlier one is dropped
         self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._preroll: deque[PCM] = deque(maxlen=PREROLL_FRAMES)
         self._batch: list[PCM] = []  # speech frames not yet queued for the recogniser
@@ -284,7 +300,6 @@ class VoiceLink:
         self._segment_frames = 0
         self._segment = 0  # counts segments, so a late partial caption of an old one is dropped
         self._partial: asyncio.Task[None] | None = None  # at most one partial request in flight
-        self._heard: list[str] = []  # this answer's parts finished early, before the participant resumed
         self._since_pause: list[PCM] = []  # audio that arrived while an early finish was pending
         self._early: asyncio.Task[str] | None = None  # recognition finished during a pause
         self._answer: AnswerTiming | None = None
@@ -448,6 +463,10 @@ class VoiceLink:
                 self._flush_audio()
         self._preroll.append(pcm)
         for decision in decisions:
+            if isinstance(decision, Pausing):
+                self._pauses += 1
+                if self.turn_end is not None:  # wait for the verdict on the words (the early transcript)
+                    self.endpointer.hold(self.turn_end.max_silence_ms)
             self._events.put_nowait(("decision", decision))
 
     def _flush_audio(self) -> None:
@@ -470,7 +489,7 @@ class VoiceLink:
             return
         if kind == "segment":
             if self._recognition is None:
-                self._recognition = self.workers.recognition()
+                self._recognition = self.workers.recognition(self.language)
             await self._recognition.start()
             self._segment_frames = 0
             self._segment += 1
@@ -502,16 +521,18 @@ class VoiceLink:
             if self._recognition is not None and self._early is None:
                 self._early = asyncio.create_task(self._recognition.finish(), name="voice-early-finish")
                 self._early.add_done_callback(_retrieve)
+                if self.turn_end is not None:
+                    self._early.add_done_callback(functools.partial(self._on_words_at_pause, self._pauses))
                 if ctl is not None:
-                    self._spawn(self._speculate(ctl, self._early, list(self._heard)))
+                    self._spawn(self._speculate(ctl, self._early))
+            elif self.turn_end is not None:  # nothing to judge: the short window
+                self.endpointer.hold(self.endpointer.settings.eos_silence_ms)
         elif isinstance(decision, Resumed):
             if ctl is not None:
                 await ctl.speech(self, "resumed")  # a reply composed on the pause is obsolete
             if self._recognition is not None and self._early is not None:
                 await self._continue_after_pause(self._recognition)
-        elif isinstance(decision, Noise):
-            if self._recognition is not None:
-                await self._recognition.finish()  # discard
+        # Noise: nothing to finish; the next segment's start() abandons what was fed
         elif isinstance(decision, SpeechEnded):
             committed_at = time.time()
             text = await self._final_transcript()
@@ -537,15 +558,15 @@ class VoiceLink:
             if stored is not None:
                 self.peer.send_event({"type": "caption", "role": "user", "final": True, "text": stored.content})
 
-    async def _speculate(self, ctl: RunController, early: asyncio.Task[str], heard: list[str]) -> None:
+    async def _speculate(self, ctl: RunController, early: asyncio.Task[str]) -> None:
         """Once the pause's early transcript is ready, let the controller compose its reply ahead
         (api/live/speculation.py): if the turn ends on these words, the reply is ready or under way."""
         try:
             text = await asyncio.shield(early)
         except Exception:
             return
-        if early is self._early and text.strip():
-            await ctl.speculate(self, " ".join([*heard, text]))
+        if early is self._early and text.strip():  # the whole answer so far: the final transcript if it ends here
+            await ctl.speculate(self, text)
 
     async def _caption(self, recognition: StreamingRecognition, segment: int) -> None:
         """A partial caption, off the decision path: waiting for it would hold up the end of the turn
@@ -553,46 +574,39 @@ class VoiceLink:
         try:
             partial = await recognition.partial()
             if partial and segment == self._segment and self._early is None:
-                text = " ".join([*self._heard, partial])
-                self.peer.send_event({"type": "caption", "role": "user", "final": False, "text": text})
+                self.peer.send_event({"type": "caption", "role": "user", "final": False, "text": partial})
         except Exception as exc:
             log.debug("partial caption failed: %r", exc)
         finally:
             self._partial = None
 
     async def _final_transcript(self) -> str:
-        """The answer's parts heard before each pause, and the early result or the rest finished now."""
+        """The whole answer: the early result of the last pause, or the utterance finished now."""
         early, self._early = self._early, None
-        heard, self._heard = self._heard, []
         self._since_pause = []
         if early is not None:
-            last = await early
-        else:
-            last = await self._recognition.finish() if self._recognition is not None else ""
-        return " ".join(part for part in [*heard, last] if part)
+            return await early
+        return await self._recognition.finish() if self._recognition is not None else ""
 
     async def _continue_after_pause(self, recognition: StreamingRecognition) -> None:
-        """The participant spoke again: keep the early result as the answer's first part and
-        recognise the rest as a new utterance, starting with the pause's audio.
+        """The participant spoke again: the utterance goes on, starting with the pause's audio.
 
-        A pause of at least ``finalize_after_ms`` is a word boundary, so splitting there costs
-        little accuracy (the language model loses its context across it), where decoding the
-        whole answer again would cost ~0.2 s of CPU per second of speech, and on a busy worker
-        hold up every other stream's end of turn.
+        The early result is not waited for: ``resume`` follows the ``finish`` on the worker, in order,
+        and the recogniser keeps what it can of it (see the module docs).
         """
-        early, self._early = self._early, None
-        if early is not None:
-            try:
-                text = await early
-            except Exception as exc:
-                log.debug("early finish failed: %r", exc)
-            else:
-                if text:
-                    self._heard.append(text)
-        await recognition.start()
+        self._early = None
+        await recognition.resume()
         if self._since_pause:
             await recognition.feed(np.concatenate(self._since_pause))
         self._since_pause = []
+
+    def _on_words_at_pause(self, pause: int, early: asyncio.Task[str]) -> None:
+        """The verdict on the words at a pause: how long it may last (runtime/turn_end.py)."""
+        if pause != self._pauses or self.turn_end is None or self.endpointer.state is not State.SPEECH:
+            return  # speech resumed, or the turn ended, since
+        base = self.endpointer.settings.eos_silence_ms
+        text = "" if early.cancelled() or early.exception() is not None else early.result()
+        self.endpointer.hold(silence_window(text, base, self.turn_end))
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)

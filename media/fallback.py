@@ -42,10 +42,23 @@ class FallbackRecognition:
         self._kept: list[PCM] = []
         self._kept_samples = 0
         self._failed: str | None = None
+        self._before: list[str] = []  # what was heard before a pause the participant spoke on after (resume)
+        self._last = ""  # the last finish's text
         self.fallbacks = 0  # utterances recognised by the embedded engine
 
     async def start(self) -> None:
-        self._kept, self._kept_samples, self._failed = [], 0, None
+        self._before = []
+        await self._begin()
+
+    async def resume(self) -> None:
+        """The participant went on after an early finish: a hosted service is asked per utterance, so the
+        text heard before the pause is kept and the rest is a new utterance whose text follows it."""
+        before = [*self._before, self._last] if self._last else list(self._before)
+        await self._begin()
+        self._before = before
+
+    async def _begin(self) -> None:
+        self._kept, self._kept_samples, self._failed, self._last = [], 0, None, ""
         try:
             await self.hosted.start()
         except HostedError as exc:
@@ -72,6 +85,10 @@ class FallbackRecognition:
             return ""
 
     async def finish(self) -> str:
+        self._last = await self._finish()
+        return " ".join(part for part in [*self._before, self._last] if part)
+
+    async def _finish(self) -> str:
         kept, self._kept, self._kept_samples = self._kept, [], 0
         if self._failed is None:
             try:

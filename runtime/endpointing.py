@@ -14,7 +14,10 @@ Decisions and the latency anchors they carry:
   window): the driver's cue to finish recognition early, so the transcript is ready when the
   window closes; :class:`Resumed` if the participant speaks again before it does, so the driver
   goes on with the same answer (keeping what it recognised before the pause).
-* :class:`SpeechEnded` after ``eos_silence_ms`` of silence. ``last_voiced_at``
+* :class:`SpeechEnded` after ``eos_silence_ms`` of silence, or after the window the driver chose for
+  this pause with :meth:`Endpointer.hold` (longer when the words so far are unfinished, see
+  :mod:`runtime.turn_end`; a hold shorter than the silence already heard ends the turn at the next
+  frame). ``last_voiced_at``
   is T0 of the latency breakdown (the end of the last voiced frame) and
   ``decided_at`` is the end-of-speech decision, so ``eos = decided_at - T0``.
 
@@ -97,6 +100,18 @@ class Endpointer:
         self._silence_ms = 0.0
         self._interrupting = False
         self._pausing = False
+        self._hold_ms: float | None = None  # this pause's window, when the driver has chosen one
+
+    def hold(self, silence_ms: float) -> None:
+        """End the turn after ``silence_ms`` of this pause instead of ``eos_silence_ms``; forgotten when
+        speech resumes. Only meaningful during speech (a no-op otherwise)."""
+        if self.state is State.SPEECH:
+            self._hold_ms = silence_ms
+
+    @property
+    def window_ms(self) -> float:
+        """The silence that ends the current pause's turn."""
+        return self.settings.eos_silence_ms if self._hold_ms is None else self._hold_ms
 
     def frame(self, end_at: float, probability: float) -> list[Decision]:
         """Feed the verdict for the 20 ms frame that ended at ``end_at``."""
@@ -112,6 +127,7 @@ class Endpointer:
             else:
                 return out
         if voiced:
+            self._hold_ms = None
             if self._pausing:
                 self._pausing = False
                 out.append(Resumed(end_at))
@@ -129,9 +145,10 @@ class Endpointer:
         if self.state is State.CANDIDATE and self._silence_ms >= min(s.eos_silence_ms, s.min_speech_ms):
             self.state = State.QUIET
             out.append(Noise(self._onset, self._last_voiced))
-        elif self.state is State.SPEECH and self._silence_ms >= s.eos_silence_ms:
+        elif self.state is State.SPEECH and self._silence_ms >= self.window_ms:
             self.state = State.QUIET
             self._pausing = False
+            self._hold_ms = None
             out.append(SpeechEnded(self._onset, self._last_voiced, end_at))
         elif (
             self.state is State.SPEECH
@@ -146,5 +163,6 @@ class Endpointer:
     def reset(self) -> None:
         self.state = State.QUIET
         self._pausing = False
+        self._hold_ms = None
         self._silence_ms = 0.0
         self._voiced_ms = 0.0

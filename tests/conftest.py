@@ -91,6 +91,42 @@ def spoken_answer(answer_id: str) -> np.ndarray:
     return pcm
 
 
+@dataclass(frozen=True)
+class HumanClip:
+    """A real human recording (fixtures/fetch_speech.py) with what was said."""
+
+    id: str
+    text: str
+    group: str
+    pcm: np.ndarray  # 16 kHz mono int16
+    alignment: Path | None
+
+
+def load_human_speech() -> list[HumanClip]:
+    """The fetched real-speech set, fetching it if missing. Without it the tests that need it skip, but not
+    in CI (``CI`` set), where they fail: .ci/run fetches it first."""
+    from fixtures.fetch_speech import load
+
+    try:
+        folder, entries = load()
+    except Exception as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"real speech not fetched (make speech): {exc}")
+    clips = []
+    for e in entries:
+        pcm, rate = sf.read(folder / e["file"], dtype="int16")
+        assert rate == 16_000 and pcm.ndim == 1
+        alignment = folder / e["alignment"] if "alignment" in e else None
+        clips.append(HumanClip(e["id"], e["text"], e["group"], pcm, alignment))
+    return clips
+
+
+@pytest.fixture(scope="session")
+def human_speech() -> list[HumanClip]:
+    return load_human_speech()
+
+
 @dataclass
 class Server:
     """A running server plus an authenticated API client for its first organization."""

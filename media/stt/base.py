@@ -23,7 +23,20 @@ class Recognizer(abc.ABC):
 
     @abc.abstractmethod
     def finish(self) -> str:
-        """End the utterance and return the final transcript (lower case words, no punctuation)."""
+        """The final transcript of the utterance so far, as the engine writes it (Whisper capitalises and
+        punctuates; PocketSphinx gives lower-case words). Called early, at a pause, by drivers that finish
+        recognition before the turn has surely ended; :meth:`resume` takes that back."""
+
+    def partial(self) -> str | None:
+        """A caption for everything fed so far, worked out now (engines that do not stream decode on demand);
+        None (the default): what the last :meth:`feed` returned stands."""
+        return None
+
+    def resume(self) -> bool:
+        """The utterance goes on after a :meth:`finish` (the pause was not its end): more audio follows and
+        the next :meth:`finish` covers the whole utterance. False (the default) if the engine cannot: the
+        driver then keeps the text finished so far and starts a new utterance for the rest."""
+        return False
 
     def adaptation(self) -> object | None:
         """What this recogniser has learnt of the audio channel (e.g. a cepstral mean), to start
@@ -49,6 +62,9 @@ class StreamingRecognition(Protocol):
     async def partial(self) -> str: ...
 
     async def finish(self) -> str: ...
+
+    async def resume(self) -> None:
+        """Take back the last ``finish()``: the participant went on after a pause, the utterance goes on."""
 
     async def close(self) -> None: ...
 

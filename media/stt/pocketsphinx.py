@@ -10,6 +10,7 @@ in 48 words, and its ~90 ms runs while the end-of-speech silence window is still
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -20,6 +21,7 @@ import pocketsphinx  # type: ignore[import-untyped]
 from media.audio import PCM, SAMPLE_RATE
 from media.stt.base import Recognizer
 
+log = logging.getLogger(__name__)
 _VARIANT = re.compile(r"\(\d+\)$")
 
 
@@ -87,7 +89,10 @@ class PocketsphinxRecognizer(Recognizer):
         lm: str | None = None,
         dictionary: str | None = None,
         extra: dict[str, Any] | None = None,
+        language: str = "en",
     ) -> None:
+        if language.split("-")[0].lower() != "en":
+            log.warning("PocketSphinx has only its US English model; recognising %s speech as English", language)
         config = pocketsphinx.Config(
             hmm=hmm or pocketsphinx.get_model_path("en-us/en-us"),
             lm=lm or pocketsphinx.get_model_path("en-us/en-us.lm.bin"),

@@ -5,6 +5,50 @@ from __future__ import annotations
 import re
 
 _PUNCT = re.compile(r"[^\w\s']|_")
+_NUMBER = re.compile(r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+)(?!\w)(?!\.\d)")
+#: Written forms a recogniser may choose where the reference spells the word out.
+_SPOKEN = {"mr": "mister", "mrs": "missus", "dr": "doctor", "ok": "okay"}
+_ONES = (
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+)
+_TENS = ("_", "_", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
+
+
+def spell_number(n: int) -> str:
+    """``n`` (0 to 999,999,999) in words, as it is read: 10 -> "ten", 1234 -> "one thousand two hundred thirty four"."""
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
+    for size, name in ((1_000_000, "million"), (1000, "thousand"), (100, "hundred")):
+        if n >= size:
+            head, rest = divmod(n, size)
+            return f"{spell_number(head)} {name}" + ("" if rest == 0 else " " + spell_number(rest))
+    raise AssertionError(n)
+
+
+def _spell(match: re.Match[str]) -> str:
+    n = int(match[1].replace(",", ""))
+    return f" {spell_number(n)} " if n < 1_000_000_000 else match[1]
 
 
 def normalize_words(text: str) -> list[str]:
@@ -12,9 +56,11 @@ def normalize_words(text: str) -> list[str]:
 
     Apostrophes inside words are kept ("don't" stays one word, as in the recognizer's
     dictionary); quotes around words are dropped. Hyphens and other punctuation split words.
+    Whole numbers are spelled out ("10" -> "ten") and a few titles written in full ("Mr." ->
+    "mister"), so a recogniser that writes digits (Whisper) is not charged for the spelling.
     """
-    words = _PUNCT.sub(" ", text.lower()).split()
-    return [w for w in (word.strip("'") for word in words) if w]
+    words = _PUNCT.sub(" ", _NUMBER.sub(_spell, text.lower())).split()
+    return [_SPOKEN.get(w, w) for w in (word.strip("'") for word in words) if w]
 
 
 def word_edit_distance(reference: list[str], hypothesis: list[str]) -> int:

@@ -4,9 +4,9 @@ The load test runs in-process, through its command line (:func:`api.loadtest.cli
 entry point. Servers offer 127.0.0.1 ICE candidates, like tests/api/test_voice.py.
 
 A spoken answer counts as stored when a user message's words are within the load test's
-``VOICE_MATCH_MAX_WER`` (0.6) of the fixture's text: the recogniser gets single answers to 0.4-0.45
-through the Opus link (e.g. "I work as a nurse at the city hospital" → "i work as a there's
-ethnicity hospital"), while any two different fixtures are at least 0.78 apart.
+``VOICE_MATCH_MAX_WER`` (0.6) of the fixture's text: the recogniser (Whisper tiny.en) got single answers
+to 0.25 at worst through an Opus round trip (fixtures/make_fixtures.py), while any two different fixtures
+are at least 0.78 apart.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Voice interviews end to end: a real aiortc caller speaks fixture answers to a real server in real time.
 
-WER threshold: the embedded recogniser (pocketsphinx, general en-us model) on
-the eSpeak fixtures averages ≈0.12 WER (see tests/media/test_stt.py); the
-interview transcript must stay ≤ 0.35 over all answers.
+Answers whose words are scored are real human recordings (fixtures/fetch_speech.py): through this pipeline
+Whisper tiny.en measured 2.9 % WER over the whole real-speech set (tests/api/test_voice_real_speech.py);
+here a transcript of two or three of them must stay ≤ 0.15 (at most 2 errors in 15 words). The eSpeak
+fixtures (a synthetic voice Whisper hears less well: "I work as a nurse" came back as "I wear a cat under")
+drive the tests of turn-taking mechanics, where only the number and order of answers is checked.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ from media.synthesis import SynthesisThreads
 from media.tts.piper import PiperSynthesizer
 from runtime.interviewer import Purpose, ReplyPart, ReplyRequest, ScriptedInterviewer
 from tests.conftest import (
-    ANSWERS,
     UNIT,
     VOICE_BLUEPRINT,
+    HumanClip,
     Server,
     ServerFactory,
     eventually,
@@ -86,8 +88,18 @@ async def answer_the_first_question(caller: VoiceCaller, pcm: np.ndarray) -> Non
     await caller.wait_event(is_message("question", "home"), 30 * UNIT, after=n)
 
 
-async def test_voice_interview_completes_with_transcript_breakdowns_and_recording(voice_server: Server) -> None:
+HUMAN_WER = 0.15
+
+
+def human(clips: list[HumanClip], ident: str) -> HumanClip:
+    return next(c for c in clips if c.id.endswith(ident))
+
+
+async def test_voice_interview_completes_with_transcript_breakdowns_and_recording(
+    voice_server: Server, human_speech: list[HumanClip]
+) -> None:
     server = voice_server
+    answers = {"job": human(human_speech, "0930"), "home": human(human_speech, "forever")}
     run = await server.create_run(channel_id=server.extra["voice_channel"])
     caller = await join(server, run)
     try:
@@ -96,7 +108,7 @@ async def test_voice_interview_completes_with_transcript_breakdowns_and_recordin
         for answer_id, next_message in (("job", is_message("question", "home")), ("home", is_message("closing"))):
             await wait_listening(caller, n)
             n = len(caller.events)
-            spoken_until = await caller.say(spoken_answer(answer_id))
+            spoken_until = await caller.say(answers[answer_id].pcm)
             await caller.wait_event(next_message, 30 * UNIT, after=n)
             heard_at = await caller.heard_after(spoken_until, 10 * UNIT)
             assert heard_at - spoken_until < 5.0  # voice to voice, loosely: figures live in bench/voice.py
@@ -110,9 +122,9 @@ async def test_voice_interview_completes_with_transcript_breakdowns_and_recordin
     done = await server.get_run(run["id"], "transcript", "sessions")
     transcript = done["transcript"]
     users = [m for m in transcript if m["role"] == "user"]
-    said = " ".join(ANSWERS[a]["text"] for a in ("job", "home"))
+    said = " ".join(answers[a].text for a in ("job", "home"))
     heard = " ".join(m["content"] for m in users)
-    assert word_error_rate(said, heard) <= 0.35, heard
+    assert word_error_rate(said, heard) <= HUMAN_WER, heard
     assert [s["type"] for s in done["sessions"]] == ["voice"]
 
     # the six stages add up to the measured latency: first reply frame - end of the participant's speech
@@ -335,14 +347,14 @@ async def test_reconnect_resumes_at_the_same_question(voice_server: Server) -> N
     assert all(r["answer"] for r in done["responses"])
 
 
-async def test_a_pause_inside_an_answer_keeps_one_answer_with_all_its_words(voice_server: Server) -> None:
+async def test_a_pause_inside_an_answer_keeps_one_answer_with_all_its_words(
+    voice_server: Server, human_speech: list[HumanClip]
+) -> None:
     """A 300 ms pause outlasts the early-finish point (200 ms) but not the 500 ms window:
-    the recogniser's early result becomes the first part of one answer that holds every word."""
+    the answer goes on after the early finish and one answer holds every word."""
     server = voice_server
-    job, home = ANSWERS["job"], ANSWERS["home"]
-    first = spoken_answer("job")[: int(job["speech_end_s"] * 16_000)]
-    second = spoken_answer("home")[int(home["speech_start_s"] * 16_000) :]
-    paused = np.concatenate([first, np.zeros(int(0.3 * 16_000), dtype=np.int16), second])
+    job, home = human(human_speech, "0880"), human(human_speech, "0930")  # 3.0 s and 3.3 s
+    paused = np.concatenate([job.pcm, np.zeros(int(0.3 * 16_000), dtype=np.int16), home.pcm])
     run = await server.create_run(channel_id=server.extra["voice_channel"])
     caller = await join(server, run)
     try:
@@ -353,29 +365,30 @@ async def test_a_pause_inside_an_answer_keeps_one_answer_with_all_its_words(voic
     users = [m for m in done["transcript"] if m["role"] == "user"]
     assert len(users) == 1, users
     heard = users[0]["content"]
-    assert word_error_rate(f"{job['text']} {home['text']}", heard) <= 0.35, heard
+    assert word_error_rate(f"{job.text} {home.text}", heard) <= HUMAN_WER, heard
 
 
 async def test_a_spoken_answer_the_database_refuses_is_asked_for_again(
-    voice_server: Server, monkeypatch: pytest.MonkeyPatch
+    voice_server: Server, monkeypatch: pytest.MonkeyPatch, human_speech: list[HumanClip]
 ) -> None:
     server = voice_server
+    job = human(human_speech, "0930")
     refused = refuse_first_answer(server, monkeypatch)
     run = await server.create_run(channel_id=server.extra["voice_channel"])
     caller = await join(server, run)
     try:
-        n = await say_to_the_first_question(caller, spoken_answer("job"))
+        n = await say_to_the_first_question(caller, job.pcm)
         error = await caller.wait_event(lambda ev: ev.get("type") == "error", 30 * UNIT, after=n)
         assert error["code"] == "storage_unavailable" and "say it again" in error["message"]
         n = len(caller.events)
-        await caller.say(spoken_answer("job"))  # the participant says it again; now it is kept
+        await caller.say(job.pcm)  # the participant says it again; now it is kept
         await caller.wait_event(is_message("question", "home"), 30 * UNIT, after=n)
     finally:
         await caller.close()
     transcript = (await server.get_run(run["id"], "transcript"))["transcript"]
     answers = [m["content"] for m in transcript if m["role"] == "user"]
     assert len(refused) == 1 and len(answers) == 1
-    assert word_error_rate(ANSWERS["job"]["text"], answers[0]) <= 0.35
+    assert word_error_rate(job.text, answers[0]) <= HUMAN_WER
 
 
 async def test_network_is_measured_for_a_client_that_ignores_our_pings(voice_server: Server) -> None:
@@ -396,3 +409,33 @@ async def test_network_is_measured_for_a_client_that_ignores_our_pings(voice_ser
     reply = next(m for m in done["transcript"] if m.get("question_id") == "home")
     network = reply["latency_breakdown"]["network"]
     assert network is not None and 0.0 <= network < 50.0  # one way, in ms, on loopback
+
+
+async def test_breath_and_hiss_are_not_answers_and_the_question_is_asked_again(
+    server_factory: ServerFactory, human_speech: list[HumanClip]
+) -> None:
+    """Sounds the VAD takes for speech (an out-breath, loud hiss) reach Whisper, which would write "Huh?" or
+    "I'm not going to be able to do it." over them (tests/media/test_whisper.py); the guards make the transcript
+    empty, nothing is stored, and the interviewer's reminder asks the question again."""
+    from tests.media.test_whisper import noises
+
+    server = await server_factory(ice_host_addresses=("127.0.0.1",), time_scale=0.4)
+    server.extra["blueprint_id"] = await server.create_blueprint(VOICE_BLUEPRINT)
+    run = await voice_run(server, idle_timeout_s=10)  # reminder 2 s after the question (scaled)
+    caller = await join(server, run)
+    sounds = noises()
+    answer = human(human_speech, "0930")
+    try:
+        n = await say_to_the_first_question(caller, np.concatenate([sounds["breath"], sounds["hiss -20 dBFS"]]))
+        await caller.wait_event(is_message("reminder", "work"), 30 * UNIT, after=n)
+        n = len(caller.events)
+        await wait_listening(caller, n)
+        await caller.say(answer.pcm)
+        await caller.wait_event(is_message("question", "home"), 30 * UNIT, after=n)
+    finally:
+        await caller.close()
+    user_captions = [ev for ev in caller.events if ev.get("type") == "caption" and ev.get("role") == "user"]
+    assert [c["text"] for c in user_captions if c["final"]] != [] and all(c["text"] for c in user_captions)
+    transcript = (await server.get_run(run["id"], "transcript"))["transcript"]
+    answers = [m["content"] for m in transcript if m["role"] == "user"]
+    assert len(answers) == 1 and word_error_rate(answer.text, answers[0]) <= HUMAN_WER, answers

@@ -87,3 +87,41 @@ def test_no_early_finish_for_noise_or_when_disabled() -> None:
     for never in (None, 500.0, 800.0):
         decisions = run("#" * 20 + "." * 30, EndpointSettings(finalize_after_ms=never))
         assert not any(isinstance(d, Pausing) for d in decisions)
+
+
+def feed(ep: Endpointer, pattern: str, start: float) -> list[object]:
+    out: list[object] = []
+    for i, ch in enumerate(pattern):
+        out += ep.frame(start + (i + 1) * FRAME_S, 1.0 if ch == "#" else 0.0)
+    return out
+
+
+def test_a_hold_lengthens_this_pause_only() -> None:
+    """The driver holds a pause open (the words were unfinished); speaking again forgets the hold."""
+    ep = Endpointer(EndpointSettings(eos_silence_ms=500, finalize_after_ms=200))
+    decisions = feed(ep, "#" * 20 + "." * 10, 100.0)
+    assert isinstance(decisions[-1], Pausing)
+    ep.hold(2000)
+    assert ep.window_ms == 2000
+    assert not any(isinstance(d, SpeechEnded) for d in feed(ep, "." * 80, 100.6))  # 1.8 s of pause in all
+    assert isinstance(feed(ep, "#", 102.2)[0], Resumed)
+    assert ep.window_ms == 500
+    ended = [d for d in feed(ep, "#" * 10 + "." * 25, 102.22) if isinstance(d, SpeechEnded)]
+    assert len(ended) == 1 and abs(ended[0].decided_at - ended[0].last_voiced_at - 0.5) < 1e-9
+
+
+def test_a_hold_shorter_than_the_silence_heard_ends_the_turn_at_the_next_frame() -> None:
+    ep = Endpointer(EndpointSettings(eos_silence_ms=500, finalize_after_ms=200))
+    feed(ep, "#" * 20, 100.0)
+    ep.hold(2000)  # waiting for the words
+    assert not any(isinstance(d, SpeechEnded) for d in feed(ep, "." * 35, 100.4))  # 700 ms
+    ep.hold(500)  # they read as complete, late
+    (ended,) = feed(ep, ".", 101.1)
+    assert isinstance(ended, SpeechEnded)
+    assert abs(ended.decided_at - ended.last_voiced_at - 0.72) < 1e-9  # the wait shows in eos, honestly
+
+
+def test_hold_outside_speech_is_ignored() -> None:
+    ep = Endpointer()
+    ep.hold(2000)
+    assert ep.window_ms == ep.settings.eos_silence_ms

@@ -1,13 +1,17 @@
-"""Speech-to-text: the PocketSphinx recognizer on the spoken fixtures, and the WER function.
+"""Speech-to-text: the PocketSphinx recognizer (a light engine, no longer the default) on the spoken fixtures.
 
 Thresholds come from measurements with the recognizer's default (tuned) settings, one instance
 decoding every fixture in manifest order in 20 ms chunks, as a stream would:
 
-* corpus WER measured 0.083 (4 word errors in 48 words); asserted ``<= WER_THRESHOLD`` = 0.20,
-  i.e. up to 9-10 errors, headroom for floating-point differences between machines.
-* Feeding 20 ms chunks, odd-sized chunks or the whole clip at once gives exactly the same final
-  transcript: PocketSphinx buffers partial frames, and the recognizer's noise floor and CMN priming
-  are indexed by sample position, so chunking cannot change them. The test asserts equality.
+* corpus WER measured 0.125 (6 word errors in 48 words) on the fixtures as regenerated for Whisper
+  (``en-us+klatt2``, 140 wpm; 0.083 on the earlier ``en-us+klatt`` ones); asserted ``<= WER_THRESHOLD``
+  = 0.20, i.e. up to 9 errors, headroom for floating-point differences between machines.
+* Feeding 20 ms chunks, odd-sized chunks or the whole clip at once gives the same final transcript on
+  most clips: PocketSphinx buffers partial frames, and the recognizer's noise floor and CMN priming
+  are indexed by sample position. Not on all: on 2 of the 7 fixtures (job, home) one word differs
+  between chunkings, so PocketSphinx itself is not exactly chunk-invariant; the test asserts equality on
+  two clips where it holds (breakfast, favorite), so a change in the recognizer's own chunk handling
+  still shows.
 """
 
 from __future__ import annotations
@@ -89,7 +93,7 @@ def answers() -> list[Answer]:
 @pytest.fixture(scope="module")
 def session(answers: list[Answer]) -> tuple[Recognizer, list[Decoded]]:
     """One recognizer decodes every answer in turn, fed in 20 ms chunks (as one participant's stream)."""
-    recognizer = create_recognizer()
+    recognizer = create_recognizer("pocketsphinx")
     results = []
     for answer in answers:
         partials, final = decode(recognizer, answer.pcm)
@@ -125,10 +129,12 @@ def test_partials_during_long_utterances(session: tuple[Recognizer, list[Decoded
 
 
 @requires_fixtures
-@pytest.mark.parametrize("index", [0, 3])
+@pytest.mark.parametrize("index", [2, 3])
 def test_chunking_does_not_change_the_result(answers: list[Answer], index: int) -> None:
     pcm = answers[index].pcm
-    finals = {size: decode(create_recognizer(), pcm, chunk=size)[1] for size in (FRAME_SAMPLES, 777, len(pcm))}
+    finals = {
+        size: decode(create_recognizer("pocketsphinx"), pcm, chunk=size)[1] for size in (FRAME_SAMPLES, 777, len(pcm))
+    }
     assert len(set(finals.values())) == 1, finals
     assert finals[FRAME_SAMPLES]
 
@@ -149,13 +155,13 @@ def test_one_instance_decodes_several_utterances(
 
 @requires_fixtures
 def test_silence_gives_an_empty_transcript() -> None:
-    recognizer = create_recognizer()
+    recognizer = create_recognizer("pocketsphinx")
     pcm, _ = sf.read(FIXTURES / "silence_2s.wav", dtype="int16")
     assert decode(recognizer, np.asarray(pcm, dtype=np.int16))[1] == ""
 
 
 def test_empty_utterance() -> None:
-    recognizer = create_recognizer()
+    recognizer = create_recognizer("pocketsphinx")
     recognizer.start()
     assert recognizer.feed(np.zeros(0, dtype=np.int16)) == ""
     assert recognizer.finish() == ""
@@ -165,86 +171,50 @@ def test_empty_utterance() -> None:
 
 
 def test_misuse_is_reported() -> None:
-    recognizer = create_recognizer()
+    recognizer = create_recognizer("pocketsphinx")
     with pytest.raises(RuntimeError, match="before start"):
         recognizer.feed(silence(0.02))
     with pytest.raises(RuntimeError, match="before start"):
         recognizer.finish()
     with pytest.raises(ValueError, match="cmn_prime_s"):
-        create_recognizer(cmn_prime_s=-1)
+        create_recognizer("pocketsphinx", cmn_prime_s=-1)
 
 
 def test_registry() -> None:
-    assert DEFAULT_RECOGNIZER in RECOGNIZERS
-    recognizer = create_recognizer()
+    assert DEFAULT_RECOGNIZER == "whisper"
+    assert set(RECOGNIZERS) >= {"whisper", "pocketsphinx"}
+    recognizer = create_recognizer("pocketsphinx")
     assert isinstance(recognizer, Recognizer)
-    assert recognizer.name == DEFAULT_RECOGNIZER
-    with pytest.raises(ValueError, match=r"unknown recognizer 'whisper'.*pocketsphinx"):
-        create_recognizer("whisper")
+    assert recognizer.name == "pocketsphinx"
+    with pytest.raises(ValueError, match=r"unknown recognizer 'vosk'.*pocketsphinx.*whisper"):
+        create_recognizer("vosk")
     with pytest.raises(TypeError):
-        create_recognizer(beam_width=3)
+        create_recognizer("pocketsphinx", beam_width=3)
 
 
 def test_recognizer_is_imported_lazily() -> None:
-    code = "import sys, media.stt; print('pocketsphinx' in sys.modules)"
+    code = "import sys, media.stt; print('pocketsphinx' in sys.modules, 'ctranslate2' in sys.modules)"
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False"]
-
-
-@pytest.mark.parametrize(
-    ("reference", "hypothesis", "expected"),
-    [
-        ("the cat sat on the mat", "the cat sat on the mat", 0.0),
-        ("the cat sat on the mat", "the cat sat on a mat", 1 / 6),  # one substitution
-        ("the cat sat on the mat", "the cat on the mat", 1 / 6),  # one deletion
-        ("the cat sat on the mat", "the cat sat on the red mat", 1 / 6),  # one insertion
-        ("a b c d", "a x c", 0.5),  # substitution + deletion
-        ("the cat sat", "the cat sat on the mat", 1.0),  # three insertions
-        ("hello world", "", 1.0),  # everything deleted
-        ("yes", "no no no", 3.0),  # can exceed 1
-        ("Hello, World!", "hello world", 0.0),  # case and punctuation ignored
-        ("I'm not sure.", "i'm not sure", 0.0),  # apostrophes inside words kept
-        ("I'm not sure", "i am not sure", 2 / 3),  # ... so contractions differ from their expansion
-        ("well-known", "well known", 0.0),  # hyphen splits words
-        ("  spaced   out  ", "spaced out", 0.0),
-        ("", "", 0.0),
-        ("", "anything", 1.0),
-        ("...", "", 0.0),  # only punctuation: no words
-    ],
-)
-def test_word_error_rate(reference: str, hypothesis: str, expected: float) -> None:
-    assert word_error_rate(reference, hypothesis) == pytest.approx(expected)
-
-
-def test_word_error_rate_is_levenshtein_not_position_matching() -> None:
-    # A single leading insertion must cost one edit, not shift every later word into a substitution.
-    reference = "one two three four five six seven eight nine ten"
-    assert word_error_rate(reference, "zero " + reference) == pytest.approx(0.1)
-    assert word_error_rate(reference, reference.replace("one ", "")) == pytest.approx(0.1)
-
-
-def test_corpus_word_error_rate_weights_by_words() -> None:
-    pairs = [("a b c d e f g h i j", "a b c d e f g h i j"), ("yes", "no")]
-    assert corpus_word_error_rate(pairs) == pytest.approx(1 / 11)
-    assert corpus_word_error_rate([]) == 0.0
+    assert out.stdout.split() == ["False", "False"]
 
 
 @requires_fixtures
 def test_a_new_recognizer_starts_from_anothers_channel_adaptation(answers: list[Answer]) -> None:
     """First answers: a fresh recogniser given another's cepstral mean (what a speech worker hands a new
     stream) hears them far better than one that starts cold, without decoding anything twice.
-    Measured: WER 0.146 adapted (leave-one-out), 0.167 priming, 0.333 cold."""
-    donor = create_recognizer()
+    Measured: WER 0.179 adapted (leave-one-out), 0.282 priming, 0.615 cold (0.146, 0.167, 0.333 on the
+    earlier en-us+klatt fixtures)."""
+    donor = create_recognizer("pocketsphinx")
     assert donor.adaptation() is None  # nothing learnt yet
     decode(donor, answers[0].pcm)
     state = donor.adaptation()
     assert state is not None
     adapted, cold = [], []
     for answer in answers[1:]:
-        fresh = create_recognizer()
+        fresh = create_recognizer("pocketsphinx")
         fresh.adapt(state)
         adapted.append((answer.text, decode(fresh, answer.pcm)[1]))
-        cold.append((answer.text, decode(create_recognizer(cmn_prime_s=0), answer.pcm)[1]))
+        cold.append((answer.text, decode(create_recognizer("pocketsphinx", cmn_prime_s=0), answer.pcm)[1]))
     assert corpus_word_error_rate(adapted) <= WER_THRESHOLD
     assert corpus_word_error_rate(adapted) < corpus_word_error_rate(cold)
