@@ -156,6 +156,8 @@ class ServerConfig:
         for name in ("llm_base_url", "llm_api_key", "llm_model", "llm_tool_mode", "llm_prices"):
             if f"VIVAVOCE_{name.upper()}" in env:
                 values[name] = env[f"VIVAVOCE_{name.upper()}"]
+        if "VIVAVOCE_LLM_WARM_UP" in env:
+            values["llm_warm_up"] = env["VIVAVOCE_LLM_WARM_UP"].lower() in ("1", "true", "yes", "on")
         if "VIVAVOCE_SPECULATE" in env:
             values["speculate"] = env["VIVAVOCE_SPECULATE"].lower() not in ("0", "false", "no", "off")
         for name in ("llm_timeout_s", "llm_voice_timeout_s"):

@@ -127,7 +127,11 @@ async def chat_session(url: str, key: str, blueprint: str, channel: str, http: a
 
 
 async def bench_chat(args: argparse.Namespace) -> dict[str, Any]:
-    fake = None if args.llm_base_url else await FakeOpenAI(responder=moderator(args.ttft_ms / 1000, args.piece_ms / 1000)).start()
+    fake = (
+        None
+        if args.llm_base_url
+        else await FakeOpenAI(responder=moderator(args.ttft_ms / 1000, args.piece_ms / 1000)).start()
+    )
     base_url = args.llm_base_url or (fake.base_url if fake else "")
     data = Path(tempfile.mkdtemp(prefix="vv-bench-llm-"))
     env = {"VIVAVOCE_LLM_BASE_URL": base_url, "VIVAVOCE_LLM_MODEL": args.llm_model}
@@ -208,10 +212,18 @@ async def voice_callers(url: str, key: str, blueprint: str, channel: str, n: int
 
 
 async def bench_voice_once(args: argparse.Namespace, *, speculate: bool) -> dict[str, Any]:
-    fake = None if args.llm_base_url else await FakeOpenAI(responder=moderator(args.ttft_ms / 1000, args.piece_ms / 1000)).start()
+    fake = (
+        None
+        if args.llm_base_url
+        else await FakeOpenAI(responder=moderator(args.ttft_ms / 1000, args.piece_ms / 1000)).start()
+    )
     base_url = args.llm_base_url or (fake.base_url if fake else "")
     data = Path(tempfile.mkdtemp(prefix="vv-bench-llm-voice-"))
-    env = {"VIVAVOCE_LLM_BASE_URL": base_url, "VIVAVOCE_LLM_MODEL": args.llm_model, "VIVAVOCE_SPECULATE": str(int(speculate))}
+    env = {
+        "VIVAVOCE_LLM_BASE_URL": base_url,
+        "VIVAVOCE_LLM_MODEL": args.llm_model,
+        "VIVAVOCE_SPECULATE": str(int(speculate)),
+    }
     proc, info = start_server(data, port := free_port(), env=env)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -238,7 +250,9 @@ async def bench_voice_once(args: argparse.Namespace, *, speculate: bool) -> dict
     }
     # what the runtime owns: voice-to-voice minus the silence window, the speech engines and the model
     if fake is not None:
-        first_sentence = {t["answer"]: (t.get("sentence", t.get("done", 0)) - t["received"]) * 1000 for t in fake.timings}
+        first_sentence = {
+            t["answer"]: (t.get("sentence", t.get("done", 0)) - t["received"]) * 1000 for t in fake.timings
+        }
         owned: list[float] = []
         for record, run in zip(records, runs, strict=True):
             replies = [
@@ -323,6 +337,27 @@ async def model_speed(args: argparse.Namespace) -> dict[str, Any]:
     return {"ttft_ms": summary("ttft_ms", ttft), "tokens_per_s": summary("tokens_per_s", rate)}
 
 
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    bench = {"chat": bench_chat, "voice": bench_voice, "prompt": bench_prompt}[args.what]
+    if not args.local_llm:
+        result = await bench(args)
+        if args.llm_base_url and args.what != "prompt":
+            result["model"] = await model_speed(args)
+        return result
+    from api.local_llm import LocalLLM
+
+    log = Path(tempfile.mkdtemp(prefix="vv-bench-local-llm-")) / "server.log"
+    async with LocalLLM(log) as llm:
+        args.llm_base_url, args.llm_model = llm.base_url, llm.model
+        # as `vivavoce serve --local-llm` sets them: a small model on one core needs seconds per turn
+        os.environ.update(
+            {"VIVAVOCE_LLM_WARM_UP": "1", "VIVAVOCE_LLM_TIMEOUT_S": "40", "VIVAVOCE_LLM_VOICE_TIMEOUT_S": "10"}
+        )
+        result = await bench(args)
+        result["model"] = await model_speed(args)
+        return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("chat", "voice", "prompt"))
@@ -333,6 +368,9 @@ def main() -> int:
     parser.add_argument("--ttft-ms", type=float, default=300.0, help="fake model: time to first token")
     parser.add_argument("--piece-ms", type=float, default=15.0, help="fake model: time per streamed piece (6 chars)")
     parser.add_argument("--llm-base-url", help="a real OpenAI-compatible server instead of the fake")
+    parser.add_argument(
+        "--local-llm", action="store_true", help="start the local LLM (llama.cpp + SmolLM2, make local-llm) and use it"
+    )
     parser.add_argument("--llm-model", default="fake-model")
     parser.add_argument("--samples", type=int, default=10, help="real server: streams for ttft and tokens/s")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -340,9 +378,7 @@ def main() -> int:
     if args.what == "prompt" and args.questions == 4:
         args.questions = 30
     started = time.time()
-    result: dict[str, Any] = asyncio.run({"chat": bench_chat, "voice": bench_voice, "prompt": bench_prompt}[args.what](args))
-    if args.llm_base_url and args.what != "prompt":
-        result["model"] = asyncio.run(model_speed(args))
+    result: dict[str, Any] = asyncio.run(run(args))
     result["load_average"] = os.getloadavg()
     result["seconds"] = round(time.time() - started, 1)
     text = json.dumps(result, indent=2)

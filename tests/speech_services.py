@@ -74,7 +74,7 @@ class SpeechServices:
     def recognise(self, pcm16k: np.ndarray) -> str:
         with self._lock:
             if self._recognizer is None:
-                self._recognizer = create_recognizer("pocketsphinx")
+                self._recognizer = create_recognizer()  # the embedded default (Whisper), as good as a hosted one
             self._recognizer.start()
             self._recognizer.feed(pcm16k)
             return str(self._recognizer.finish())
@@ -188,6 +188,7 @@ class SpeechServices:
         await ws.prepare(request)
         recognizer: Any = None
         fed = since_interim = 0
+        heard: list[np.ndarray] = []  # the final transcript is the default recogniser's, on all of it
         async for message in ws:
             if message.type is WSMsgType.BINARY:
                 if not message.data:
@@ -200,7 +201,8 @@ class SpeechServices:
                     recognizer = await asyncio.to_thread(create_recognizer, "pocketsphinx")
                     await asyncio.to_thread(recognizer.start)
                 pcm = np.frombuffer(message.data, dtype="<i2").astype(np.int16)
-                partial = await asyncio.to_thread(recognizer.feed, pcm)
+                heard.append(pcm)
+                partial = await asyncio.to_thread(recognizer.feed, pcm)  # interim results: PocketSphinx streams
                 fed += len(pcm)
                 since_interim += len(pcm)
                 if since_interim >= 8_000 and partial:
@@ -211,7 +213,9 @@ class SpeechServices:
                 if control.get("type") == "CloseStream":
                     if failure == "hang":
                         await asyncio.sleep(HANG_S)
-                    words = await asyncio.to_thread(recognizer.finish) if recognizer is not None else ""
+                    if recognizer is not None:
+                        await asyncio.to_thread(recognizer.finish)
+                    words = await asyncio.to_thread(self.recognise, np.concatenate(heard)) if heard else ""
                     await ws.send_str(json.dumps(_results(request_id, words, fed, final=True)))
                     await ws.send_str(json.dumps({"type": "Metadata", "transaction_key": "deprecated",
                                                   "request_id": request_id, "sha256": "", "created": "",

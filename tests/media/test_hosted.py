@@ -226,14 +226,14 @@ async def test_a_failed_utterance_is_recognised_by_the_embedded_engine(
 ) -> None:
     fake, url = services
     engine = openai(url, "stt")
-    async with SpeechWorkers(inprocess=True, recognizer="pocketsphinx", synthesizer="espeak") as workers:
+    async with SpeechWorkers(inprocess=True, synthesizer="espeak") as workers:  # the embedded default: Whisper
         recognition = FallbackRecognition(
             OpenAITranscription(engine=engine, session=http), workers.recognition, what=engine.describe()
         )
         fake.fail_next("transcriptions", 503)
         with caplog.at_level(logging.WARNING, logger="vivavoce.hosted"):
             first = await say(recognition, "job")
-        assert word_error_rate(ANSWERS["job"]["text"], first) <= WER and first.islower()  # pocketsphinx's
+        assert word_error_rate(ANSWERS["job"]["text"], first) <= WER  # heard by the embedded engine (counted below)
         assert recognition.fallbacks == 1
         assert "HTTP 503" in caplog.text and "recognised by the embedded engine" in caplog.text
         second = await say(recognition, "home")  # the service is tried again for the next answer
