@@ -10,7 +10,20 @@ from typing import Any
 
 from aiohttp import web
 
-from api import console, join, join_voice, routes_catalog, routes_events, routes_meta, routes_runs
+from api import (
+    console,
+    join,
+    join_voice,
+    mcp,
+    routes_catalog,
+    routes_events,
+    routes_exports,
+    routes_meta,
+    routes_org,
+    routes_runs,
+    routes_study_links,
+    routes_webhooks,
+)
 from api.auth import auth_middleware
 from api.config import ServerConfig
 from api.errors import error_middleware, error_response
@@ -20,6 +33,7 @@ from api.loop_lag import LoopLagMonitor
 from api.openapi import RouteTable
 from api.state import STATE, AppState
 from api.voice import Recordings, VoiceServices
+from api.webhooks import AddressGuard, DeliveryWorker
 from media.synthesis import SynthesisThreads
 from media.tts import embedded_for_language
 from media.webrtc import configure_host_addresses
@@ -31,6 +45,7 @@ from runtime.llm import ChatModel, Prices
 from runtime.llm.openai_compat import OpenAICompatModel
 from runtime.results import Analyst
 from runtime.storage import Store
+from runtime.webhooks import RetryPolicy
 
 log = logging.getLogger("vivavoce.app")
 
@@ -39,6 +54,11 @@ TABLES = (
     routes_catalog.routes,
     routes_runs.routes,
     routes_events.routes,
+    routes_webhooks.routes,
+    routes_org.routes,
+    routes_study_links.routes,
+    routes_exports.routes,
+    mcp.routes,
     join.routes,
     join_voice.routes,
     console.routes,
@@ -86,8 +106,29 @@ def create_app(config: ServerConfig, *, interviewer: Interviewer | None = None) 
         hosted_tts=config.hosted_engine("tts"),
     )
     live.on_run_finished.append(voice.recordings.finish)
+    guard = AddressGuard(allow_private=config.webhooks_allow_private)
+    deliveries = DeliveryWorker(
+        store.webhooks,
+        guard,
+        policy=RetryPolicy(
+            base_s=config.scaled(config.webhook_retry_base_s),
+            cap_s=config.scaled(config.webhook_retry_cap_s),
+            window_s=config.scaled(config.webhook_retry_window_s),
+        ),
+        timeout_s=config.webhook_timeout_s,
+        poll_s=config.scaled(config.webhook_poll_s),
+    )
+    store.db.add_listener(deliveries.on_event)
     app[STATE] = AppState(
-        config=config, store=store, hub=hub, live=live, voice=voice, loop_lag=LoopLagMonitor(), jobs=jobs
+        config=config,
+        store=store,
+        hub=hub,
+        live=live,
+        voice=voice,
+        loop_lag=LoopLagMonitor(),
+        webhook_guard=guard,
+        webhooks=deliveries,
+        jobs=jobs,
     )
     table = all_routes()
     table.add_to(app.router)
@@ -158,9 +199,11 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         log.info("resumed %d run(s) in progress", recovered)
     sweeper = asyncio.create_task(_sweep(state), name="join-expiry-sweeper")
     state.loop_lag.start()
+    state.webhooks.start()
     state.jobs.start()
     yield
     await state.jobs.stop()
+    await state.webhooks.close()
     await state.loop_lag.stop()
     sweeper.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -172,7 +215,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _sweep(state: AppState) -> None:
-    """Fail runs whose join window passed without a join (joins check too, so this is only for the record)."""
+    """Fail runs whose join window passed without a join (joins check too, so this is only for the record),
+    and erase the runs whose organization's retention period has passed."""
     interval = state.config.scaled(state.config.sweep_interval_s)
     while True:
         try:
@@ -181,4 +225,10 @@ async def _sweep(state: AppState) -> None:
                 log.info("%d run(s) expired unjoined", expired)
         except Exception:
             log.exception("join-expiry sweep failed")
+        try:
+            erased = await routes_org.erase_expired(state)
+            if erased:
+                log.info("%d run(s) erased: their organization's retention period had passed", erased)
+        except Exception:
+            log.exception("retention sweep failed")
         await asyncio.sleep(interval)

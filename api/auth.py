@@ -1,4 +1,4 @@
-"""API-key authentication for ``/v1``: ``Authorization: Bearer <key>`` or ``x-api-key: <key>``.
+"""API-key authentication for ``/v1`` and ``/mcp``: ``Authorization: Bearer <key>`` or ``x-api-key: <key>``.
 
 Every ``/v1`` handler runs with ``request[ORG_ID]`` set; storage queries are
 scoped by it, so another organization's object is indistinguishable from a
@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from api.errors import error_response
-from api.state import ORG_ID, STATE
+from api.state import KEY_ID, ORG_ID, STATE
 
 CONSOLE_COOKIE = "vivavoce_console"
 CSRF_HEADER = "X-Requested-With"
@@ -41,23 +41,39 @@ def cookie_key(request: web.Request) -> str | None:
     return request.cookies.get(CONSOLE_COOKIE, "").strip() or None
 
 
+MCP_PATH = "/mcp"
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="vivavoce"'}
+MCP_UNAUTHORIZED = -32001  # JSON-RPC's range for server-defined errors
+
+
+def _unauthorized(message: str, *, mcp: bool) -> web.Response:
+    """401; to an MCP client as a JSON-RPC error (its SDK shows that message), to others in the API's shape."""
+    if mcp:
+        body = {"jsonrpc": "2.0", "id": None, "error": {"code": MCP_UNAUTHORIZED, "message": message}}
+        return web.json_response(body, status=401, headers=_CHALLENGE)
+    return error_response(401, "unauthorized", message, headers=_CHALLENGE)
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    if not request.path.startswith("/v1/"):
+    mcp = request.path == MCP_PATH
+    if not request.path.startswith("/v1/") and not mcp:
         return await handler(request)  # type: ignore[no-any-return]
     key = presented_key(request)
     from_cookie = False
-    if key is None:
+    if key is None and not mcp:  # MCP clients are programs: a key in a header, never the console's cookie
         key = cookie_key(request)
         from_cookie = key is not None
     if key is None:
-        return error_response(401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>'")
-    org_id = await request.app[STATE].store.catalog.org_for_key(key)
-    if org_id is None:
-        return error_response(401, "unauthorized", "unknown API key")
+        return _unauthorized("missing API key: send 'Authorization: Bearer <key>'", mcp=mcp)
+    found = await request.app[STATE].store.catalog.key_for(key)
+    if found is None:
+        return _unauthorized("unknown API key", mcp=mcp)
+    org_id, key_id = found
     if from_cookie and request.method not in SAFE_METHODS and not request.headers.get(CSRF_HEADER, "").strip():
         return error_response(
             403, "forbidden", f"requests authenticated by the console cookie must send the {CSRF_HEADER} header"
         )
     request[ORG_ID] = org_id
+    request[KEY_ID] = key_id
     return await handler(request)  # type: ignore[no-any-return]

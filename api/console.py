@@ -19,8 +19,10 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from aiohttp import web
+from pydantic import BaseModel, Field
 
 from api.auth import CONSOLE_COOKIE, cookie_key
+from api.errors import NOT_BLANK
 from api.openapi import Param, RouteTable
 from api.state import STATE
 from runtime.errors import NotFound
@@ -45,6 +47,13 @@ SIGN_IN = "/console/sign-in"
 MAX_KEY_CHARS = 200  # issued keys are 46 characters; anything far longer is not one
 NEXT_RE = re.compile(r"^/console(/runs/[a-z0-9_]{1,40})?(\?[A-Za-z0-9_=&%.\-]{0,300})?$")
 RUN_ID = Param("id", "Run id", where="path")
+
+
+class SignInForm(BaseModel):
+    """The sign-in form's fields."""
+
+    key: str = Field(min_length=1, pattern=NOT_BLANK, description="An API key")
+    next: str | None = Field(None, description="Console page to return to")
 
 
 def _safe_next(value: object) -> str:
@@ -119,9 +128,16 @@ def _app_page() -> web.Response:
     return _html((STATIC_DIR / "console.html").read_text(encoding="utf-8"))
 
 
+@routes.route("GET", "/", summary="The server's front door: to the researcher console", tag="console", auth=False,
+              status=303, content_types=())  # fmt: skip
+async def front_door(request: web.Request) -> web.Response:
+    return _redirect("/console")
+
+
 @routes.route("GET", "/console", summary="Researcher console: the runs list (signs in first)", tag="console",
-              auth=False, content_types=("text/html",),
-              params=(Param("status", "Status filter"), Param("starting_after", "Page cursor")))  # fmt: skip
+              auth=False, content_types=("text/html",), also=(303,),
+              params=(Param("status", "Status filter"), Param("starting_after", "Page cursor"),
+                      Param("blueprint_id", "One blueprint's runs, with its study exports")))  # fmt: skip
 async def console_runs(request: web.Request) -> web.Response:
     if await _signed_in(request) is None:
         return _to_sign_in(request)
@@ -129,7 +145,8 @@ async def console_runs(request: web.Request) -> web.Response:
 
 
 @routes.route("GET", "/console/runs/{id}", summary="Researcher console: one run", tag="console", auth=False,
-              content_types=("text/html",), errors=(404,), params=(RUN_ID,))  # fmt: skip
+              content_types=("text/html",), also=(303,), errors=(404,), error_type="text/html",
+              params=(RUN_ID,))  # fmt: skip
 async def console_run(request: web.Request) -> web.Response:
     org_id = await _signed_in(request)
     if org_id is None:
@@ -145,7 +162,8 @@ async def console_run(request: web.Request) -> web.Response:
 
 
 @routes.route("GET", SIGN_IN, summary="Researcher console: the sign-in form", tag="console", auth=False,
-              content_types=("text/html",), params=(Param("next", "Console page to return to"),))  # fmt: skip
+              content_types=("text/html",), also=(303,),
+              params=(Param("next", "Console page to return to"),))  # fmt: skip
 async def sign_in_form(request: web.Request) -> web.Response:
     next_path = _safe_next(request.query.get("next"))
     if await _signed_in(request) is not None:
@@ -154,11 +172,17 @@ async def sign_in_form(request: web.Request) -> web.Response:
 
 
 @routes.route("POST", SIGN_IN, summary="Researcher console: sign in with an API key (sets an HttpOnly cookie)",
-              tag="console", auth=False, status=303, content_types=("text/html",), errors=(401, 403, 413))  # fmt: skip
+              tag="console", auth=False, status=303, content_types=(), errors=(401, 403, 415), error_type="text/html",
+              body=SignInForm, body_types=("application/x-www-form-urlencoded",))  # fmt: skip
 async def sign_in(request: web.Request) -> web.Response:
     if not _same_origin(request):
         return _html("<!doctype html><title>Forbidden</title><p>Sign in from this server's own page.</p>", 403)
-    form = await request.post()
+    if request.content_type not in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        return _sign_in_page(next_path="/console", error="Sign in with the form.", status=415)
+    try:
+        form = await request.post()
+    except ValueError:  # a multipart type without its boundary, or a body that is not what it says
+        return _sign_in_page(next_path="/console", error="Sign in with the form.", status=400)
     raw_key, raw_next = form.get("key"), form.get("next")
     key = raw_key.strip() if isinstance(raw_key, str) else ""
     next_path = _safe_next(raw_next)
@@ -173,8 +197,8 @@ async def sign_in(request: web.Request) -> web.Response:
     return response
 
 
-@routes.route("POST", "/console/sign-out", summary="Researcher console: sign out (clears the cookie)",
-              tag="console", auth=False, status=303, content_types=("text/html",))  # fmt: skip
+@routes.route("POST", "/console/sign-out", summary="Researcher console: sign out (clears the cookie)", tag="console",
+              auth=False, status=303, content_types=(), errors=(403,), error_type="text/html")  # fmt: skip
 async def sign_out(request: web.Request) -> web.Response:
     if not _same_origin(request):  # another site cannot sign the researcher out either
         return _html("<!doctype html><title>Forbidden</title><p>Sign out from this server's own page.</p>", 403)

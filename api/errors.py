@@ -1,8 +1,10 @@
 """HTTP errors: one JSON shape, ``{"error": {"type", "message", "param"}}``, and never a stack trace.
 
 Runtime exceptions (:mod:`runtime.errors`) map to their status; pydantic
-validation errors to 400 naming the first offending field; aiohttp's own
-errors (404 route, 405, 413 body too large) keep their status with our shape.
+validation errors to 400 listing every problem (``details``: field and what is
+wrong with it, in plain words: no pydantic phrasing or class names), with the
+first one's field as ``param``; aiohttp's own errors (404 route, 405 with its
+``Allow`` header, 413 body too large) keep their status with our shape.
 Anything else is logged with a traceback and answered as a bare 500.
 """
 
@@ -10,12 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
 
-from runtime.errors import InvalidRequest, VivavoceError
+from runtime.errors import InvalidRequest, UnsupportedMediaType, VivavoceError
 
 log = logging.getLogger("vivavoce.api")
 
@@ -31,19 +34,89 @@ _HTTP_TYPES = {
 }
 
 
-def error_response(status: int, type: str, message: str, param: str | None = None) -> web.Response:
-    body = {"error": {"type": type, "message": message, "param": param}}
-    return web.json_response(body, status=status)
+def error_response(
+    status: int,
+    type: str,
+    message: str,
+    param: str | None = None,
+    *,
+    details: list[dict[str, str | None]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    error: dict[str, Any] = {"type": type, "message": message, "param": param}
+    if details:
+        error["details"] = details
+    return web.json_response({"error": error}, status=status, headers=headers)
+
+
+# "Says something": at least one character outside JSON Schema's (ECMA-262's) \s, spelled out, since Python's,
+# Rust's (pydantic-core's) and ECMA's \s disagree on a few characters (U+0085 is a space only to the first two).
+SPACES = "\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"  # for [...] classes
+NOT_BLANK = f"[^{SPACES}]"
+EMAIL = f"^[^@{SPACES}]+@[^@{SPACES}]+$"
+_PATTERN_WORDS = {NOT_BLANK: "must not be blank", EMAIL: "must be an email address (name@host)"}
+
+
+def _plain(problem: Any) -> str:
+    """What is wrong with one field, said plainly (pydantic's own messages name its classes and modes)."""
+    kind, ctx = problem["type"], problem.get("ctx") or {}
+    if kind == "value_error" and "error" in ctx:
+        return str(ctx["error"])
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") in _PATTERN_WORDS:
+        return _PATTERN_WORDS[ctx["pattern"]]
+    if kind in _PLAIN:
+        return _PLAIN[kind].format(**ctx)
+    text = re.sub(r" or instance of \w+", "", str(problem["msg"]))
+    text = re.sub(r"^(Value|Assertion) error, ", "", text)
+    return re.sub(r"^Input should be", "must be", text)
+
+
+_PLAIN = {
+    "missing": "is required",
+    "extra_forbidden": "unknown field",
+    "string_type": "must be a string",
+    "string_too_short": "must be at least {min_length} characters",
+    "string_too_long": "must be at most {max_length} characters",
+    "string_pattern_mismatch": "must match the pattern {pattern}",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "greater_than_equal": "must be at least {ge}",
+    "less_than_equal": "must be at most {le}",
+    "greater_than": "must be greater than {gt}",
+    "less_than": "must be less than {lt}",
+    "too_short": "must have at least {min_length} items",
+    "too_long": "must have at most {max_length} items",
+    "list_type": "must be a list",
+    "dict_type": "must be an object",
+    "model_type": "must be an object",
+    "model_attributes_type": "must be an object",
+    "enum": "must be one of {expected}",
+    "literal_error": "must be {expected}",
+    "url_parsing": "must be a URL",
+    "url_scheme": "must be a URL with scheme {expected_schemes}",
+    "datetime_parsing": "must be a date and time (ISO 8601)",
+    "datetime_from_date_parsing": "must be a date and time (ISO 8601)",
+    "timezone_aware": "must include a time zone (for example Z or +02:00)",
+}
 
 
 def validation_error(exc: ValidationError, *, prefix: str = "") -> InvalidRequest:
-    first: Any = exc.errors(include_url=False)[0]
-    loc = ".".join(str(part) for part in first["loc"])
-    param = f"{prefix}{loc}" if loc else (prefix.rstrip(".") or None)
-    message = first["msg"]
-    if first["type"] == "extra_forbidden":
-        message = "unknown field"
-    return InvalidRequest(f"{param}: {message}" if param else message, param=param)
+    """A 400 listing every problem: ``param`` is the first one's field, ``details`` has them all."""
+    details: list[dict[str, str | None]] = []
+    for problem in exc.errors(include_url=False):
+        loc = ".".join(str(part) for part in problem["loc"] if part != "[key]")
+        param = f"{prefix}{loc}" if loc else (prefix.rstrip(".") or None)
+        entry = {"param": param, "message": _plain(problem)}
+        if entry not in details:
+            details.append(entry)
+    said = [f"{d['param']}: {d['message']}" if d["param"] else str(d["message"]) for d in details]
+    message = said[0] if len(said) == 1 else f"{len(said)} problems: " + "; ".join(said)
+    return InvalidRequest(message, param=details[0]["param"], details=details)
 
 
 @web.middleware
@@ -51,10 +124,18 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     try:
         return await handler(request)  # type: ignore[no-any-return]
     except VivavoceError as exc:
-        return error_response(exc.status, exc.type, exc.message, exc.param)
+        return error_response(exc.status, exc.type, exc.message, exc.param, details=exc.details)
     except ValidationError as exc:
         err = validation_error(exc)
-        return error_response(400, err.type, err.message, err.param)
+        return error_response(400, err.type, err.message, err.param, details=err.details)
+    except web.HTTPMethodNotAllowed as exc:  # RFC 9110: a 405 names the methods the resource has
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return error_response(
+            405,
+            "method_not_allowed",
+            f"{request.method} is not allowed here; allowed: {allowed}",
+            headers={"Allow": allowed},
+        )
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type != "text/plain":
             raise
@@ -67,16 +148,27 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return error_response(500, "internal_error", "internal server error")
 
 
+# Types a JSON body arrives under from clients that forgot to say so: curl's -d sends a form type, and
+# fetch() with a string body sends text/plain. The body is read as JSON all the same.
+LENIENT_TYPES = frozenset({"", "application/x-www-form-urlencoded", "text/plain"})
+
+
+def is_json_type(content_type: str) -> bool:
+    return content_type == "application/json" or content_type.endswith("+json")
+
+
 async def read_json(request: web.Request) -> Any:
-    """The request body as JSON, or a 400 that says what is wrong with it."""
-    if request.content_type not in ("application/json", "") and not request.content_type.endswith("+json"):
-        raise InvalidRequest(f"expected a JSON body, got content type {request.content_type!r}")
+    """The request body as JSON, or a 400 (415 for a type that cannot carry JSON) that says what is wrong."""
+    ctype = request.content_type
     raw = await request.read()
     if not raw:
         raise InvalidRequest("request body is empty; expected a JSON object")
+    if not is_json_type(ctype) and ctype not in LENIENT_TYPES:
+        raise UnsupportedMediaType(f"expected a JSON body (Content-Type: application/json), got {ctype!r}")
     try:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+        hint = "" if is_json_type(ctype) else f" (it was sent as {ctype or 'no content type'}; send JSON)"
+        raise InvalidRequest(f"request body is not valid JSON: {exc}{hint}") from None
     except RecursionError:
         raise InvalidRequest("request body is nested too deeply") from None

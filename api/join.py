@@ -22,15 +22,16 @@ import struct
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import WSMsgType, web
 
 from api.live import ParticipantLink, PlaybackReport
 from api.openapi import Param, RouteTable
 from api.state import STATE, AppState
-from runtime.errors import StorageUnavailable
+from runtime.errors import Conflict, StorageUnavailable
 from runtime.serialize import message_text
-from runtime.types import EndReason, Message, Run, RunStatus, SessionType
+from runtime.types import ChannelType, EndReason, Message, Run, RunStatus, SessionType
 
 routes = RouteTable()
 
@@ -39,6 +40,13 @@ STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/cs
 CSP = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; media-src 'self' blob:"
 CLIENT_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 TOKEN = Param("token", "The run's join token", where="path")
+
+# Channel types whose participants this server cannot serve yet. Their runs are refused at creation, and a
+# join URL of one (made before this check) says so: it must never fall back to a chat page.
+UNSERVED_CHANNELS = {
+    ChannelType.TELEPHONY: "phone interviews (telephony channels) are not available yet",
+    ChannelType.CUSTOM: "the custom media socket (custom channels) is not available yet",
+}
 
 END_TEXT = {
     EndReason.COMPLETED: "This interview is complete. Thank you for taking part!",
@@ -99,6 +107,14 @@ class ChatLink:
 _: type[ParticipantLink] = ChatLink  # ChatLink satisfies the link protocol
 
 
+async def unserved(state: AppState, run: Run) -> str | None:
+    """Why this run cannot be joined on this server's pages (its channel type is not served yet), or None."""
+    if run.channel_id is None:
+        return None
+    channel = await state.store.catalog.get_channel(run.org_id, run.channel_id)
+    return UNSERVED_CHANNELS.get(channel.type)
+
+
 async def _current(state: AppState, run: Run) -> Run:
     """The run, failed as join_expired first if its join window has passed."""
     if run.status is RunStatus.PENDING and time.time() >= run.join_expires_at:
@@ -124,7 +140,9 @@ def _page(title: str, body: str, status: int = 200) -> web.Response:
     tag="participant",
     auth=False,
     content_types=("text/html",),
-    errors=(404,),
+    errors=(404, 409),
+    error_type="text/html",
+    also=(303,),
     params=(TOKEN,),
 )
 async def join_page(request: web.Request) -> web.Response:
@@ -134,8 +152,17 @@ async def join_page(request: web.Request) -> web.Response:
         return _page(
             "Interview not found", "This interview link is not valid. Please check the link you were given.", 404
         )
+    why = await unserved(state, run)
+    if why is not None:
+        text = f"This interview cannot be joined from a browser: {why}. Please contact the researcher."
+        return _page("Interview not available", text, 409)
     run = await _current(state, run)
     if run.status.is_terminal:
+        from api.routes_study_links import redirect_after  # (a study link's run: back to the panel)
+
+        target = await redirect_after(state, run)
+        if target is not None:
+            return web.Response(status=303, headers={"Location": target})
         return _page("Interview ended", END_TEXT[run.end_reason or EndReason.ERROR])
     bp = await state.store.catalog.get_blueprint(run.org_id, run.blueprint_id, run.blueprint_version)
     template = (STATIC_DIR / "join.html").read_text(encoding="utf-8")
@@ -175,14 +202,21 @@ async def static_file(request: web.Request) -> web.Response:
     auth=False,
     status=101,
     content_types=(),
-    errors=(404,),
+    also=(303,),
+    errors=(404, 409),
     params=(TOKEN,),
 )
 async def join_socket(request: web.Request) -> web.StreamResponse:
+    """A plain GET (a browser given this URL instead of the page's) is sent to the page."""
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        return web.Response(status=303, headers={"Location": f"/join/{quote(request.match_info['token'], safe='')}"})
     state = request.app[STATE]
     run = await state.store.runs.run_by_token(request.match_info["token"])
     if run is None:
         raise web.HTTPNotFound(text="This interview link is not valid.")
+    why = await unserved(state, run)
+    if why is not None:
+        raise Conflict(f"This interview cannot be joined over the chat websocket: {why}.")
     ws = web.WebSocketResponse(max_msg_size=state.config.max_frame_bytes, autoping=False)
     await ws.prepare(request)
     link = ChatLink(ws)

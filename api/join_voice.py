@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Literal
 
 from aiohttp import web
 from aiortc import RTCIceServer
+from pydantic import BaseModel, Field
 
 from api.errors import read_json
-from api.join import TOKEN, _current
+from api.join import TOKEN, _current, unserved
 from api.live import RunController
 from api.openapi import Param, RouteTable
 from api.params import path_id
+from api.routes_study_links import redirect_after
 from api.state import ORG_ID, STATE, AppState
 from api.voice import VoiceLink
 from media.webrtc import InvalidOffer, parse_offer
@@ -43,12 +46,15 @@ def ice_servers(state: AppState) -> list[RTCIceServer]:
 
 
 @routes.route("GET", "/join/{token}/info", summary="How the join page connects: chat or voice, run status, ICE servers",
-              tag="participant", auth=False, errors=(404,), params=(TOKEN,))  # fmt: skip
+              tag="participant", auth=False, errors=(404, 409), params=(TOKEN,))  # fmt: skip
 async def join_info(request: web.Request) -> web.Response:
     state = request.app[STATE]
     run = await state.store.runs.run_by_token(request.match_info["token"])
     if run is None:
         raise NotFound("This interview link is not valid.", param="token")
+    why = await unserved(state, run)
+    if why is not None:
+        raise Conflict(f"This interview cannot be joined from a browser: {why}.", param="token")
     run = await _current(state, run)
     channel = await state.store.catalog.get_channel(run.org_id, run.channel_id) if run.channel_id else None
     voice = channel is not None and channel.type is ChannelType.WEBRTC_VOICE
@@ -59,19 +65,44 @@ async def join_info(request: web.Request) -> web.Response:
         "end_reason": end_reason.value if end_reason else None,
         "recording": bool(voice and channel is not None and channel.settings.recording),
         "ice_servers": [{"urls": url} for url in state.config.ice_servers] if voice else [],
+        "redirect_url": await redirect_after(state, run),
     }
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 
+MAX_SDP_CHARS = 16 * 1024  # real offers are a few kilobytes
+
+
+class OfferIn(BaseModel):
+    """A WebRTC offer (non-trickle): the session description with the microphone's audio section."""
+
+    type: Literal["offer"]
+    # in characters, as JSON Schema counts: even escaped as \\uXXXX, an offer this long fits the body limit
+    sdp: str = Field(pattern="^v=0", max_length=MAX_SDP_CHARS, description="SDP with one m=audio section")
+
+
+def _checked_offer(body: object) -> object:
+    """The limits the document states (then parse_offer checks the description itself)."""
+    if isinstance(body, dict) and isinstance(body.get("sdp"), str) and len(body["sdp"]) > MAX_SDP_CHARS:
+        raise InvalidOffer(f"'sdp' is longer than {MAX_SDP_CHARS} characters")
+    return body
+
+
+class AnswerOut(BaseModel):
+    type: Literal["answer"]
+    sdp: str
+
+
 @routes.route("POST", "/join/{token}/offer", summary="WebRTC signalling: the participant's SDP offer, answered",
-              tag="participant", auth=False, errors=(404, 409), params=(TOKEN,))  # fmt: skip
+              tag="participant", auth=False, body=OfferIn, response=AnswerOut, errors=(404, 409),
+              params=(TOKEN,))  # fmt: skip
 async def join_offer(request: web.Request) -> web.Response:
     state = request.app[STATE]
     run = await state.store.runs.run_by_token(request.match_info["token"])
     if run is None:
         raise NotFound("This interview link is not valid.", param="token")
     try:
-        offer = parse_offer(await read_json(request))
+        offer = parse_offer(_checked_offer(await read_json(request)))
     except InvalidOffer as exc:
         raise InvalidRequest(str(exc), param="sdp") from None
     run = await _current(state, run)

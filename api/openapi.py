@@ -44,8 +44,12 @@ class RouteDoc:
     status: int = 200
     params: tuple[Param, ...] = ()
     auth: bool = True
-    content_types: tuple[str, ...] = ("application/json",)
+    content_types: tuple[str, ...] = ("application/json",)  # of the success response; () for none (a redirect)
     errors: tuple[int, ...] = ()
+    body_types: tuple[str, ...] = ("application/json",)  # what the request body may be sent as
+    error_type: str = "application/json"  # pages answer their errors as pages (text/html)
+    error_model: type[BaseModel] | None = None  # the errors' body, if not the API's ErrorOut (MCP: JSON-RPC's)
+    also: tuple[int, ...] = ()  # other answers without a body: 303 See Other (a redirect), 202 Accepted
 
 
 class RouteTable:
@@ -66,6 +70,7 @@ class RouteTable:
     def document(self, *, title: str, version: str) -> dict[str, Any]:
         inputs = {r.body for r in self.routes if r.body is not None}
         outputs = {ErrorOut} | {r.response for r in self.routes if r.response is not None}
+        outputs |= {r.error_model for r in self.routes if r.error_model is not None}
         wanted = [(m, "validation") for m in inputs] + [(m, "serialization") for m in outputs]
         keyed, defs = models_json_schema(
             sorted(wanted, key=lambda item: (item[0].__name__, item[1])),  # type: ignore[arg-type]
@@ -106,20 +111,33 @@ def _operation(r: RouteDoc, refs: dict[Any, Any]) -> dict[str, Any]:
         ],
     }
     if r.body is not None:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": refs[r.body]}}}
+        body = {"schema": refs[r.body]}
+        op["requestBody"] = {"required": True, "content": {ctype: body for ctype in r.body_types}}
     content: dict[str, Any] = {}
     for ctype in r.content_types:
         content[ctype] = {"schema": refs[r.response]} if r.response and ctype == "application/json" else {}
-    responses: dict[str, Any] = {str(r.status): {"description": "OK", "content": content}}
-    error = {"content": {"application/json": {"schema": refs[ErrorOut]}}}
-    for status in sorted({400, *r.errors, *((401,) if r.auth else ())}):
-        responses[str(status)] = {"description": _ERROR_TEXT.get(status, "Error"), **error}
+    success: dict[str, Any] = {"description": "OK"}
+    if content:
+        success["content"] = content
+    responses: dict[str, Any] = {str(r.status): success}
+    for status in r.also:
+        responses[str(status)] = {"description": _OTHER_TEXT[status]}
+    schema = {"schema": refs[r.error_model or ErrorOut]} if r.error_type == "application/json" else {}
+    error = {"content": {r.error_type: schema}}
+    body_limit = (413,) if r.body is not None else ()  # api.app's body limit answers before any handler
+    for status in sorted({400, *r.errors, *body_limit, *((401,) if r.auth else ())}):
+        json_error = {"content": {"application/json": {"schema": refs[ErrorOut]}}}
+        responses[str(status)] = {
+            "description": _ERROR_TEXT.get(status, "Error"),
+            **(json_error if status == 413 else error),
+        }
     op["responses"] = responses
     if r.auth:
         op["security"] = [{"bearer": []}, {"apiKey": []}]
     return op
 
 
+_OTHER_TEXT = {202: "Accepted (nothing to answer)", 303: "See Other (the Location header says where)"}
 _ERROR_TEXT = {
     400: "Invalid request",
     401: "Missing or unknown API key",

@@ -57,19 +57,31 @@ def flag(request: web.Request, name: str) -> bool:
 
 def page(request: web.Request, kind: str) -> tuple[int, str | None]:
     """``limit`` (1..100, default 10) and the ``starting_after`` cursor (an id of ``kind``)."""
-    raw = single(request, "limit")
-    limit = DEFAULT_LIMIT
-    if raw is not None:
+    return parse_limit(single(request, "limit")), parse_cursor(single(request, "starting_after"), kind)
+
+
+def parse_limit(raw: object) -> int:
+    """A page size, from a query string or a JSON value (MCP): 1..100, default 10."""
+    if raw is None:
+        return DEFAULT_LIMIT
+    if isinstance(raw, str):
         try:
             limit = int(raw)
         except ValueError:
-            raise InvalidRequest("limit must be an integer between 1 and 100", param="limit") from None
-        if not 1 <= limit <= MAX_LIMIT:
-            raise InvalidRequest("limit must be an integer between 1 and 100", param="limit")
-    cursor = single(request, "starting_after")
-    if cursor is not None and not is_id(cursor, kind):
+            limit = 0
+    elif isinstance(raw, int) and not isinstance(raw, bool):
+        limit = raw
+    else:
+        limit = 0
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidRequest("limit must be an integer between 1 and 100", param="limit")
+    return limit
+
+
+def parse_cursor(raw: object, kind: str) -> str | None:
+    if raw is not None and not (isinstance(raw, str) and is_id(raw, kind)):
         raise InvalidRequest(f"starting_after must be a {kind} id", param="starting_after")
-    return limit, cursor
+    return raw
 
 
 def path_id(request: web.Request, kind: str, name: str = "id") -> str:

@@ -4,26 +4,38 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
+from typing import Any
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from api.config import ServerConfig
+from api.errors import validation_error
 from api.openapi import Param, RouteTable
 from api.params import check_query, page, parse_body, path_id, single
-from api.schemas import BlueprintIn, BlueprintOut, ChannelIn, ChannelOut, ListOut
+from api.schemas import BlueprintIn, BlueprintOut, BlueprintPatch, ChannelIn, ChannelOut, ListOut
 from api.state import ORG_ID, STATE
 from runtime.errors import Conflict, InvalidRequest
+from runtime.ids import id_pattern
 from runtime.interviewer.prompt import PROMPT_VERSION
-from runtime.serialize import blueprint_json, channel_json
+from runtime.serialize import blueprint_content_json, blueprint_json, channel_json
 from runtime.types import BlueprintContent, ChannelSettings, InterviewerSettings, InterviewerType, Question
 
 routes = RouteTable()
+MAX_VERSION = 999_999_999
 
-PAGE_PARAMS = (
-    Param("limit", "Page size, 1..100 (default 10)", {"type": "integer", "minimum": 1, "maximum": 100}),
-    Param("starting_after", "Cursor: the id of the last object of the previous page"),
-)
+LIMIT = Param("limit", "Page size, 1..100 (default 10)", {"type": "integer", "minimum": 1, "maximum": 100})
 ID = Param("id", "Object id", where="path")
+
+
+def page_params(kind: str) -> tuple[Param, ...]:
+    """``limit`` and a ``starting_after`` cursor that is an id of ``kind``."""
+    cursor = Param(
+        "starting_after",
+        f"Cursor: the id of the last {kind} of the previous page",
+        {"type": "string", "pattern": id_pattern(kind)},
+    )
+    return (LIMIT, cursor)
 
 
 def _content(body: BlueprintIn) -> BlueprintContent:
@@ -93,7 +105,7 @@ async def create_blueprint(request: web.Request) -> web.Response:
     summary="List blueprints, newest first",
     tag="blueprints",
     response=ListOut,
-    params=PAGE_PARAMS,
+    params=page_params("blueprint"),
 )
 async def list_blueprints(request: web.Request) -> web.Response:
     check_query(request, ("limit", "starting_after"))
@@ -111,14 +123,14 @@ async def list_blueprints(request: web.Request) -> web.Response:
     tag="blueprints",
     response=BlueprintOut,
     errors=(404,),
-    params=(ID, Param("version", "A specific version", {"type": "integer", "minimum": 1})),
+    params=(ID, Param("version", "A specific version", {"type": "integer", "minimum": 1, "maximum": MAX_VERSION})),
 )
 async def get_blueprint(request: web.Request) -> web.Response:
     check_query(request, ("version",))
     raw = single(request, "version")
     version = None
     if raw is not None:
-        if not re.fullmatch(r"[0-9]{1,9}", raw) or int(raw) < 1:
+        if not re.fullmatch(r"[0-9]{1,9}", raw) or not 1 <= int(raw) <= MAX_VERSION:
             raise InvalidRequest("version must be a positive integer", param="version")
         version = int(raw)
     bp = await request.app[STATE].store.catalog.get_blueprint(request[ORG_ID], path_id(request, "blueprint"), version)
@@ -128,19 +140,50 @@ async def get_blueprint(request: web.Request) -> web.Response:
 @routes.route(
     "PATCH",
     "/v1/blueprints/{id}",
-    summary="Replace the draft (a published latest version starts a new draft)",
+    summary="Edit the draft with a JSON merge patch (a published latest version starts a new draft)",
     tag="blueprints",
-    body=BlueprintIn,
+    body=BlueprintPatch,
+    body_types=("application/merge-patch+json", "application/json"),
     response=BlueprintOut,
     errors=(404,),
     params=(ID,),
 )
 async def update_blueprint(request: web.Request) -> web.Response:
+    """RFC 7396: members of the patch replace the latest version's, ``null`` removes one (it takes its
+    default), and a list (``questions``) is replaced whole. The merged document must be a valid blueprint."""
     check_query(request, ())
     bp_id = path_id(request, "blueprint")
-    body = await parse_body(request, BlueprintIn)
-    bp = await request.app[STATE].store.catalog.update_blueprint(request[ORG_ID], bp_id, _content(body))
+    patch = await parse_body(request, BlueprintPatch)
+    catalog = request.app[STATE].store.catalog
+    latest = await catalog.get_blueprint(request[ORG_ID], bp_id)
+    raw = patch.model_dump(mode="json", exclude_unset=True)
+    merged = merge_patch(_editable(latest.content), raw)
+    try:
+        body = BlueprintIn.model_validate(merged)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+    bp = await catalog.update_blueprint(request[ORG_ID], bp_id, _content(body))
     return web.json_response(blueprint_json(bp))
+
+
+def _editable(content: BlueprintContent) -> dict[str, Any]:
+    """A version as the document a patch applies to: what BlueprintIn takes (the frozen prompt version is not)."""
+    doc = blueprint_content_json(content)
+    doc["interviewer"].pop("prompt_version", None)
+    return doc
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396 JSON merge patch: objects merge member by member, null removes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
 
 
 @routes.route(
@@ -179,7 +222,12 @@ async def create_channel(request: web.Request) -> web.Response:
 
 
 @routes.route(
-    "GET", "/v1/channels", summary="List channels, newest first", tag="channels", response=ListOut, params=PAGE_PARAMS
+    "GET",
+    "/v1/channels",
+    summary="List channels, newest first",
+    tag="channels",
+    response=ListOut,
+    params=page_params("channel"),
 )
 async def list_channels(request: web.Request) -> web.Response:
     check_query(request, ("limit", "starting_after"))

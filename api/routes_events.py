@@ -30,6 +30,7 @@ routes = RouteTable()
 PAGE = 500
 MAX_LIST = 1000
 _SEQ = re.compile(r"[0-9]{1,15}")
+MAX_SEQ = 10**15 - 1
 
 
 def event_json(ev: Event) -> dict[str, object]:
@@ -44,12 +45,15 @@ def event_json(ev: Event) -> dict[str, object]:
 
 
 def _after_seq(request: web.Request) -> int:
-    raw = single(request, "after_seq")
-    param = "after_seq"
-    if raw is None:
-        raw, param = request.headers.get("Last-Event-ID"), "Last-Event-ID"
-    if raw is None or raw == "":
-        return 0
+    """``after_seq`` if given, else ``Last-Event-ID``; both are checked when both are sent."""
+    query = _seq(single(request, "after_seq"), "after_seq")
+    header = _seq(request.headers.get("Last-Event-ID"), "Last-Event-ID")
+    return query if query is not None else (header or 0)
+
+
+def _seq(raw: str | None, param: str) -> int | None:
+    if raw is None or (raw == "" and param == "Last-Event-ID"):
+        return None
     if not _SEQ.fullmatch(raw):
         raise InvalidRequest(f"{param} must be a non-negative integer below 10^15", param=param)
     return int(raw)
@@ -70,8 +74,13 @@ def _wants_json(request: web.Request) -> bool:
     content_types=("text/event-stream", "application/json"),
     params=(
         ID,
-        Param("after_seq", "Only events with a larger seq", {"type": "integer", "minimum": 0}),
-        Param("Last-Event-ID", "SSE resume point (same as after_seq)", where="header"),
+        Param("after_seq", "Only events with a larger seq", {"type": "integer", "minimum": 0, "maximum": MAX_SEQ}),
+        Param(
+            "Last-Event-ID",
+            "SSE resume point (same as after_seq; empty means from the start)",
+            {"type": "string", "pattern": "^[0-9]{0,15}$"},
+            where="header",
+        ),
     ),
 )
 async def run_events(request: web.Request) -> web.StreamResponse:

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
+from api.join import UNSERVED_CHANNELS
 from api.openapi import Param, RouteTable
 from api.params import check_query, page, parse_body, path_id, single
-from api.routes_catalog import ID, PAGE_PARAMS
+from api.routes_catalog import ID, page_params
 from api.schemas import ListOut, RunIn, RunOut
-from api.state import ORG_ID, STATE, AppState
+from api.state import KEY_ID, ORG_ID, STATE, AppState
 from runtime.analysis import analyse, collect_responses, latency_summary
 from runtime.errors import Conflict, InvalidRequest, NotFound
 from runtime.ids import is_id
 from runtime.serialize import blueprint_json, channel_json, iso, message_json, run_json, session_json
 from runtime.storage import RunFilter
+from runtime.storage.database import Transaction
 from runtime.storage.jobs import JobStatus
 from runtime.transcript import MEDIA_TYPES, TranscriptFormat, render_transcript
 from runtime.types import EndReason, Participant, Run, RunStatus
@@ -26,8 +29,13 @@ EXPANDABLE = ("blueprint", "channel", "connector", "sessions", "transcript", "re
 
 
 def _expansions(request: web.Request) -> set[str]:
+    return parse_expand(request.query.getall("expand", []))
+
+
+def parse_expand(values: list[str]) -> set[str]:
+    """``expand`` values (each may be comma-separated); an unknown one is a 400 naming it."""
     wanted: set[str] = set()
-    for raw in request.query.getall("expand", []):
+    for raw in values:
         for value in raw.split(","):
             value = value.strip()
             if value not in EXPANDABLE:
@@ -102,8 +110,15 @@ async def _result(state: AppState, run: Run) -> dict[str, Any]:
 async def create_run(request: web.Request) -> web.Response:
     check_query(request, ())
     state = request.app[STATE]
-    org_id = request[ORG_ID]
     body = await parse_body(request, RunIn)
+    run = await new_run(state, request[ORG_ID], body)
+    return web.json_response(await render_run(state, run), status=201)
+
+
+async def new_run(
+    state: AppState, org_id: str, body: RunIn, *, also: Callable[[Transaction, str], None] | None = None
+) -> Run:
+    """Create a run as ``POST /v1/runs`` does (the MCP tool and study links too; ``also`` writes beside it)."""
     if not is_id(body.blueprint_id, "blueprint"):
         raise NotFound(f"No blueprint {body.blueprint_id!r}", param="blueprint_id")
     try:
@@ -113,11 +128,17 @@ async def create_run(request: web.Request) -> web.Response:
     if body.channel_id is not None:
         if not is_id(body.channel_id, "channel"):
             raise NotFound(f"No channel {body.channel_id!r}", param="channel_id")
-        await state.store.catalog.get_channel(org_id, body.channel_id)
+        channel = await state.store.catalog.get_channel(org_id, body.channel_id)
+        if channel.type in UNSERVED_CHANNELS:
+            raise Conflict(
+                f"Channel {channel.id} is a {channel.type.value} channel: {UNSERVED_CHANNELS[channel.type]}; "
+                "use a chat or webrtc_voice channel",
+                param="channel_id",
+            )
     else:
         raise NotFound(f"No connector {body.connector_id!r}", param="connector_id")
     p = body.participant
-    run = await state.store.runs.create_run(
+    return await state.store.runs.create_run(
         org_id,
         blueprint_id=body.blueprint_id,
         blueprint_version=version,
@@ -126,8 +147,8 @@ async def create_run(request: web.Request) -> web.Response:
         participant=Participant(p.external_id, p.name, p.email, p.metadata),
         metadata=body.metadata,
         join_window_s=state.config.scaled(state.config.join_window_s),
+        also=also,
     )
-    return web.json_response(await render_run(state, run), status=201)
 
 
 @routes.route(
@@ -137,7 +158,7 @@ async def create_run(request: web.Request) -> web.Response:
     tag="runs",
     response=ListOut,
     params=(
-        *PAGE_PARAMS,
+        *page_params("run"),
         Param("blueprint_id", "Only runs of this blueprint"),
         Param("status", "Only runs with this status", {"type": "string", "enum": [s.value for s in RunStatus]}),
         Param("metadata[key]", "Only runs whose metadata has this key with this value"),
@@ -204,14 +225,46 @@ async def get_run(request: web.Request) -> web.Response:
 async def cancel_run(request: web.Request) -> web.Response:
     check_query(request, ())
     state = request.app[STATE]
-    run = await _run_of(request)
+    ended = await cancel(state, await _run_of(request))
+    return web.json_response(await render_run(state, ended))
+
+
+async def cancel(state: AppState, run: Run) -> Run:
+    """End a run as cancelled (a live participant is told); 409 if it had already ended."""
     if run.status.is_terminal:
         raise Conflict(f"Run {run.id} has already ended ({run.status.value})")
     ended = await state.live.end(run, EndReason.CANCELLED)
     if ended is None:
         latest = await state.store.runs.get_run(run.id)
         raise Conflict(f"Run {run.id} has already ended ({latest.status.value})")
-    return web.json_response(await render_run(state, ended))
+    return ended
+
+
+@routes.route(
+    "DELETE",
+    "/v1/runs/{id}",
+    summary="Erase a participant's data (transcript, recording, analysis, responses); the run stays as a tombstone",
+    tag="runs",
+    response=RunOut,
+    errors=(404,),
+    params=(ID,),
+)
+async def delete_run(request: web.Request) -> web.Response:
+    """A run in progress is cancelled first. Erasing an erased run again changes nothing (and answers the same)."""
+    check_query(request, ())
+    state = request.app[STATE]
+    run = await erase(state, await _run_of(request), by=request[KEY_ID])
+    return web.json_response(await render_run(state, run))
+
+
+async def erase(state: AppState, run: Run, *, by: str) -> Run:
+    """Erase a run's data (ending it first if it is live); its recording file goes after the commit."""
+    if not run.status.is_terminal:
+        await state.live.end(run, EndReason.CANCELLED)
+    if await state.store.erasure.erase(run.id, by=by):
+        state.voice.recordings.finish(run.id)
+        state.voice.recordings.path(run.id).unlink(missing_ok=True)
+    return await state.store.runs.get_run(run.id)
 
 
 @routes.route(
@@ -230,7 +283,8 @@ async def cancel_run(request: web.Request) -> web.Response:
 )
 async def get_transcript(request: web.Request) -> web.Response:
     check_query(request, ("format",))
-    raw = single(request, "format") or "json"
+    raw = single(request, "format")
+    raw = "json" if raw is None else raw
     try:
         fmt = TranscriptFormat(raw)
     except ValueError:

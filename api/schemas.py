@@ -3,23 +3,45 @@
 Request models forbid unknown fields, so a typo is a 400 naming the field
 instead of a silently ignored setting. Bounds on channel settings are the
 documented limits (docs/api.md).
+
+The document must say exactly what the server accepts (an outside fuzzer,
+schemathesis, holds the two to each other): integers are JSON integers (not
+``true``, not ``"5"``; ``5.0`` is one), booleans are ``true``/``false``, text that
+must say something has a non-space character (:data:`api.errors.NOT_BLANK`), and metadata declares
+its key pattern and limits. Strings are taken as sent, not stripped: a stripped
+string would no longer be the one the document's length limits were checked on.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from typing import Annotated, Any, Literal
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
+from api.errors import EMAIL, NOT_BLANK
 from runtime.types import ChannelType, EndReason, InterviewerType, MessageRole, RunStatus, SessionStatus, SessionType
 
 _META_KEY = re.compile(r"^[A-Za-z0-9_.\-]{1,40}$")
 MAX_METADATA_KEYS = 50
 MAX_METADATA_VALUE = 500
+
+
+META_KEY_PATTERN = r"^[A-Za-z0-9_.\-]{1,40}$"
 
 
 def _check_metadata(value: dict[str, str]) -> dict[str, str]:
@@ -33,27 +55,77 @@ def _check_metadata(value: dict[str, str]) -> dict[str, str]:
     return value
 
 
-Metadata = Annotated[dict[str, str], AfterValidator(_check_metadata)]
+Metadata = Annotated[
+    dict[str, str],
+    AfterValidator(_check_metadata),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "maxProperties": MAX_METADATA_KEYS,
+            "propertyNames": {"pattern": META_KEY_PATTERN},
+            "additionalProperties": {"type": "string", "maxLength": MAX_METADATA_VALUE},
+            "description": f"String values; at most {MAX_METADATA_KEYS} keys of 1-40 letters, digits, '_', '.', '-'",
+        }
+    ),
+]
+
+
+def _json_integer(value: object) -> object:
+    """A JSON integer: a bool or a numeric string is not one (pydantic's lax mode takes both); 5.0 is."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be an integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be a whole number")
+        return int(value)
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+
+
+def int_schema(minimum: int, maximum: int) -> WithJsonSchema:
+    """For a bounded :data:`JsonInt` that may be null: inside ``| None`` pydantic writes its ``ge``/``le``
+    keywords into the schema untranslated, so the bounds are stated here (beside ``Field(ge=, le=)``)."""
+    return WithJsonSchema({"type": "integer", "minimum": minimum, "maximum": maximum})
+
+
+def _json_number(value: object) -> object:
+    """A JSON number: not a bool, not a numeric string."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a number")
+    return value
+
+
+JsonNumber = Annotated[float, BeforeValidator(_json_number)]
+JsonBool = Annotated[bool, Field(strict=True)]
+
+
+Name = Annotated[str, Field(min_length=1, max_length=200, pattern=NOT_BLANK)]
+Utterance = Annotated[str, Field(min_length=1, max_length=2000, pattern=NOT_BLANK)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid")
 
 
 # --- blueprints --------------------------------------------------------------
 
 
+QUESTION_ID_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"
+
+
 class QuestionIn(Strict):
-    id: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,64}$", description="Stable id, used in responses and messages")
-    text: str = Field(min_length=1, max_length=2000)
-    probes: list[Annotated[str, Field(min_length=1, max_length=2000)]] = Field(
+    id: str = Field(pattern=QUESTION_ID_PATTERN, description="Stable id, used in responses and messages")
+    text: Utterance
+    probes: list[Utterance] = Field(
         default_factory=list, max_length=10, description="Follow-ups the researcher wrote (scripted: asked in order)"
     )
-    max_probes: int = Field(1, ge=0, le=5, description="At most this many follow-ups on this question")
+    max_probes: JsonInt = Field(1, ge=0, le=5, description="At most this many follow-ups on this question")
     objective: str | None = Field(
         None, min_length=1, max_length=2000, description="What the researcher wants to learn; follow-ups aim at it"
     )
-    verbatim: bool = Field(True, description="Ask word for word; false lets the AI interviewer adapt the wording")
+    verbatim: JsonBool = Field(True, description="Ask word for word; false lets the AI interviewer adapt the wording")
     probe_instructions: str | None = Field(None, min_length=1, max_length=2000, description="How to follow up")
 
 
@@ -64,7 +136,7 @@ class InterviewerIn(Strict):
     avoid: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
         default_factory=list, max_length=30, description="Topics never to raise"
     )
-    temperature: float = Field(0.3, ge=0.0, le=2.0)
+    temperature: JsonNumber = Field(0.3, ge=0.0, le=2.0)
 
 
 MAX_RESULT_SCHEMA_BYTES = 32 * 1024
@@ -86,22 +158,48 @@ def _check_result_schema(value: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 class BlueprintIn(Strict):
-    name: str = Field(min_length=1, max_length=200)
-    greeting: str = Field(min_length=1, max_length=2000)
-    questions: list[QuestionIn] = Field(min_length=1, max_length=100)
-    closing: str = Field(min_length=1, max_length=2000)
+    name: Name
+    greeting: Utterance
+    questions: list[QuestionIn] = Field(
+        min_length=1, max_length=100, description="Question ids must be unique within the blueprint"
+    )
+    closing: Utterance
     language: str = Field("en", pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
     interviewer: InterviewerIn = Field(default_factory=InterviewerIn)
     result_schema: Annotated[dict[str, Any] | None, AfterValidator(_check_result_schema)] = Field(
         None, description="JSON Schema (2020-12) of the structured result extracted from each finished interview"
     )
 
-    @model_validator(mode="after")
-    def _unique_ids(self) -> BlueprintIn:
-        ids = [q.id for q in self.questions]
-        if len(set(ids)) != len(ids):
-            raise ValueError("question ids must be unique")
-        return self
+    @field_validator("questions")
+    @classmethod
+    def _unique_ids(cls, questions: list[QuestionIn]) -> list[QuestionIn]:
+        seen: set[str] = set()
+        for q in questions:
+            if q.id in seen:
+                raise ValueError(f"question ids must be unique; {q.id!r} is used twice")
+            seen.add(q.id)
+        return questions
+
+
+def _partial(model: type[BaseModel], name: str) -> type[BaseModel]:
+    """The same fields, none required: what a JSON merge patch (RFC 7396) may carry.
+
+    Derived rather than written out, so a field added to the blueprint can be patched too. The patch
+    is checked against this (unknown fields, types, limits), then the merged document against the
+    full model. Only a field with a default may be null (removed, so it takes its default again):
+    removing a required one could never make a valid blueprint.
+    """
+    fields: dict[str, Any] = {}
+    for field_name, info in model.model_fields.items():
+        annotation = info.annotation if info.is_required() else info.annotation | None  # type: ignore[operator]
+        optional = copy.copy(info)
+        optional.default, optional.default_factory = None, None
+        fields[field_name] = (annotation, optional)
+    doc = f"A JSON merge patch (RFC 7396) of {model.__name__}: members given replace, null removes (defaulted)."
+    return create_model(name, __base__=Strict, __doc__=doc, **fields)
+
+
+BlueprintPatch = _partial(BlueprintIn, "BlueprintPatch")
 
 
 class QuestionOut(BaseModel):
@@ -144,19 +242,21 @@ class BlueprintOut(BaseModel):
 
 
 class ChannelSettingsIn(Strict):
-    recording: bool = False
-    max_duration_s: int = Field(1800, ge=10, le=43200, description="Run length limit, from the first session's start")
-    idle_timeout_s: int = Field(120, ge=5, le=3600, description="Participant silence before the run ends")
-    eos_silence_ms: int = Field(500, ge=200, le=3000, description="Voice: silence that ends the participant's turn")
-    min_interruption_ms: int = Field(
+    recording: JsonBool = False
+    max_duration_s: JsonInt = Field(
+        1800, ge=10, le=43200, description="Run length limit, from the first session's start"
+    )
+    idle_timeout_s: JsonInt = Field(120, ge=5, le=3600, description="Participant silence before the run ends")
+    eos_silence_ms: JsonInt = Field(500, ge=200, le=3000, description="Voice: silence that ends the participant's turn")
+    min_interruption_ms: JsonInt = Field(
         400, ge=100, le=3000, description="Voice: speech that interrupts the interviewer while it speaks"
     )
-    filler_after_ms: int = Field(1500, ge=300, le=10000, description="Voice: say a filler if a reply takes longer")
+    filler_after_ms: JsonInt = Field(1500, ge=300, le=10000, description="Voice: say a filler if a reply takes longer")
 
 
 class ChannelIn(Strict):
     type: ChannelType
-    name: str = Field(min_length=1, max_length=200)
+    name: Name
     settings: ChannelSettingsIn = Field(default_factory=ChannelSettingsIn)
     metadata: Metadata = Field(default_factory=dict)
 
@@ -186,13 +286,20 @@ class ChannelOut(BaseModel):
 class ParticipantIn(Strict):
     external_id: str | None = Field(None, max_length=200)
     name: str | None = Field(None, max_length=200)
-    email: str | None = Field(None, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+    email: str | None = Field(None, max_length=320, pattern=EMAIL)
     metadata: Metadata = Field(default_factory=dict)
 
 
+def _exactly_one_of(*names: str) -> dict[str, Any]:
+    """JSON Schema for 'exactly one of these is a string' (null counts as absent, as the server reads it)."""
+    return {"oneOf": [{"required": [name], "properties": {name: {"type": "string"}}} for name in names]}
+
+
 class RunIn(Strict):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_exactly_one_of("channel_id", "connector_id"))
+
     blueprint_id: str = Field(min_length=1, max_length=64)
-    channel_id: str | None = Field(None, max_length=64)
+    channel_id: str | None = Field(None, max_length=64, description="Exactly one of channel_id and connector_id")
     connector_id: str | None = Field(None, max_length=64)
     participant: ParticipantIn = Field(default_factory=ParticipantIn)
     metadata: Metadata = Field(default_factory=dict)
@@ -326,6 +433,8 @@ class RunOut(BaseModel):
     ended_at: str | None
     duration_s: float | None
     usage: RunUsageOut
+    erased_at: str | None = Field(description="When the participant's data was erased (the run is a tombstone)")
+    erased_by: str | None = Field(description="Who asked: the API key (key_...), or retention")
     latency: dict[str, StageStats] = Field(description="p50/p95 per latency stage over assistant messages (ms)")
     blueprint: BlueprintOut | None = Field(None, description="With expand=blueprint (the pinned version)")
     channel: ChannelOut | None = Field(None, description="With expand=channel")
@@ -352,10 +461,16 @@ class ListOut(BaseModel):
     has_more: bool
 
 
+class ErrorDetail(BaseModel):
+    param: str | None = Field(description="The field, as a dotted path (questions.0.text)")
+    message: str
+
+
 class ErrorBody(BaseModel):
     type: str
     message: str
     param: str | None
+    details: list[ErrorDetail] | None = Field(None, description="Validation errors: every problem found")
 
 
 class ErrorOut(BaseModel):

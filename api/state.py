@@ -11,6 +11,7 @@ from api.jobs import JobRunner
 from api.live import LiveRuns
 from api.loop_lag import LoopLagMonitor
 from api.voice import VoiceServices
+from api.webhooks import AddressGuard, DeliveryWorker
 from runtime.events import EventHub
 from runtime.storage import Store
 
@@ -23,6 +24,8 @@ class AppState:
     live: LiveRuns
     voice: VoiceServices
     loop_lag: LoopLagMonitor
+    webhook_guard: AddressGuard
+    webhooks: DeliveryWorker
     jobs: JobRunner
 
     def join_url(self, token: str) -> str:
@@ -31,3 +34,4 @@ class AppState:
 
 STATE = web.AppKey("vivavoce_state", AppState)
 ORG_ID = web.RequestKey("vivavoce_org_id", str)  # set by the auth middleware
+KEY_ID = web.RequestKey("vivavoce_key_id", str)  # the API key that made the request (key_...), for the record

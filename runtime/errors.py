@@ -6,9 +6,10 @@
     ├── NotFound          the object does not exist, or belongs to another organization
     ├── Conflict          the object exists but is in the wrong state for this request
     ├── InvalidRequest    the request is malformed (bad cursor, both ids, unknown value)
+    │   └── UnsupportedMediaType  the body is of a type that cannot be JSON (415)
     └── StorageUnavailable  the database could not be written (disk gone, file unopenable): nothing was stored
 
-The API maps them to 404, 409, 400 and 503 with the same JSON error shape.
+The API maps them to 404, 409, 400 (415) and 503 with the same JSON error shape.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ class VivavoceError(Exception):
     status = 500
     type = "internal_error"
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, param: str | None = None, details: list[dict[str, str | None]] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.details = details  # every problem found ({param, message}), when there was more than one to say
 
 
 class NotFound(VivavoceError):
@@ -37,6 +41,11 @@ class Conflict(VivavoceError):
 class InvalidRequest(VivavoceError):
     status = 400
     type = "invalid_request"
+
+
+class UnsupportedMediaType(InvalidRequest):
+    status = 415
+    type = "unsupported_media_type"
 
 
 class StorageUnavailable(VivavoceError):

@@ -30,6 +30,10 @@ PREFIXES = {
     "message": "msg",
     "job": "job",
     "worker": "wrk",
+    "webhook": "wh",
+    "webhook_delivery": "whd",
+    "study_link": "sl",
+    "issue": "iss",
 }
 ID_RE = re.compile(r"^(" + "|".join(PREFIXES.values()) + r")_[0-9a-hjkmnp-tv-z]{26}$")
 
@@ -57,6 +61,11 @@ def new_id(kind: str, *, now: float | None = None) -> str:
     return f"{PREFIXES[kind]}_{_encode(ms, 10)}{_encode(rand, 16)}"
 
 
+def id_pattern(kind: str) -> str:
+    """The regular expression an id of ``kind`` matches (for documents that describe ids)."""
+    return f"^{PREFIXES[kind]}_[0-9a-hjkmnp-tv-z]{{26}}$"
+
+
 def is_id(value: str, kind: str) -> bool:
     return value.startswith(PREFIXES[kind] + "_") and ID_RE.match(value) is not None
 
@@ -64,6 +73,10 @@ def is_id(value: str, kind: str) -> bool:
 def new_join_token() -> str:
     """The participant's only credential: 192 random bits, URL-safe."""
     return secrets.token_urlsafe(24)
+
+
+def new_webhook_secret() -> str:
+    return "whsec_" + secrets.token_urlsafe(32)
 
 
 def new_api_key() -> str:

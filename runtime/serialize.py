@@ -145,6 +145,8 @@ def run_json(run: Run, *, join_url: str) -> dict[str, Any]:
             **dataclasses.asdict(run.usage),
             "cost_usd": None if run.usage.cost_usd is None else round(run.usage.cost_usd, 8),
         },
+        "erased_at": iso(run.erased_at),
+        "erased_by": run.erased_by,
     }
 
 

@@ -133,6 +133,7 @@ class EventType(StrEnum):
     RUN_FAILED = "run.failed"
     RUN_CANCELLED = "run.cancelled"
     RUN_RESULT_READY = "run.result_ready"  # the analysis job finished: summary (and result) stored
+    RUN_ERASED = "run.erased"  # the participant's data was deleted; the run is kept as a tombstone
 
     @classmethod
     def for_terminal(cls, status: RunStatus) -> EventType:
@@ -148,7 +149,7 @@ TERMINAL_EVENTS = frozenset({EventType.RUN_COMPLETED, EventType.RUN_FAILED, Even
 
 def is_last_event(event: Event) -> bool:
     """A run's last event: ``run.result_ready``, or the end of a run that never started (nothing to analyse)."""
-    if event.type is EventType.RUN_RESULT_READY:
+    if event.type in (EventType.RUN_RESULT_READY, EventType.RUN_ERASED):
         return True
     return event.type in TERMINAL_EVENTS and event.data.get("started_at") is None
 
@@ -298,10 +299,14 @@ class Run:
     last_seq: int
     usage: RunUsage = field(default_factory=RunUsage)
     analysed_at: float | None = None  # when the analysis job stored its summary (and result)
+    erased_at: float | None = None  # the participant's data was deleted then (a tombstone since)
+    erased_by: str | None = None  # the API key that asked (key_...), or "retention"
 
     @property
     def settled(self) -> bool:
-        """Nothing more will happen to it: ended, and analysed if an interview took place."""
+        """Nothing more will happen to it: ended, and analysed if an interview took place (or erased)."""
+        if self.erased_at is not None:
+            return True
         return self.status.is_terminal and (self.started_at is None or self.analysed_at is not None)
 
 

@@ -129,8 +129,11 @@
     document.getElementById("runs-view").hidden = false;
     const limit = params.get("limit") || String(PAGE_SIZE);
     const query = new URLSearchParams({ limit });
+    const blueprint = BLUEPRINT_ID.test(params.get("blueprint_id") || "") ? params.get("blueprint_id") : "";
     if (status) query.set("status", status);
     if (after) query.set("starting_after", after);
+    if (blueprint) query.set("blueprint_id", blueprint);
+    showStudyExports(blueprint, status);
     const page = await api("/v1/runs?" + query.toString());
     const tbody = document.querySelector("#runs tbody");
     if (page.data.length === 0) {
@@ -142,6 +145,7 @@
     first.hidden = !after;
     const firstQuery = new URLSearchParams();
     if (status) firstQuery.set("status", status);
+    if (blueprint) firstQuery.set("blueprint_id", blueprint);
     if (params.has("limit")) firstQuery.set("limit", limit);
     first.href = firstQuery.size ? `/console?${firstQuery}` : "/console";
     const next = document.getElementById("next-page");
@@ -155,6 +159,34 @@
     const shown = `${count} run${count === 1 ? "" : "s"} shown${status ? ` with status ${words(status)}` : ""}`;
     document.getElementById("runs-count").textContent = `${shown}, newest first${page.has_more ? "; more on the next page" : ""}.`;
     say("");
+  }
+
+  // A blueprint's runs (?blueprint_id=bp_…): the study-level exports of GET /v1/blueprints/{id}/responses and
+  // /transcripts.zip, with the same status filter.
+  const BLUEPRINT_ID = /^bp_[0-9a-z]{26}$/;
+  const STUDY_EXPORTS = [
+    ["responses", "csv", "Answers (CSV)"],
+    ["responses", "xlsx", "Answers (Excel)"],
+    ["responses", "jsonl", "Answers (JSON Lines)"],
+    ["transcripts.zip", "txt", "All transcripts (zip)"],
+    ["transcripts.zip", "txt&recordings=true", "All transcripts and recordings (zip)"],
+  ];
+
+  function showStudyExports(blueprint, status) {
+    const section = document.getElementById("study-exports");
+    const hidden = document.getElementById("blueprint-filter");
+    section.hidden = !blueprint;
+    hidden.disabled = !blueprint;
+    hidden.value = blueprint;
+    if (!blueprint) return;
+    const base = `/v1/blueprints/${encodeURIComponent(blueprint)}/`;
+    const filter = status ? `&status=${encodeURIComponent(status)}` : "";
+    const items = STUDY_EXPORTS.map(([what, format, label]) => {
+      const file = what === "responses" ? `${blueprint}-responses.${format}` : `${blueprint}-transcripts.zip`;
+      const link = el("a", { href: `${base}${what}?format=${format}${filter}`, download: file, class: "button" }, label);
+      return el("li", {}, link);
+    });
+    document.getElementById("study-downloads").replaceChildren(...items);
   }
 
   // --- one run ------------------------------------------------------------------------------------
@@ -186,7 +218,10 @@
     fact(facts, "Duration", formatDuration(run.duration_s));
     fact(facts, "Created", timeNode(run.created_at));
     fact(facts, "Started", timeNode(run.started_at));
-    if (run.blueprint) fact(facts, "Blueprint", `${run.blueprint.name} (version ${run.blueprint_version})`);
+    if (run.blueprint) {
+      const study = el("a", { href: `/console?blueprint_id=${encodeURIComponent(run.blueprint_id)}` }, "its runs and exports");
+      fact(facts, "Blueprint", el("span", {}, `${run.blueprint.name} (version ${run.blueprint_version}), `, study));
+    }
     if (run.channel) fact(facts, "Channel", `${run.channel.name} (${words(run.channel.type)})`);
     const who = run.blueprint && run.blueprint.interviewer;
     if (who) {

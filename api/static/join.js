@@ -236,6 +236,23 @@
     setStatus("Interview ended");
     updateComposer();
     ui.end.focus();
+    followStudyRedirect();
+  }
+
+  // A run made from a study link sends its participant back to the panel (their completion URL) when it ends.
+  const REDIRECT_AFTER_MS = 3000;
+
+  async function followStudyRedirect() {
+    let info = null;
+    try {
+      info = await fetchInfo();
+    } catch (_) {
+      return;
+    }
+    const url = info && info.redirect_url;
+    if (!url || !/^https?:\/\//.test(url)) return;
+    ui.endText.textContent += " Taking you back to the study…";
+    setTimeout(() => location.assign(url), REDIRECT_AFTER_MS);
   }
 
   function onError(frame) {
@@ -737,6 +754,7 @@
     if (voice.ended) return;
     teardownVoice();
     showVoiceEnd(END_TEXT[reason] || END_TEXT[status] || "The interview is over. Thank you.", "");
+    followStudyRedirect();
   }
 
   function showVoiceEnd(text, hint) {

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from runtime.storage.catalog import Catalog
 from runtime.storage.database import Database
+from runtime.storage.erasure import Erasure
 from runtime.storage.runs import NewMessage, RunFilter, RunStore
+from runtime.storage.study_links import StudyLinks
+from runtime.storage.webhooks import WebhookStore
 
-__all__ = ["Catalog", "Database", "NewMessage", "RunFilter", "RunStore", "Store"]
+__all__ = ["Catalog", "Database", "NewMessage", "RunFilter", "RunStore", "Store", "WebhookStore"]
 
 
 class Store:
@@ -19,6 +22,9 @@ class Store:
         self.db = Database(url, synchronous=synchronous)
         self.catalog = Catalog(self.db)
         self.runs = RunStore(self.db)
+        self.webhooks = WebhookStore(self.db)
+        self.erasure = Erasure(self.db)
+        self.study_links = StudyLinks(self.db)
 
     async def open(self) -> None:
         await self.db.create_schema()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, func, select, update
 
 from runtime.errors import Conflict, NotFound
 from runtime.ids import hash_secret, new_api_key, new_id
@@ -59,6 +60,15 @@ def content_from_json(d: JSON) -> BlueprintContent:
     )
 
 
+@dataclass(frozen=True)
+class Organization:
+    id: str
+    name: str
+    created_at: float
+    api_keys: int
+    retention_days: int | None = None
+
+
 def _channel(row: Any) -> Channel:
     s = row.settings
     return Channel(
@@ -100,6 +110,27 @@ class Catalog:
         await self.db.write(write)
         return org_id
 
+    async def list_organizations(self) -> list[Organization]:
+        """Every organization, oldest first, with how many API keys each has."""
+        keys = select(t.api_keys.c.org_id, func.count().label("n")).group_by(t.api_keys.c.org_id).subquery()
+        query = (
+            select(t.organizations, func.coalesce(keys.c.n, 0).label("keys"))
+            .outerjoin(keys, keys.c.org_id == t.organizations.c.id)
+            .order_by(t.organizations.c.created_at, t.organizations.c.id)
+        )
+        async with self.db.read() as conn:
+            rows = list(await conn.execute(query))
+        return [Organization(r.id, r.name, r.created_at, r.keys, r.retention_days) for r in rows]
+
+    async def find_organization(self, id_or_name: str) -> Organization | None:
+        """An organization by id, or by name if exactly one has it."""
+        orgs = await self.list_organizations()
+        by_id = [o for o in orgs if o.id == id_or_name]
+        if by_id:
+            return by_id[0]
+        by_name = [o for o in orgs if o.name == id_or_name]
+        return by_name[0] if len(by_name) == 1 else None
+
     async def create_api_key(self, org_id: str) -> str:
         """Create a key and return the secret; only its hash is stored."""
         secret = new_api_key()
@@ -117,6 +148,11 @@ class Catalog:
 
         await self.db.write(write)
         return secret
+
+    async def key_for(self, secret: str) -> tuple[str, str] | None:
+        """(organization id, key id) of an API key, if it is one."""
+        rows = await self.db.fetch("SELECT org_id, id FROM api_keys WHERE key_hash = ?", (hash_secret(secret),))
+        return (str(rows[0][0]), str(rows[0][1])) if rows else None
 
     async def org_for_key(self, secret: str) -> str | None:
         async with self.db.read() as conn:

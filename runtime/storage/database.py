@@ -44,6 +44,7 @@ import json
 import logging
 import queue
 import secrets
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -265,6 +266,7 @@ class Database:
                     cur.execute(f"PRAGMA synchronous={mode}")
                     cur.execute("PRAGMA foreign_keys=ON")
                     cur.execute("PRAGMA busy_timeout=10000")
+                    cur.execute("PRAGMA secure_delete=ON")  # erased data is overwritten, not left in free pages
                     cur.close()
 
             # pysqlite's own transaction handling breaks SAVEPOINT: take it over (SQLAlchemy's documented recipe)
@@ -285,6 +287,22 @@ class Database:
     async def create_schema(self) -> None:
         """Bring the schema to the newest migration (a new database is created from the migrations)."""
         await asyncio.to_thread(migrations.upgrade, self.sync_engine)
+
+    async def checkpoint(self) -> None:
+        """SQLite: copy the write-ahead log into the database and empty it, so that the page images it kept
+        of deleted rows (an erasure's) are gone from the disk too. A no-op on other databases."""
+        path = make_url(self.url).database
+        if self.sync_engine.dialect.name != "sqlite" or path in (None, "", ":memory:"):
+            return
+
+        def run() -> None:
+            conn = sqlite3.connect(str(path), timeout=10)
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            finally:
+                conn.close()
+
+        await asyncio.to_thread(run)
 
     async def follow_other_processes(self, hub: EventHub) -> None:
         """Publish to ``hub`` the events other processes commit (PostgreSQL; on SQLite there are none)."""

@@ -2,14 +2,15 @@
 
 Every state change writes its event(s) in the same transaction, numbered from
 the run's ``last_seq`` counter, so a run's events are gapless from 1 and each
-one is committed before any listener hears of it.
+one is committed before any listener hears of it. The webhook deliveries of an
+event (:mod:`runtime.storage.webhooks`) are written beside it, in that transaction.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from runtime.errors import NotFound
 from runtime.ids import new_id, new_join_token
 from runtime.serialize import message_json, remember_text, run_event_json, session_json
 from runtime.storage import schema as t
+from runtime.storage import webhooks
 from runtime.storage.database import Database, Transaction
 from runtime.storage.jobs import ANALYSIS, add_job, complete_job
 from runtime.types import (
@@ -41,6 +43,7 @@ from runtime.types import (
     SessionType,
     UtteranceKind,
 )
+from runtime.webhooks import WEBHOOK_EVENT_SET
 
 
 def _run(row: Any) -> Run:
@@ -71,6 +74,8 @@ def _run_from(m: Mapping[str, Any]) -> Run:
         last_seq=m["last_seq"],
         usage=RunUsage(m["llm_calls"], m["input_tokens"], m["output_tokens"], m["cached_tokens"], m["cost_usd"]),
         analysed_at=m["analysed_at"],
+        erased_at=m.get("erased_at"),
+        erased_by=m.get("erased_by"),
     )
 
 
@@ -245,6 +250,8 @@ class RunStore:
         tx.change(_INSERT_EVENT, (run_id, seq, type.value, now, _dumps(data) if text is None else text))
         ev = Event(run_id, seq, type, now, data)
         tx.events.append(ev)
+        if type.value in WEBHOOK_EVENT_SET:  # its webhook deliveries commit with it (or not at all)
+            webhooks.enqueue(tx, ev)
         return ev
 
     async def list_events(self, run_id: str, *, after_seq: int = 0, limit: int = 1000) -> list[Event]:
@@ -270,7 +277,9 @@ class RunStore:
         participant: Participant,
         metadata: dict[str, str],
         join_window_s: float,
+        also: Callable[[Transaction, str], None] | None = None,
     ) -> Run:
+        """``also`` writes more in the same transaction (given the new run's id); if it raises, no run is made."""
         now = time.time()
         run_id = new_id("run", now=now)
 
@@ -310,6 +319,8 @@ class RunStore:
                 {"run_id": run_id, "status": RunStatus.PENDING.value, "blueprint_id": blueprint_id},
                 now,
             )
+            if also is not None:
+                also(tx, run_id)
 
         await self.db.write(write, run_id=run_id)
         return await self.get_run(run_id)
@@ -631,10 +642,14 @@ class RunStore:
         one transaction, so a result is never stored twice nor its job left pending."""
 
         def write(tx: Transaction) -> Any:
-            tx.sql(
-                "UPDATE runs SET summary = ?, result = ?, result_error = ?, analysed_at = ? WHERE id = ?",
+            stored = tx.change(
+                "UPDATE runs SET summary = ?, result = ?, result_error = ?, analysed_at = ?"
+                " WHERE id = ? AND erased_at IS NULL",
                 (_dumps(summary), _dumps(result) if result is not None else None, result_error, now, run_id),
             )
+            if not stored:  # erased while it was being analysed: nothing of it may come back
+                complete_job(tx, job_id, now)
+                return
             if usage is not None:
                 add_usage(tx, run_id, usage)
             data = {"run_id": run_id, "has_result": result is not None, "result_error": result_error}

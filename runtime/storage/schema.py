@@ -30,6 +30,7 @@ organizations = Table(
     Column("id", String, primary_key=True),
     Column("name", String, nullable=False),
     Column("created_at", Float, nullable=False),
+    Column("retention_days", Integer, nullable=True),  # ended runs' data is erased this long after (None: kept)
 )
 
 api_keys = Table(
@@ -115,7 +116,11 @@ runs = Table(
     Column("result", JSON, nullable=True),
     Column("result_error", Text, nullable=True),
     Column("analysed_at", Float, nullable=True),
+    # erasure (runtime/storage/erasure.py): the row stays as a tombstone, with who asked and when
+    Column("erased_at", Float, nullable=True),
+    Column("erased_by", String, nullable=True),
     Index("ix_runs_org_id_id", "org_id", "id"),
+    Index("ix_runs_ended_at", "ended_at"),
     Index("ix_runs_status_join_expires_at", "status", "join_expires_at"),
 )
 
@@ -189,4 +194,83 @@ jobs = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Index("ix_jobs_status_run_after", "status", "run_after"),
+)
+
+# --- webhooks (runtime/storage/webhooks.py) ---------------------------------------------------------------
+
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("org_id", String, ForeignKey("organizations.id"), nullable=False, index=True),
+    Column("url", String, nullable=False),
+    Column("events", JSON, nullable=False),
+    Column("description", String, nullable=True),
+    Column("secret", String, nullable=False),  # needed to sign every delivery, so kept (shown to the user once)
+    Column("created_at", Float, nullable=False),
+)
+
+# One row per (endpoint, event type) subscribed: the outbox insert beside every such event is an indexed join.
+webhook_subscriptions = Table(
+    "webhook_subscriptions",
+    metadata,
+    Column("endpoint_id", String, ForeignKey("webhook_endpoints.id"), primary_key=True),
+    Column("event_type", String, primary_key=True),
+    Column("org_id", String, nullable=False),
+    Index("ix_webhook_subscriptions_org_id_event_type", "org_id", "event_type"),
+)
+
+# The outbox: written in the transaction of the event it carries; (endpoint, run, seq) is one delivery, ever.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("endpoint_id", String, ForeignKey("webhook_endpoints.id"), nullable=False),
+    Column("run_id", String, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("event_type", String, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("status", String, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("locked_until", Float, nullable=True),  # a claimed delivery's lease: past it, another worker may take it
+    Column("last_status_code", Integer, nullable=True),
+    Column("last_error", String, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("delivered_at", Float, nullable=True),
+    UniqueConstraint("endpoint_id", "run_id", "seq", name="uq_webhook_deliveries_endpoint_run_seq"),
+    Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+    Index("ix_webhook_deliveries_endpoint_id_id", "endpoint_id", "id"),
+    Index("ix_webhook_deliveries_run_id", "run_id"),
+)
+
+# --- study links (runtime/storage/study_links.py) ---------------------------------------------------------
+
+study_links = Table(
+    "study_links",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("org_id", String, ForeignKey("organizations.id"), nullable=False, index=True),
+    Column("token", String, nullable=False, unique=True),  # the public link's secret part
+    Column("blueprint_id", String, ForeignKey("blueprints.id"), nullable=False),
+    Column("channel_id", String, ForeignKey("channels.id"), nullable=False),
+    Column("participant_param", String, nullable=False),
+    Column("metadata_params", JSON, nullable=False),
+    Column("max_completes", Integer, nullable=True),
+    Column("closes_at", Float, nullable=True),
+    Column("active", Boolean, nullable=False),
+    Column("completion_redirect_url", String, nullable=True),
+    Column("screenout_redirect_url", String, nullable=True),
+    Column("metadata", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+# One run per participant of a link: the primary key is what refuses the same participant twice.
+study_link_participants = Table(
+    "study_link_participants",
+    metadata,
+    Column("link_id", String, ForeignKey("study_links.id"), primary_key=True),
+    Column("external_id", String, primary_key=True),
+    Column("run_id", String, ForeignKey("runs.id"), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
 )

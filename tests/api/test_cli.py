@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import POSTGRES, ServerFactory, database_env
+from tests.conftest import POSTGRES, ServerFactory, database_env, sqlite_only
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,3 +51,57 @@ def test_serve_help_lists_the_options() -> None:
     assert shown.returncode == 0
     for option in ("--host", "--port", "--data-dir", "--database-url", "--public-url", "--join-window-s"):
         assert option in shown.stdout
+
+
+def vivavoce_in(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The command run from another directory, as a user would (the project is importable, not the cwd)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "api.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+async def test_orgs_create_and_list_and_a_key_for_the_new_org_sees_only_its_data(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    first = await server_factory(data_dir=tmp_path / "data")
+    env = database_env(tmp_path / "data")
+    made = vivavoce("orgs", "create", "Lab of Phonetics", "--data-dir", str(tmp_path / "data"), env=env)
+    assert made.returncode == 0, made.stderr
+    org_id = made.stdout.strip()
+    assert org_id.startswith("org_") and "keys create --org" in made.stderr
+    listed = vivavoce("orgs", "list", "--data-dir", str(tmp_path / "data"), env=env)
+    assert listed.returncode == 0, listed.stderr
+    rows = listed.stdout.splitlines()
+    assert rows[0].split() == ["id", "keys", "created", "(UTC)", "retention", "name"]
+    assert [r.split()[1] for r in rows[1:]] == ["1", "0"]  # the default org has the first key, the new one none
+    assert rows[-1].startswith(org_id) and rows[-1].endswith("Lab of Phonetics")
+
+    for org in (org_id, "Lab of Phonetics"):  # by id or by name
+        key = vivavoce("keys", "create", "--org", org, "--data-dir", str(tmp_path / "data"), env=env)
+        assert key.returncode == 0, key.stderr
+        status, channels = await first.request("GET", "/v1/channels", key=key.stdout.strip())
+        assert status == 200 and channels["data"] == []  # the demo channels belong to the first org
+
+
+def test_keys_create_for_an_unknown_org_says_so(empty_database_url: str, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    env = {"VIVAVOCE_DATABASE_URL": empty_database_url} if POSTGRES else {}
+    if not POSTGRES:
+        assert vivavoce("orgs", "create", "x", "--data-dir", str(data)).returncode == 1  # no database yet
+    assert vivavoce("db", "upgrade", "--data-dir", str(data), env=env).returncode == 0
+    made = vivavoce("keys", "create", "--org", "org_nope", "--data-dir", str(data), env=env)
+    assert made.returncode == 1
+    assert "no organization 'org_nope'" in made.stderr and "vivavoce orgs list" in made.stderr
+    assert "Traceback" not in made.stderr and made.stdout == ""
+
+
+@sqlite_only("the database file a command run elsewhere must not create")
+def test_data_commands_run_elsewhere_leave_no_empty_database_behind(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "somewhere"
+    elsewhere.mkdir()
+    for args in (("keys", "create"), ("orgs", "list"), ("orgs", "create", "x")):
+        made = vivavoce_in(elsewhere, *args)
+        assert made.returncode == 1, made
+        assert "no database at" in made.stderr and "--data-dir" in made.stderr and "Traceback" not in made.stderr
+    assert list(elsewhere.iterdir()) == []

@@ -94,7 +94,12 @@ BAD_REQUESTS = [
     ("POST", "/v1/blueprints", {"json": bp_with(name="x" * 201)}, "name"),
     ("POST", "/v1/blueprints", {"json": bp_with(questions=[{"id": "q1", "text": "t" * 2001}])}, "questions.0.text"),
     ("POST", "/v1/blueprints", {"json": bp_with(colour="red")}, "colour"),
-    ("POST", "/v1/blueprints", {"json": bp_with(questions=[{"id": "a", "text": "x"}, {"id": "a", "text": "y"}])}, None),
+    (
+        "POST",
+        "/v1/blueprints",
+        {"json": bp_with(questions=[{"id": "a", "text": "x"}, {"id": "a", "text": "y"}])},
+        "questions",
+    ),
     ("PATCH", "/v1/blueprints/{bp}", {"json": bp_with(questions=[])}, "questions"),
     ("PATCH", "/v1/blueprints/{bp}", {"json": bp_with(extra=1)}, "extra"),
     ("POST", "/v1/channels", {"json": {"type": "fax", "name": "n"}}, "type"),

@@ -180,6 +180,9 @@ def first_sound(lane: np.ndarray, rate: int, start: float, stop: float) -> float
     return None
 
 
+JSON_TYPE = {"Content-Type": "application/json"}
+
+
 async def test_bad_offers_are_400_and_unknown_tokens_404(voice_server: Server) -> None:
     server = voice_server
     run = await server.create_run(channel_id=server.extra["voice_channel"])
@@ -188,8 +191,10 @@ async def test_bad_offers_are_400_and_unknown_tokens_404(voice_server: Server) -
             assert resp.status == 400
             err = await resp.json()
             assert err["error"]["type"] == "invalid_request" and err["error"]["message"]
-    async with server.http.post(run["join_url"] + "/offer", data=b"{not json") as resp:
+    async with server.http.post(run["join_url"] + "/offer", data=b"{not json", headers=JSON_TYPE) as resp:
         assert resp.status == 400
+    async with server.http.post(run["join_url"] + "/offer", data=b"{not json") as resp:  # application/octet-stream
+        assert resp.status == 415
     async with server.http.post(server.url + "/join/nope/offer", json={"sdp": "v=0", "type": "offer"}) as resp:
         assert resp.status == 404
     chat_run = await server.create_run()

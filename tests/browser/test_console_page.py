@@ -365,3 +365,29 @@ async def test_an_ai_moderated_run_shows_its_model_cost_flags_and_result(
         assert await page.locator("#transcript .flag-alert").all_inner_texts() == ["manipulation"]
         await page.get_by_text("Teaches maths; lives by the sea. (written by fake-model)").wait_for()
         assert json.loads(await page.inner_text("#result-data")) == {"job": "teacher"}
+
+
+async def test_a_blueprints_runs_offer_the_study_exports(server: Server, page: Any) -> None:
+    bp = await server.create_blueprint()
+    run = await server.create_run(blueprint_id=bp)
+    await complete_chat_run(server, run)
+    other = await server.create_run()  # another blueprint's run is not listed
+    await sign_in(page, server, f"/console/runs/{run['id']}")
+    await page.get_by_role("link", name="its runs and exports").click()
+    await page.wait_for_url(f"{server.url}/console?blueprint_id={bp}")
+    await page.locator("#runs tbody tr").first.wait_for()
+    listed = await page.locator("#runs tbody tr").count()
+    assert listed == 1 and other["id"] not in await page.locator("#runs").inner_html()
+    links = page.locator("#study-downloads a")
+    assert await links.count() == 5
+    csv_href = await page.get_by_role("link", name="Answers (CSV)").get_attribute("href")
+    assert csv_href == f"/v1/blueprints/{bp}/responses?format=csv"
+    body = await page.evaluate("async (href) => (await fetch(href)).text()", csv_href)  # with the console's cookie
+    assert body.splitlines()[0].startswith("run_id,external_id,status") and run["id"] in body
+    for link in await links.all():
+        assert await fetch_status(page, await link.get_attribute("href")) == 200
+    await page.get_by_label("Status").select_option("completed")
+    await page.get_by_role("button", name="Filter").click()
+    await page.wait_for_url(f"{server.url}/console?status=completed&blueprint_id={bp}")
+    href = await page.get_by_role("link", name="All transcripts (zip)").get_attribute("href")
+    assert href == f"/v1/blueprints/{bp}/transcripts.zip?format=txt&status=completed"
