@@ -321,12 +321,15 @@ async def model_speed(args: argparse.Namespace) -> dict[str, Any]:
     ttft, rate = [], []
     try:
         for _ in range(args.samples):
-            sent, first, tokens = time.monotonic(), None, 0
+            sent, first, tokens, pieces = time.monotonic(), None, 0, 0
             async for chunk in model.stream(ChatRequest(args.llm_model, prompt, max_tokens=40), timeout=120):
-                if isinstance(chunk, TextDelta | ToolCallDelta) and first is None:
-                    first = time.monotonic()
+                if isinstance(chunk, TextDelta | ToolCallDelta):
+                    pieces += 1  # llama.cpp streams a token a chunk, and sends no usage when streaming
+                    if first is None:
+                        first = time.monotonic()
                 if isinstance(chunk, Usage):
                     tokens = chunk.output_tokens
+            tokens = tokens or pieces
             end = time.monotonic()
             if first is not None:
                 ttft.append((first - sent) * 1000)
