@@ -28,6 +28,7 @@ from api.join import TOKEN, _current, unserved
 from api.live import RunController
 from api.openapi import Param, RouteTable
 from api.params import path_id
+from api.routes_runs import with_data
 from api.routes_study_links import redirect_after
 from api.state import ORG_ID, STATE, AppState
 from api.voice import VoiceLink
@@ -164,11 +165,11 @@ async def _start_session(state: AppState, link: VoiceLink, controller: RunContro
 
 
 @routes.route("GET", "/v1/runs/{id}/recording", summary="Run's stereo recording (participant left, assistant right)",
-              tag="runs", content_types=("audio/wav",), errors=(404, 409),
+              tag="runs", content_types=("audio/wav",), errors=(404, 409, 410),
               params=(Param("id", "Run id", where="path"),))  # fmt: skip
 async def get_recording(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    run = await state.store.runs.get_run(path_id(request, "run"), org_id=request[ORG_ID])
+    run = with_data(await state.store.runs.get_run(path_id(request, "run"), org_id=request[ORG_ID]), "recording")
     path = state.voice.recordings.path(run.id)
     if not path.exists():
         raise NotFound(f"Run {run.id} has no recording", param="id")

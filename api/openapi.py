@@ -143,5 +143,6 @@ _ERROR_TEXT = {
     401: "Missing or unknown API key",
     404: "Not found (or owned by another organization)",
     409: "Conflict with the object's state",
+    410: "Gone: the run's data was erased (DELETE /v1/runs/{id} or the retention period)",
     413: "Body too large",
 }

@@ -19,6 +19,7 @@ from aiohttp import web
 from api.openapi import Param, RouteTable
 from api.params import check_query, path_id, single
 from api.routes_catalog import ID
+from api.routes_runs import with_data
 from api.schemas import ListOut
 from api.state import ORG_ID, STATE
 from runtime.errors import InvalidRequest
@@ -69,7 +70,7 @@ def _wants_json(request: web.Request) -> bool:
     "/v1/runs/{id}/events",
     tag="events",
     response=ListOut,
-    errors=(404,),
+    errors=(404, 410),
     summary="Events as Server-Sent Events (resumable), or a JSON list with Accept: application/json",
     content_types=("text/event-stream", "application/json"),
     params=(
@@ -87,7 +88,7 @@ async def run_events(request: web.Request) -> web.StreamResponse:
     check_query(request, ("after_seq",))
     state = request.app[STATE]
     after = _after_seq(request)
-    run = await state.store.runs.get_run(path_id(request, "run"), org_id=request[ORG_ID])
+    run = with_data(await state.store.runs.get_run(path_id(request, "run"), org_id=request[ORG_ID]), "event log")
     after = min(after, run.last_seq)  # a resume point from the future would skip the terminal event
     if _wants_json(request):
         events = await state.store.runs.list_events(run.id, after_seq=after, limit=MAX_LIST + 1)

@@ -14,7 +14,7 @@ from api.routes_catalog import ID, page_params
 from api.schemas import ListOut, RunIn, RunOut
 from api.state import KEY_ID, ORG_ID, STATE, AppState
 from runtime.analysis import analyse, collect_responses, latency_summary
-from runtime.errors import Conflict, InvalidRequest, NotFound
+from runtime.errors import Conflict, Gone, InvalidRequest, NotFound
 from runtime.ids import is_id
 from runtime.serialize import blueprint_json, channel_json, iso, message_json, run_json, session_json
 from runtime.storage import RunFilter
@@ -190,6 +190,17 @@ async def _run_of(request: web.Request) -> Run:
     return await request.app[STATE].store.runs.get_run(path_id(request, "run"), org_id=request[ORG_ID])
 
 
+def with_data(run: Run, what: str) -> Run:
+    """The run, if its participant's data still exists: an erased run's transcript, events and recording are gone.
+
+    The run itself stays readable as a tombstone (who erased it and when); what it held answers 410, not an
+    empty 200 that would read as an interview in which nothing was said.
+    """
+    if run.erased_at is not None:
+        raise Gone(f"Run {run.id}'s {what} was erased at {iso(run.erased_at)} (by {run.erased_by})", param="id")
+    return run
+
+
 @routes.route(
     "GET",
     "/v1/runs/{id}",
@@ -272,7 +283,7 @@ async def erase(state: AppState, run: Run, *, by: str) -> Run:
     "/v1/runs/{id}/transcript",
     summary="The transcript as json, txt, vtt or srt",
     tag="runs",
-    errors=(404,),
+    errors=(404, 410),
     content_types=tuple(dict.fromkeys(MEDIA_TYPES.values())),
     params=(
         ID,
@@ -290,7 +301,7 @@ async def get_transcript(request: web.Request) -> web.Response:
     except ValueError:
         allowed = ", ".join(f.value for f in TranscriptFormat)
         raise InvalidRequest(f"unknown format {raw!r}; expected one of {allowed}", param="format") from None
-    run = await _run_of(request)
+    run = with_data(await _run_of(request), "transcript")
     messages = await request.app[STATE].store.runs.list_messages(run.id)
     text = render_transcript(fmt, run_id=run.id, run_started_at=run.started_at, messages=messages)
     ctype, _, charset = MEDIA_TYPES[fmt].partition("; charset=")

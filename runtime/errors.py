@@ -5,11 +5,12 @@
     VivavoceError
     ├── NotFound          the object does not exist, or belongs to another organization
     ├── Conflict          the object exists but is in the wrong state for this request
+    ├── Gone              the object's data was erased on purpose (an erased run's transcript, events, recording)
     ├── InvalidRequest    the request is malformed (bad cursor, both ids, unknown value)
     │   └── UnsupportedMediaType  the body is of a type that cannot be JSON (415)
     └── StorageUnavailable  the database could not be written (disk gone, file unopenable): nothing was stored
 
-The API maps them to 404, 409, 400 (415) and 503 with the same JSON error shape.
+The API maps them to 404, 409, 410, 400 (415) and 503 with the same JSON error shape.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ class NotFound(VivavoceError):
 class Conflict(VivavoceError):
     status = 409
     type = "conflict"
+
+
+class Gone(VivavoceError):
+    status = 410
+    type = "gone"
 
 
 class InvalidRequest(VivavoceError):
