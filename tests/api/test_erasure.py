@@ -49,7 +49,8 @@ async def test_delete_erases_the_participants_data_and_keeps_a_tombstone(server:
     assert got["result"]["summary"] is None and got["result"]["result"] is None
     # what the run held is gone, and says so (an empty 200 would read as an interview in which nothing was said)
     for what in ("transcript", "transcript?format=txt", "events", "recording"):
-        status, body = await server.request("GET", f"/v1/runs/{run['id']}/{what}", headers={"Accept": "application/json"})
+        path = f"/v1/runs/{run['id']}/{what}"
+        status, body = await server.request("GET", path, headers={"Accept": "application/json"})
         assert status == 410 and body["error"]["type"] == "gone", (what, body)
         assert "erased" in body["error"]["message"] and erased["erased_by"] in body["error"]["message"]
     assert not recording.exists()
