@@ -55,7 +55,17 @@ def error_response(
 SPACES = "\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"  # for [...] classes
 NOT_BLANK = f"[^{SPACES}]"
 EMAIL = f"^[^@{SPACES}]+@[^@{SPACES}]+$"
-_PATTERN_WORDS = {NOT_BLANK: "must not be blank", EMAIL: "must be an email address (name@host)"}
+# An http(s) URL a browser can follow: a host name (letters, digits, dots, hyphens), an optional port that
+# exists (0-65535), then a path, query or fragment without spaces or control characters. No credentials and no
+# IP-literal brackets: a redirect to a panel or survey platform needs neither, and a pattern-valid URL must be one
+# that every URL parser accepts ("https://[" is not).
+_PORT = "(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+WEB_URL = rf"^https?://[A-Za-z0-9_.-]+(:{_PORT})?([/?#][^{SPACES}\x00-\x1f\x7f]*)?$"
+_PATTERN_WORDS = {
+    NOT_BLANK: "must not be blank",
+    EMAIL: "must be an email address (name@host)",
+    WEB_URL: "must be an http:// or https:// URL with a host name (no spaces or credentials)",
+}
 
 
 def _plain(problem: Any) -> str:

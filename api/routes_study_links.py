@@ -25,6 +25,7 @@ from urllib.parse import quote
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, Field, field_validator
 
+from api.errors import WEB_URL
 from api.join import UNSERVED_CHANNELS, _page
 from api.openapi import Param, RouteTable
 from api.params import check_query, page, parse_body, path_id
@@ -53,7 +54,7 @@ routes = RouteTable()
 PUBLIC = "/s/{token}"
 MAX_PARTICIPANT_ID = 200
 Completes = Annotated[JsonInt, Field(ge=1, le=1_000_000), int_schema(1, 1_000_000)]
-REDIRECT_URL = Field(None, max_length=2048, pattern="^https?://", description="{run_id}, {external_id}, {status}")
+REDIRECT_URL = Field(None, max_length=2048, pattern=WEB_URL, description="{run_id}, {external_id}, {status}")
 
 
 class StudyLinkIn(Strict):

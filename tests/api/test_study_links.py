@@ -138,6 +138,9 @@ async def test_the_participant_id_parameter_is_configurable_and_required(server:
     ("fields", "status", "param"),
     [
         ({"completion_redirect_url": "javascript:alert(1)"}, 400, "completion_redirect_url"),
+        ({"completion_redirect_url": "https://[/done"}, 400, "completion_redirect_url"),  # no URL parser takes it
+        ({"screenout_redirect_url": "https://panel.example/x y"}, 400, "screenout_redirect_url"),
+        ({"screenout_redirect_url": "https://panel.example:99999/"}, 400, "screenout_redirect_url"),
         ({"participant_param": "PROLIFIC PID"}, 400, "participant_param"),
         ({"metadata_params": ["A", "A"]}, 400, "metadata_params"),
         ({"max_completes": 0}, 400, "max_completes"),
