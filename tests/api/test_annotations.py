@@ -3,6 +3,7 @@ a run's text is read (transcript exports, responses, study exports), withdrawn b
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -355,6 +356,25 @@ async def test_status_changes_follow_the_review_workflow(server: Server) -> None
     ]  # fmt: skip
     created = [e["data"]["issue"]["id"] for e in before if e["type"] == "run.issue.created"]
     assert created == [iid, rival["id"], run_issue["id"]]
+
+
+async def test_two_reviewers_approving_rival_corrections_at_once_put_one_in_force(server: Server) -> None:
+    run, transcript = await interview(server)
+    heard = said_by_participant(transcript, MISHEARD)
+    reviewer, _ = await second_key(server)
+    rivals = []
+    for words in ("I teach chemistry", "I teach physics"):
+        _, issue = await open_issue(server, run["id"], type="transcriber", message_id=heard["id"], correction=words)
+        rivals.append(issue["id"])
+    answers = await asyncio.gather(
+        change(server, run["id"], rivals[0], status="approved"),
+        change(server, run["id"], rivals[1], key=reviewer, status="approved"),
+    )
+    assert sorted(status for status, _ in answers) == [200, 409], answers
+    winner = next(body for status, body in answers if status == 200)
+    got = await server.get_run(run["id"], "transcript", "issues")
+    assert [i["id"] for i in got["issues"] if i["applied"]] == [winner["id"]]
+    assert next(m for m in got["transcript"] if m["id"] == heard["id"])["content"] == winner["correction"]
 
 
 async def test_issues_are_listed_newest_first_a_page_at_a_time_and_filtered(server: Server) -> None:
