@@ -5,7 +5,8 @@ HttpOnly, SameSite=Strict cookie (:data:`api.auth.CONSOLE_COOKIE`); the auth
 middleware accepts that cookie on ``/v1`` (state-changing methods also need the
 ``X-Requested-With`` header, see :mod:`api.auth`). The pages themselves carry no
 data: ``static/console.js`` fetches runs from ``/v1`` and builds the DOM with
-``textContent`` only, so participant text can never become markup.
+``textContent`` only, so participant text can never become markup; ``static/console-review.js``
+(a module it imports) annotates a run, opens and moves its issues, and corrects messages, the same way.
 
 Every page is sent with a Content-Security-Policy that allows nothing but this
 server (no inline scripts or styles), ``nosniff``, and ``frame-ancestors 'none'``.
@@ -31,7 +32,7 @@ from runtime.ids import is_id
 routes = RouteTable()
 
 STATIC_DIR = Path(__file__).parent / "static"
-ASSETS = {"console.js": "text/javascript", "console.css": "text/css"}
+ASSETS = {"console.js": "text/javascript", "console-review.js": "text/javascript", "console.css": "text/css"}
 CSP = (
     "default-src 'self'; img-src 'self' data:; media-src 'self'; object-src 'none'; "
     "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"

@@ -107,7 +107,7 @@ class JobRunner:
         try:
             run = await self.store.runs.get_run(job.run_id)
             content = await self.store.catalog.pinned_content(run.org_id, run.blueprint_id, run.blueprint_version)
-            responses = collect_responses(content, await self.store.runs.list_messages(run.id))
+            responses = collect_responses(content, await self.store.review.messages(run.id))
             await self.store.runs.store_analysis(
                 run.id,
                 job_id=job.id,
@@ -124,7 +124,7 @@ class JobRunner:
         assert job.run_id is not None
         run = await self.store.runs.get_run(job.run_id)
         content = await self.store.catalog.pinned_content(run.org_id, run.blueprint_id, run.blueprint_version)
-        messages = await self.store.runs.list_messages(run.id)
+        messages = await self.store.review.messages(run.id)  # a correction approved already is what was said
         outcome = await self.analyst.analyse(content, collect_responses(content, messages))
         await self.store.runs.store_analysis(
             run.id,

@@ -2,7 +2,8 @@
 
 The stream replays stored events after ``after_seq`` (or ``Last-Event-ID``),
 then follows live ones; it ends after the run's last event (``run.result_ready``, once the
-finished run has been analysed; the terminal event of a run that never started). To lose nothing
+finished run has been analysed; the terminal event of a run that never started), and after
+whatever was stored beyond it when it is replayed (a review's events). To lose nothing
 between the replay and the live part, it subscribes first, replays second, and
 drops live events it already sent; if the live queue overflows or shows a gap,
 it replays from storage again.
@@ -111,13 +112,15 @@ async def run_events(request: web.Request) -> web.StreamResponse:
             return is_last_event(ev)
 
         async def replay() -> bool:
+            """Send what is stored; True if the run's last event was among it. Stored events after the last
+            one (a review's: run.annotated, run.issue.*) are sent too before the stream ends."""
+            ended = False
             while True:
                 batch = await state.store.runs.list_events(run.id, after_seq=last, limit=PAGE)
                 for ev in batch:
-                    if await send(ev):
-                        return True
+                    ended = await send(ev) or ended
                 if len(batch) < PAGE:
-                    return False
+                    return ended
 
         try:
             if await replay() or (run.settled and last >= run.last_seq):

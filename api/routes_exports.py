@@ -7,10 +7,12 @@ page: CSV and JSON Lines are streamed as they are made; an xlsx workbook is writ
 row by row to a temporary file (constant memory) and then streamed; the zip is
 streamed entry by entry (recordings in chunks).
 
-One row per run: run and participant ids, status, end reason, times, then per
-question (of the latest version) the answer, whether it was declined and how many
-follow-ups it took, then one column per property of the blueprint's
-``result_schema`` (the analysis' structured result), when it has one.
+One row per run: run and participant ids, status, end reason, times, its
+reviewer's annotation, then per question (of the latest version) the answer,
+whether it was declined and how many follow-ups it took, then one column per
+property of the blueprint's ``result_schema`` (the analysis' structured result),
+when it has one. Answers and transcripts are as reviewed: an approved transcriber
+correction is the text (JSON shapes keep the recognised text beside it).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from api.routes_catalog import ID
 from api.state import ORG_ID, STATE, AppState
 from runtime.analysis import collect_responses
 from runtime.errors import InvalidRequest
+from runtime.review import annotation_fields
 from runtime.serialize import iso
 from runtime.storage import RunFilter
 from runtime.transcript import TranscriptFormat, render_transcript
@@ -137,9 +140,13 @@ class _Versions:
 # --- one row per run ---------------------------------------------------------------------------------------------
 
 
+FACTS = 9  # the columns before the answers: the run's facts and its annotation
+
+
 def _columns(bp: Blueprint) -> tuple[list[str], list[str]]:
     """The table's columns, and the result properties among them."""
-    columns = ["run_id", "external_id", "status", "end_reason", "created_at", "started_at", "ended_at", "duration_s"]
+    columns = ["run_id", "external_id", "status", "end_reason", "created_at", "started_at", "ended_at", "duration_s",
+               "annotation"]  # fmt: skip
     for q in bp.content.questions:
         columns += [q.id, f"{q.id}.declined", f"{q.id}.probes"]
     schema = bp.content.result_schema or {}
@@ -150,8 +157,9 @@ def _columns(bp: Blueprint) -> tuple[list[str], list[str]]:
 async def _record(state: AppState, versions: _Versions, run: Run) -> dict[str, Any]:
     """A run as its JSON Lines record: its facts, its responses, its result."""
     content = await versions.content(run.blueprint_version)
-    messages = await state.store.runs.list_messages(run.id) if run.started_at is not None else []
+    messages = await state.store.review.messages(run.id) if run.started_at is not None else []
     _summary, result, result_error, _at = await state.store.runs.analysis(run.id)
+    annotation = annotation_fields(await state.store.review.annotation(run.id))
     duration = None if run.started_at is None or run.ended_at is None else round(run.ended_at - run.started_at, 3)
     return {
         "run_id": run.id,
@@ -164,6 +172,7 @@ async def _record(state: AppState, versions: _Versions, run: Run) -> dict[str, A
         "ended_at": iso(run.ended_at),
         "duration_s": duration,
         "metadata": run.metadata,
+        **annotation,
         "responses": collect_responses(content, messages),
         "result": result,
         "result_error": result_error,
@@ -171,7 +180,7 @@ async def _record(state: AppState, versions: _Versions, run: Run) -> dict[str, A
 
 
 def _row(record: dict[str, Any], columns: list[str], props: list[str]) -> list[Any]:
-    cells: dict[str, Any] = {k: record[k] for k in columns[:8]}
+    cells: dict[str, Any] = {k: record[k] for k in columns[:FACTS]}
     for r in record["responses"]:
         cells[r["question_id"]] = r["answer"]
         cells[f"{r['question_id']}.declined"] = bool(r.get("declined", False))
@@ -316,7 +325,7 @@ async def export_transcripts(request: web.Request) -> web.StreamResponse:
     with zipfile.ZipFile(spool, "w", compression=zipfile.ZIP_DEFLATED) as archive:  # type: ignore[arg-type]
         async for runs in _runs(state, org_id, where, after, before):
             for run in runs:
-                messages = await state.store.runs.list_messages(run.id) if run.started_at is not None else []
+                messages = await state.store.review.messages(run.id) if run.started_at is not None else []
                 text = render_transcript(fmt, run_id=run.id, run_started_at=run.started_at, messages=messages)
                 archive.writestr(f"{run.id}.{fmt.value}", text)
                 await response.write(spool.take())

@@ -16,6 +16,7 @@ from api.state import KEY_ID, ORG_ID, STATE, AppState
 from runtime.analysis import analyse, collect_responses, latency_summary
 from runtime.errors import Conflict, Gone, InvalidRequest, NotFound
 from runtime.ids import is_id
+from runtime.review import RunAnnotation, annotation_fields, apply_corrections, issue_json
 from runtime.serialize import blueprint_json, channel_json, iso, message_json, run_json, session_json
 from runtime.storage import RunFilter
 from runtime.storage.database import Transaction
@@ -25,7 +26,10 @@ from runtime.types import EndReason, Participant, Run, RunStatus
 
 routes = RouteTable()
 
-EXPANDABLE = ("blueprint", "channel", "connector", "sessions", "transcript", "responses", "analysis", "result")
+EXPANDABLE = (
+    "blueprint", "channel", "connector", "sessions", "transcript", "responses", "analysis", "result", "issues",
+)  # fmt: skip
+READS_TEXT = frozenset({"transcript", "responses", "analysis"})  # what shows approved corrections
 
 
 def _expansions(request: web.Request) -> set[str]:
@@ -52,10 +56,13 @@ async def render_run(state: AppState, run: Run, expand: set[str] = frozenset()) 
     if result is not None and result["status"] == "ready":  # read again after it: the run's usage includes the
         run = await store.runs.get_run(run.id)  # analysis', stored in the same transaction as the result
     body = run_json(run, join_url=state.join_url(run.join_token))
+    body.update(annotation_fields(await store.review.annotation(run.id)))
     messages = await store.runs.list_messages(run.id) if run.started_at is not None else []  # unjoined: none
     body["latency"] = latency_summary(messages)
     if not expand:
         return body
+    if messages and expand & READS_TEXT:  # as reviewed: approved transcriber corrections in place
+        messages = apply_corrections(messages, await store.review.corrections(run.id))
     bp = await store.catalog.get_blueprint(run.org_id, run.blueprint_id, run.blueprint_version)
     sessions = await store.runs.list_sessions(run.id) if expand & {"sessions", "analysis"} else []
     if "blueprint" in expand:
@@ -76,6 +83,8 @@ async def render_run(state: AppState, run: Run, expand: set[str] = frozenset()) 
         body["analysis"] = analyse(bp.content, messages, sessions, run)
     if result is not None:
         body["result"] = result
+    if "issues" in expand:
+        body["issues"] = [issue_json(i) for i in (await store.review.issues(run.id))[0]]
     return body
 
 
@@ -162,10 +171,12 @@ async def new_run(
         Param("blueprint_id", "Only runs of this blueprint"),
         Param("status", "Only runs with this status", {"type": "string", "enum": [s.value for s in RunStatus]}),
         Param("metadata[key]", "Only runs whose metadata has this key with this value"),
+        Param("annotation", "Only runs with this annotation",
+              {"type": "string", "enum": [a.value for a in RunAnnotation]}),
     ),
-)
+)  # fmt: skip
 async def list_runs(request: web.Request) -> web.Response:
-    check_query(request, ("limit", "starting_after", "blueprint_id", "status"), prefixes=("metadata[",))
+    check_query(request, ("limit", "starting_after", "blueprint_id", "status", "annotation"), prefixes=("metadata[",))
     state = request.app[STATE]
     limit, cursor = page(request, "run")
     status_raw = single(request, "status")
@@ -180,7 +191,13 @@ async def list_runs(request: web.Request) -> web.Response:
             if not name.endswith("]") or len(name) <= len("metadata[]"):
                 raise InvalidRequest("metadata filters look like metadata[key]=value", param=name)
             metadata[name[len("metadata[") : -1]] = single(request, name) or ""
-    where = RunFilter(blueprint_id=single(request, "blueprint_id"), status=status, metadata=metadata)
+    annotation = single(request, "annotation")
+    if annotation is not None and annotation not in {a.value for a in RunAnnotation}:
+        allowed = ", ".join(a.value for a in RunAnnotation)
+        raise InvalidRequest(f"unknown annotation {annotation[:40]!r}; expected one of {allowed}", param="annotation")
+    where = RunFilter(
+        blueprint_id=single(request, "blueprint_id"), status=status, metadata=metadata, annotation=annotation
+    )
     runs, has_more = await state.store.runs.list_runs(request[ORG_ID], limit=limit, starting_after=cursor, where=where)
     data = [await render_run(state, run) for run in runs]
     return web.json_response({"object": "list", "data": data, "has_more": has_more})
@@ -302,7 +319,7 @@ async def get_transcript(request: web.Request) -> web.Response:
         allowed = ", ".join(f.value for f in TranscriptFormat)
         raise InvalidRequest(f"unknown format {raw!r}; expected one of {allowed}", param="format") from None
     run = with_data(await _run_of(request), "transcript")
-    messages = await request.app[STATE].store.runs.list_messages(run.id)
+    messages = await request.app[STATE].store.review.messages(run.id)  # with approved corrections
     text = render_transcript(fmt, run_id=run.id, run_started_at=run.started_at, messages=messages)
     ctype, _, charset = MEDIA_TYPES[fmt].partition("; charset=")
     response = web.Response(text=text, content_type=ctype, charset=charset or "utf-8")

@@ -29,6 +29,9 @@ WebhookEvent = Literal[
     "run.erased",
     "session.started",
     "session.ended",
+    "run.annotated",
+    "run.issue.created",
+    "run.issue.updated",
 ]
 assert set(WebhookEvent.__args__) == set(WEBHOOK_EVENTS)  # type: ignore[attr-defined]
 

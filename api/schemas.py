@@ -34,6 +34,7 @@ from pydantic import (
 )
 
 from api.errors import EMAIL, NOT_BLANK
+from api.review_models import IssueOut
 from runtime.types import ChannelType, EndReason, InterviewerType, MessageRole, RunStatus, SessionStatus, SessionType
 
 _META_KEY = re.compile(r"^[A-Za-z0-9_.\-]{1,40}$")
@@ -369,6 +370,10 @@ class MessageOut(BaseModel):
     generation: GenerationOut | None = Field(description="Assistant: how it was made; null for the script alone")
     usage: MessageUsageOut | None = Field(description="Assistant, from an LLM: the turn's usage (on its last message)")
     flags: list[str] = Field(description="Participant: off_topic, manipulation, abusive, distress")
+    original_content: str | None = Field(
+        description="Participant: the recognised text, when an approved correction is shown as content"
+    )
+    correction_id: str | None = Field(description="The issue (iss_...) whose approved correction is content")
 
 
 class SessionOut(BaseModel):
@@ -387,6 +392,9 @@ class ResponseOut(BaseModel):
     question_id: str
     question: str
     answer: str
+    original_answer: str | None = Field(
+        description="The answer as recognised, when approved corrections changed it; else null"
+    )
     message_ids: list[str]
     probes_asked: int
     declined: bool = Field(description="The participant chose not to answer")
@@ -435,6 +443,11 @@ class RunOut(BaseModel):
     usage: RunUsageOut
     erased_at: str | None = Field(description="When the participant's data was erased (the run is a tombstone)")
     erased_by: str | None = Field(description="Who asked: the API key (key_...), or retention")
+    annotation: Literal["correct", "incorrect", "critical"] | None = Field(
+        description="A reviewer's verdict on the run (PATCH /v1/runs/{id})"
+    )
+    annotated_by: str | None = Field(description="The API key that set the annotation")
+    annotated_at: str | None
     latency: dict[str, StageStats] = Field(description="p50/p95 per latency stage over assistant messages (ms)")
     blueprint: BlueprintOut | None = Field(None, description="With expand=blueprint (the pinned version)")
     channel: ChannelOut | None = Field(None, description="With expand=channel")
@@ -444,6 +457,7 @@ class RunOut(BaseModel):
     responses: list[ResponseOut] | None = Field(None, description="With expand=responses")
     analysis: dict[str, Any] | None = Field(None, description="With expand=analysis")
     result: ResultOut | None = Field(None, description="With expand=result: the analysis job's output")
+    issues: list[IssueOut] | None = Field(None, description="With expand=issues: every issue, newest first")
 
 
 class EventOut(BaseModel):

@@ -54,6 +54,7 @@ def collect_responses(blueprint: BlueprintContent, messages: Sequence[Message]) 
             "question_id": q.id,
             "question": q.text,
             "answer": " ".join(m.content.strip() for m in by_id[q.id]),
+            "original_answer": _original_answer(by_id[q.id]),
             "message_ids": [m.id for m in by_id[q.id]],
             "probes_asked": len(probes[q.id]),
             "declined": q.id in declined,
@@ -61,6 +62,13 @@ def collect_responses(blueprint: BlueprintContent, messages: Sequence[Message]) 
         }
         for q in blueprint.questions
     ]
+
+
+def _original_answer(answer: Sequence[Message]) -> str | None:
+    """The answer as recognised, when a reviewer's correction (runtime/review.py) changed part of it; else None."""
+    if all(m.original_content is None for m in answer):
+        return None
+    return " ".join((m.content if m.original_content is None else m.original_content).strip() for m in answer)
 
 
 def _reply_of(message: Message) -> str:

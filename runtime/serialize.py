@@ -48,6 +48,8 @@ def message_json(message: Message, run_started_at: float | None) -> dict[str, An
         "generation": generation_json(message.meta),
         "usage": message.meta.get("usage"),
         "flags": list(message.meta.get("flags", ())),
+        "original_content": message.original_content,
+        "correction_id": message.correction_id,
     }
 
 

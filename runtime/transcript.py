@@ -5,6 +5,11 @@ other formats hold only what was said aloud or typed (assistant and user
 messages), ordered by when it started, with times as offsets from the run's
 start so that cues line up with the recording.
 
+Messages come as readers see them: a participant message with an approved
+correction (runtime/review.py) shows the correction; JSON keeps the recognised
+text beside it (``original_content``) and plain text marks the line
+``[corrected]``; captions (VTT, SRT) show the corrected words alone.
+
 Cue formats are parsed line by line, so message text is cleaned before it goes
 in: a blank line would end a cue early and ``-->`` would read as a timing line.
 """
@@ -70,6 +75,7 @@ class _Line:
     start_ms: int  # offset from the run's start
     end_ms: int  # always >= start_ms
     interrupted: bool
+    corrected: bool = False  # a reviewer's approved correction is shown
 
 
 def _spoken_lines(messages: Sequence[Message], run_started_at: float | None) -> list[_Line]:
@@ -94,7 +100,8 @@ def _spoken_lines(messages: Sequence[Message], run_started_at: float | None) -> 
         else:
             gap = ms(spoken[i + 1].started_at) - start if i + 1 < len(spoken) else MAX_CUE_MS
             end = start + min(max(gap, MIN_CUE_MS), MAX_CUE_MS)
-        lines.append(_Line(SPEAKERS[m.role], _clean(m.content), start, max(end, start), m.is_interrupted))
+        corrected = m.original_content is not None
+        lines.append(_Line(SPEAKERS[m.role], _clean(m.content), start, max(end, start), m.is_interrupted, corrected))
     return lines
 
 
@@ -115,7 +122,7 @@ def _cue_safe(text: str) -> str:
 def _txt(run_id: str, lines: Sequence[_Line]) -> str:
     blocks = [f"Transcript of run {run_id}"]
     for line in lines:
-        suffix = " [interrupted]" if line.interrupted else ""
+        suffix = (" [interrupted]" if line.interrupted else "") + (" [corrected]" if line.corrected else "")
         blocks.append(f"[{_clock(line.start_ms)}] {line.speaker}: {line.text}{suffix}")
     return "\n\n".join(blocks) + "\n"
 

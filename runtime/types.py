@@ -134,6 +134,10 @@ class EventType(StrEnum):
     RUN_CANCELLED = "run.cancelled"
     RUN_RESULT_READY = "run.result_ready"  # the analysis job finished: summary (and result) stored
     RUN_ERASED = "run.erased"  # the participant's data was deleted; the run is kept as a tombstone
+    # review (runtime/review.py): after the fact, by researchers
+    RUN_ANNOTATED = "run.annotated"
+    RUN_ISSUE_CREATED = "run.issue.created"
+    RUN_ISSUE_UPDATED = "run.issue.updated"
 
     @classmethod
     def for_terminal(cls, status: RunStatus) -> EventType:
@@ -365,6 +369,10 @@ class Message:
     # How an assistant message was made (model, prompt_version, action, fallback, usage, ttft_ms) and
     # flags on a participant message (off_topic, manipulation, abusive); see docs/interviewer.md.
     meta: JSON = field(default_factory=dict)
+    # An approved transcriber correction (runtime/review.py) is read in place of ``content``, which it keeps here;
+    # never stored on the message itself (the record stays as recognised), only set on the way out to readers.
+    original_content: str | None = None
+    correction_id: str | None = None  # the issue (iss_...) whose correction this is
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ from typing import Any
 from runtime.serialize import iso
 from runtime.types import Event, StrEnum
 
-# What an endpoint can subscribe to: the run's life, its sessions, and its result (per-message events stay on
-# the run's event stream: a receiver wants to hear that a run finished, not every line of it).
+# What an endpoint can subscribe to: the run's life, its sessions, its result, and its review (per-message events
+# stay on the run's event stream: a receiver wants to hear that a run finished, not every line of it).
 WEBHOOK_EVENTS = (
     "run.created",
     "run.started",
@@ -39,6 +39,9 @@ WEBHOOK_EVENTS = (
     "run.erased",
     "session.started",
     "session.ended",
+    "run.annotated",
+    "run.issue.created",
+    "run.issue.updated",
 )
 WEBHOOK_EVENT_SET = frozenset(WEBHOOK_EVENTS)
 

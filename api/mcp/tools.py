@@ -252,7 +252,7 @@ async def publish_blueprint(state: AppState, org_id: str, args: PublishArgs) -> 
 async def interview_summary(state: AppState, org_id: str, args: RunArgs) -> dict[str, Any]:
     run = await _run(state, org_id, args.run_id)
     bp = await state.store.catalog.get_blueprint(run.org_id, run.blueprint_id, run.blueprint_version)
-    messages = await state.store.runs.list_messages(run.id) if run.started_at is not None else []
+    messages = await state.store.review.messages(run.id) if run.started_at is not None else []  # as reviewed
     return {
         "run_id": run.id,
         "status": run.status.value,

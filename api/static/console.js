@@ -1,7 +1,9 @@
 // The researcher console: reads the public /v1 API (signed in by an HttpOnly cookie) and draws the runs list
 // and a run's page. Every piece of data reaches the DOM through text nodes, attributes or createElementNS,
-// never through an HTML parser, so participant text stays text.
+// never through an HTML parser, so participant text stays text. A module: the run's review lives in its own.
 "use strict";
+
+import { showReview } from "./console-review.js";
 
 (() => {
   const SVG_NS = "http://www.w3.org/2000/svg";
@@ -117,6 +119,7 @@
       el("td", {}, statusBadge(run.status)),
       el("td", {}, words(run.end_reason)),
       el("td", { class: "num" }, formatDuration(run.duration_s)),
+      el("td", {}, run.annotation ? el("span", { class: `annotation annotation-${run.annotation}` }, run.annotation) : "—"),
     );
   }
 
@@ -137,7 +140,7 @@
     const page = await api("/v1/runs?" + query.toString());
     const tbody = document.querySelector("#runs tbody");
     if (page.data.length === 0) {
-      tbody.replaceChildren(el("tr", {}, el("td", { colspan: 5, class: "empty" }, "No runs match.")));
+      tbody.replaceChildren(el("tr", {}, el("td", { colspan: 6, class: "empty" }, "No runs match.")));
     } else {
       tbody.replaceChildren(...page.data.map(runRow));
     }
@@ -504,7 +507,7 @@
   }
 
   async function showRun(runId) {
-    const expand = ["transcript", "blueprint", "channel", "sessions", "result"].map((e) => `expand=${e}`).join("&");
+    const expand = ["transcript", "blueprint", "channel", "sessions", "result", "issues"].map((e) => `expand=${e}`).join("&");
     const run = await api(`/v1/runs/${encodeURIComponent(runId)}?${expand}`);
     const name = participantName(run.participant);
     document.title = `${name} · vivavoce console`;
@@ -524,6 +527,7 @@
     }
     const lines = renderTranscript(run, recorded ? audio : null);
     if (recorded) followPlayback(audio, lines);
+    showReview(run, { el, timeNode, words });
     renderWaterfall(run);
     renderSummary(run);
     renderResult(run);

@@ -10,6 +10,7 @@ from __future__ import annotations
 from runtime.storage.catalog import Catalog
 from runtime.storage.database import Database
 from runtime.storage.erasure import Erasure
+from runtime.storage.review import Review
 from runtime.storage.runs import NewMessage, RunFilter, RunStore
 from runtime.storage.study_links import StudyLinks
 from runtime.storage.webhooks import WebhookStore
@@ -25,6 +26,7 @@ class Store:
         self.webhooks = WebhookStore(self.db)
         self.erasure = Erasure(self.db)
         self.study_links = StudyLinks(self.db)
+        self.review = Review(self.db, self.runs)
 
     async def open(self) -> None:
         await self.db.create_schema()

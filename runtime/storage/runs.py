@@ -185,6 +185,7 @@ class RunFilter:
     blueprint_id: str | None = None
     status: RunStatus | None = None
     metadata: Mapping[str, str] | None = None
+    annotation: str | None = None  # a reviewer's verdict (runtime/review.py)
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,12 @@ def add_usage(tx: Transaction, run_id: str, usage: Mapping[str, Any]) -> None:
             run_id,
         ),
     )
+
+
+def emit(tx: Transaction, run_id: str, type: EventType, data: JSON, now: float) -> Event:
+    """Store one event of a run, numbered next, in ``tx`` (for writers of other modules: review, ...)."""
+    seq, _ = RunStore._next_seq(tx, run_id)
+    return RunStore._insert_event(tx, run_id, seq, type, data, now)
 
 
 class RunStore:
@@ -356,6 +363,9 @@ class RunStore:
                     )
                 )
             )
+        if where.annotation:
+            annotated = select(t.run_annotations.c.run_id).where(t.run_annotations.c.value == where.annotation)
+            query = query.where(t.runs.c.id.in_(annotated))
         async with self.db.read() as conn:
             rows = list(await conn.execute(query.order_by(t.runs.c.id.desc()).limit(limit + 1)))
         return [_run(r) for r in rows[:limit]], len(rows) > limit

@@ -274,3 +274,36 @@ study_link_participants = Table(
     Column("run_id", String, ForeignKey("runs.id"), nullable=False, unique=True),
     Column("created_at", Float, nullable=False),
 )
+
+# --- review (runtime/storage/review.py): a run's annotation and issues, erased with the run ---------------------
+
+run_annotations = Table(
+    "run_annotations",
+    metadata,
+    Column("run_id", String, ForeignKey("runs.id"), primary_key=True),
+    Column("value", String, nullable=False),  # correct, incorrect, critical (a cleared annotation has no row)
+    Column("annotated_by", String, nullable=False),
+    Column("annotated_at", Float, nullable=False),
+    Index("ix_run_annotations_value", "value"),
+)
+
+run_issues = Table(
+    "run_issues",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("run_id", String, ForeignKey("runs.id"), nullable=False),
+    Column("type", String, nullable=False),
+    Column("status", String, nullable=False),
+    Column("priority", String, nullable=False),
+    Column("message_id", String, nullable=True),  # no foreign key: erasure deletes messages before issues
+    Column("correction", Text, nullable=True),
+    Column("correction_reason", Text, nullable=True),
+    Column("note", Text, nullable=True),
+    Column("created_by", String, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_by", String, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("approved_by", String, nullable=True),
+    Column("approved_at", Float, nullable=True),
+    Index("ix_run_issues_run_id_id", "run_id", "id"),
+)

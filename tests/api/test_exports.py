@@ -74,8 +74,8 @@ async def test_responses_as_csv_one_row_per_run_one_column_per_question(server: 
     table = list(csv.DictReader(io.StringIO(body.decode())))
     assert list(table[0]) == [
         "run_id", "external_id", "status", "end_reason", "created_at", "started_at", "ended_at", "duration_s",
-        "q1", "q1.declined", "q1.probes", "q2", "q2.declined", "q2.probes", "q3", "q3.declined", "q3.probes",
-        "result.sentiment", "result.topics",
+        "annotation", "q1", "q1.declined", "q1.probes", "q2", "q2.declined", "q2.probes", "q3", "q3.declined",
+        "q3.probes", "result.sentiment", "result.topics",
     ]  # fmt: skip
     assert [r["run_id"] for r in table] == [r["id"] for r in reversed(runs)]  # newest first
     by_pid = {r["external_id"]: r for r in table}
@@ -85,6 +85,7 @@ async def test_responses_as_csv_one_row_per_run_one_column_per_question(server: 
     assert (first["q1.probes"], first["q2.probes"], first["q1.declined"]) == ("1", "0", "False")
     assert first["q3"] == said[0][3]
     assert first["result.sentiment"] == "positive" and json.loads(first["result.topics"]) == ["work", "food"]
+    assert first["annotation"] == ""  # not reviewed (tests/api/test_annotations.py reviews one)
     assert by_pid["P-2"]["result.sentiment"] == ""
     never = by_pid["P-3"]
     assert never["status"] == "pending" and never["q1"] == "" and never["started_at"] == ""
@@ -106,7 +107,7 @@ async def test_responses_as_json_lines_and_xlsx_say_the_same(server: Server) -> 
     sheet = xlsx_rows(xlsx)
     assert sheet[0] == table[0] and len(sheet) == len(table)
     for got, want in zip(sheet[1:], table[1:], strict=True):
-        assert got[:4] == want[:4] and got[8] == want[8]  # ids, status, the first answer
+        assert got[:4] == want[:4] and got[9] == want[9]  # ids, status, the first answer
 
 
 async def test_responses_are_filtered_like_the_run_list(server: Server) -> None:

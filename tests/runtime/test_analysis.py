@@ -155,6 +155,7 @@ def test_unanswered_question_has_an_empty_answer() -> None:
         "question_id": "q3",
         "question": "What would you change?",
         "answer": "",
+        "original_answer": None,
         "message_ids": [],
         "probes_asked": 0,
         "declined": False,
