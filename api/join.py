@@ -64,6 +64,7 @@ class ChatLink:
 
     session_type = SessionType.TEXT
     plays_audio = False
+    user_number: str | None = None
 
     def __init__(self, ws: web.WebSocketResponse) -> None:
         self.ws = ws

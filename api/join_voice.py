@@ -32,7 +32,7 @@ from api.routes_runs import with_data
 from api.routes_study_links import redirect_after
 from api.state import ORG_ID, STATE, AppState
 from api.voice import VoiceLink
-from media.webrtc import InvalidOffer, parse_offer
+from media.webrtc import InvalidOffer, VoicePeer, parse_offer
 from runtime.errors import Conflict, InvalidRequest, NotFound
 from runtime.turn_end import TurnEndSettings
 from runtime.types import ChannelType, EndReason
@@ -119,7 +119,7 @@ async def join_offer(request: web.Request) -> web.Response:
     voice = state.voice
     await voice.ready()
     link = VoiceLink(
-        ice_servers=ice_servers(state),
+        transport=VoicePeer(ice_servers=ice_servers(state)),
         workers=voice.listener(controller.blueprint.language),
         synthesis=voice.speaker(controller.blueprint.language),
         settings=channel.settings,
