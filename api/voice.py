@@ -77,7 +77,7 @@ from runtime.types import ChannelSettings, LatencyBreakdown, Message, SessionTyp
 
 log = logging.getLogger("vivavoce.voice")
 
-__all__ = ["Listener", "Recordings", "VoiceLink", "VoiceServices", "cut_to_played"]
+__all__ = ["Listener", "Recordings", "VoiceLink", "VoiceServices", "cut_to_played", "synthesize_into"]
 
 PREROLL_FRAMES = 15  # 300 ms of audio before the first voiced frame goes to the recogniser too
 PARTIAL_EVERY_FRAMES = 15  # ask for a partial caption every 300 ms of speech
@@ -107,6 +107,24 @@ def cut_to_played(text: str, playback: Playback) -> str:
     words = text.split()
     keep = round(min(max(playback.words_heard(len(words)), 0.0), len(words)))
     return " ".join(words[:keep])
+
+
+async def synthesize_into(speaker: Speaker, playback: Playback) -> None:
+    """Speak ``playback.text`` into it, piece by piece, at its rate; it is complete when this returns."""
+    resampler: Resampler | None = None
+    try:
+        async for chunk in speaker.synthesize(playback.text):
+            if resampler is None or resampler.rate_in != chunk.rate:  # a fallback engine may speak at another rate
+                if resampler is not None:
+                    playback.append(resampler.flush())
+                resampler = Resampler(chunk.rate, playback.rate)
+            playback.append(resampler.process(chunk.pcm), words=chunk.words)
+        if resampler is not None:
+            playback.append(resampler.flush())
+    except Exception:
+        log.exception("synthesis failed for %s", playback.id)
+    finally:
+        playback.complete()
 
 
 class VoiceLink:
@@ -246,20 +264,7 @@ class VoiceLink:
     # --- speaking -------------------------------------------------------------------------
 
     async def _synthesize(self, playback: Playback) -> None:
-        resampler: Resampler | None = None
-        try:
-            async for chunk in self.synthesis.synthesize(playback.text):
-                if resampler is None or resampler.rate_in != chunk.rate:  # a fallback engine may speak at another rate
-                    if resampler is not None:
-                        playback.append(resampler.flush())
-                    resampler = Resampler(chunk.rate, playback.rate)
-                playback.append(resampler.process(chunk.pcm), words=chunk.words)
-            if resampler is not None:
-                playback.append(resampler.flush())
-        except Exception:
-            log.exception("synthesis failed for %s", playback.id)
-        finally:
-            playback.complete()
+        await synthesize_into(self.synthesis, playback)
 
     def _on_playback_finished(self, playback: Playback) -> None:
         """From the track, on the event loop: report a fully played message to the controller."""

@@ -363,6 +363,12 @@ class Catalog:
         channel = self._channels[(org_id, channel_id)] = _channel(row)
         return channel
 
+    async def find_channel(self, channel_id: str) -> Channel | None:
+        """A channel of any organization (a phone call's stream names its channel, not its organization)."""
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(t.channels).where(t.channels.c.id == channel_id))).first()
+        return None if row is None else _channel(row)
+
     async def channel_for_number(self, number: str) -> Channel | None:
         """The telephony channel (of any organization) that ``number`` belongs to, if any."""
         query = select(t.channels).where(t.channels.c.type == ChannelType.TELEPHONY.value)
