@@ -114,7 +114,7 @@ async def join_offer(request: web.Request) -> web.Response:
         raise Conflict(f"This interview has ended ({reason}).")
     channel = await state.store.catalog.get_channel(run.org_id, run.channel_id) if run.channel_id else None
     if channel is None or channel.type is not ChannelType.WEBRTC_VOICE:
-        raise Conflict("This interview is not a voice interview; join it over the chat websocket.")
+        raise Conflict("This interview is not a WebRTC voice interview; its join page says how to join it.")
     controller = await state.live.controller(run)
     if controller is None:
         raise Conflict("This interview has ended.")

@@ -115,11 +115,14 @@ async def test_barge_in_sends_clear_and_cuts_the_stored_question_to_what_was_hea
     params = await call.answer(server.http, voice_url(server), call_form(call.call_sid, to=NUMBER, from_=CALLER))
     try:
         await asked(server, params["run"], "work")
-        first = await call.wait_audio(0, 20 * UNIT)
-        await asyncio.sleep(2.5 - (asyncio.get_running_loop().time() * 0))  # well into the long question
-        assert first > 0
+        await call.wait_audio(0, 20 * UNIT)
+        await asyncio.sleep(2.0)  # well into the long question (about 10 s of speech)
         call.say(spoken_answer("job"))
-        await eventually(lambda: asyncio.sleep(0, bool(call.clears)), 10)
+
+        async def cleared() -> bool:
+            return bool(call.clears)
+
+        await eventually(cleared, 10)
     finally:
         await call.close()
 
@@ -212,7 +215,6 @@ async def test_malformed_frames_and_forged_tokens_close_that_call_only(phone_ser
         await forged.connect(url, params)
         await asyncio.wait_for(forged.closed.wait(), 5 * UNIT)
         assert forged.close_code == 1008 and "token" in forged.close_reason
-        assert (await server.get_run(params["run"]))["status"] != "in_progress" or True
 
         await asked(server, good_params["run"], "work")  # the good call goes on: it is asked its question
         await good.wait_quiet(timeout=20 * UNIT)
