@@ -219,9 +219,10 @@ async def _checked_settings(state: AppState, org_id: str, body: ChannelIn) -> Ch
     settings = ChannelSettings(
         **{**s.model_dump(), "phone_numbers": tuple(s.phone_numbers), "inbound": InboundCalls(s.inbound)}
     )
-    if body.type is not ChannelType.TELEPHONY:
+    if body.type is not ChannelType.TELEPHONY:  # (their defaults are fine: a channel as GET shows it)
+        default = ChannelSettings()
         for name in ("phone_numbers", "inbound", "inbound_blueprint_id"):
-            if name in s.model_fields_set:
+            if getattr(settings, name) != getattr(default, name):
                 raise InvalidRequest(f"{name} is a telephony channel's setting", param=name)
         return settings
     if len(set(s.phone_numbers)) != len(s.phone_numbers):
