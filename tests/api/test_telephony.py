@@ -5,7 +5,9 @@ calls placed by the real ``twilio`` client against a local fake of Twilio's REST
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -283,7 +285,10 @@ async def test_outbound_call_through_twilios_api_and_its_stream(
     assert (await server.request("POST", f"/v1/runs/{run['id']}/call"))[0] == 409  # in progress: not called again
 
 
-async def test_outbound_call_errors_are_clear(phone_server: Server, twilio_api: FakeTwilioAPI) -> None:
+async def test_outbound_call_errors_are_clear(
+    phone_server: Server, twilio_api: FakeTwilioAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     server = phone_server
     channel = await phone_channel(server)
     no_phone = await server.create_run(channel_id=channel["id"])
@@ -304,6 +309,11 @@ async def test_outbound_call_errors_are_clear(phone_server: Server, twilio_api: 
         status, body = await server.request("POST", f"/v1/runs/{run['id']}/call")
         assert status == expected and said in body["error"]["message"], body
     assert (await server.get_run(run["id"]))["status"] == "pending"
+    assert twilio_api.calls == [] and caplog.records  # the calls were logged, the auth token never
+    assert (
+        AUTH_TOKEN not in caplog.text
+        and base64.b64encode(f"{ACCOUNT_SID}:{AUTH_TOKEN}".encode()).decode() not in caplog.text
+    )
     dup = {"type": "telephony", "name": "dup", "settings": {"phone_numbers": [NUMBER]}}
     status, body = await server.request("POST", "/v1/channels", json=dup)
     assert status == 409 and body["error"]["param"] == "phone_numbers"
