@@ -95,12 +95,15 @@ def check_grant(config: ServerConfig, call_sid: str, params: object) -> StreamGr
     """The grant in a stream's ``customParameters``, if it was made by us for this call and is still valid."""
     if not isinstance(params, dict) or not config.telephony_enabled:
         return None
-    values = {k: params.get(k) for k in ("run", "channel", "direction", "caller", "expires", "signature")}
-    if not all(isinstance(v, str) for v in values.values()) or not str(values["expires"]).isdigit():
+    names = ("run", "channel", "direction", "caller", "expires", "signature")
+    values = [params.get(k) for k in names]
+    if not all(isinstance(v, str) and len(v) <= 200 for v in values):
         return None
-    grant = StreamGrant(call_sid, values["run"], values["channel"], values["direction"], values["caller"],  # type: ignore[arg-type]
-                        int(str(values["expires"])))  # fmt: skip
-    if not hmac.compare_digest(sign_grant(config, grant), str(values["signature"])):
+    run, channel, direction, caller, expires, signature = (str(v) for v in values)
+    if not expires.isdigit():
+        return None
+    grant = StreamGrant(call_sid, run, channel, direction, caller, int(expires))
+    if not hmac.compare_digest(sign_grant(config, grant), signature):
         return None
     if grant.expires < time.time():
         return None

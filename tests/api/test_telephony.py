@@ -8,12 +8,16 @@ import asyncio
 import base64
 import io
 import logging
+import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 import soundfile as sf
 
+from api.config import ServerConfig
+from api.telephony.twilio import check_grant, connect_stream, new_grant, sign_grant, twiml
 from media.stt.wer import word_error_rate
 from tests.conftest import UNIT, VOICE_BLUEPRINT, HumanClip, Server, ServerFactory, eventually, spoken_answer
 from tests.fakes.twilio_server import (
@@ -321,3 +325,19 @@ async def test_outbound_call_errors_are_clear(
     assert (await server.request("POST", "/v1/channels", json=bad))[0] == 400
     on_chat = {"type": "chat", "name": "c", "settings": {"phone_numbers": ["+15550000001"]}}
     assert (await server.request("POST", "/v1/channels", json=on_chat))[0] == 400
+
+
+def test_stream_grants_verify_only_for_their_call_unchanged_and_unexpired() -> None:
+    config = ServerConfig(twilio_account_sid=ACCOUNT_SID, twilio_auth_token=AUTH_TOKEN)
+    grant = new_grant(config, "CA1", run_id="run_x", channel_id="chn_y", direction="inbound", caller=CALLER)
+    _, params = stream_of(twiml(connect_stream(config, grant)))
+    assert check_grant(config, "CA1", params) == grant
+    assert check_grant(config, "CA2", params) is None  # another call's stream
+    assert check_grant(config, "CA1", {**params, "run": "run_z"}) is None  # tampered
+    assert check_grant(config, "CA1", {**params, "expires": "1"}) is None  # signed for another expiry
+    other = ServerConfig(twilio_account_sid=ACCOUNT_SID, twilio_auth_token="another-token")
+    assert check_grant(other, "CA1", params) is None  # another server's key
+    stale = replace(grant, expires=int(time.time()) - 1)
+    assert check_grant(config, "CA1", {**params, "expires": str(stale.expires),
+                                       "signature": sign_grant(config, stale)}) is None  # fmt: skip
+    assert check_grant(config, "CA1", "not a dict") is None

@@ -148,6 +148,7 @@ class MediaStreamsCall:
         self._speech: asyncio.Queue[np.ndarray] = asyncio.Queue()
         self._sender: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._speaking = False
         self.closed = asyncio.Event()
         self.close_code: int | None = None
         self.close_reason = ""
@@ -190,8 +191,6 @@ class MediaStreamsCall:
         while not self._speech.empty() or self._speaking:
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.1)
-
-    _speaking = False
 
     async def dtmf(self, digits: str) -> None:
         for digit in digits:
