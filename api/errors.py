@@ -32,6 +32,7 @@ _HTTP_TYPES = {
     410: "gone",
     413: "payload_too_large",
     415: "unsupported_media_type",
+    502: "upstream_failed",
 }
 
 

@@ -31,7 +31,7 @@ from api.openapi import Param, RouteTable
 from api.state import STATE, AppState
 from runtime.errors import Conflict, StorageUnavailable
 from runtime.serialize import message_text
-from runtime.types import ChannelType, EndReason, Message, Run, RunStatus, SessionType
+from runtime.types import ChannelType, EndReason, InboundCalls, Message, Run, RunStatus, SessionType
 
 routes = RouteTable()
 
@@ -41,11 +41,11 @@ CSP = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; me
 CLIENT_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 TOKEN = Param("token", "The run's join token", where="path")
 
-# Channel types whose participants this server cannot serve yet. Their runs are refused at creation, and a
-# join URL of one (made before this check) says so: it must never fall back to a chat page.
-UNSERVED_CHANNELS = {
-    ChannelType.TELEPHONY: "phone interviews (telephony channels) are not available yet",
-    ChannelType.CUSTOM: "the custom media socket (custom channels) is not available yet",
+# Channel types whose participants do not join in a browser: their join URL says how to join instead, and
+# never falls back to a chat page; the chat websocket and the WebRTC offer refuse them (409).
+NOT_IN_BROWSER = {
+    ChannelType.TELEPHONY: "it is a phone interview (telephony channel)",
+    ChannelType.CUSTOM: "it is joined over the custom media socket (custom channel)",
 }
 
 END_TEXT = {
@@ -56,6 +56,10 @@ END_TEXT = {
     EndReason.CANCELLED: "This interview was cancelled by the researcher.",
     EndReason.JOIN_EXPIRED: "This interview link has expired.",
     EndReason.ERROR: "This interview ended because of a technical problem. We are sorry.",
+    EndReason.BUSY: "This interview ended: the line was busy when we called.",
+    EndReason.NO_ANSWER: "This interview ended: nobody answered when we called.",
+    EndReason.VOICEMAIL: "This interview ended: the call reached voicemail.",
+    EndReason.FAILED: "This interview ended: the call could not be connected.",
 }
 
 
@@ -64,6 +68,7 @@ class ChatLink:
 
     session_type = SessionType.TEXT
     plays_audio = False
+    user_number: str | None = None
 
     def __init__(self, ws: web.WebSocketResponse) -> None:
         self.ws = ws
@@ -107,12 +112,27 @@ class ChatLink:
 _: type[ParticipantLink] = ChatLink  # ChatLink satisfies the link protocol
 
 
-async def unserved(state: AppState, run: Run) -> str | None:
-    """Why this run cannot be joined on this server's pages (its channel type is not served yet), or None."""
+async def not_in_browser(state: AppState, run: Run) -> str | None:
+    """Why this run cannot be joined on this server's pages (a phone or media-socket run), or None."""
     if run.channel_id is None:
         return None
     channel = await state.store.catalog.get_channel(run.org_id, run.channel_id)
-    return UNSERVED_CHANNELS.get(channel.type)
+    return NOT_IN_BROWSER.get(channel.type)
+
+
+async def how_to_join(state: AppState, run: Run, token: str) -> str:
+    """What a phone or media-socket run's join page says instead of a chat page."""
+    channel = await state.store.catalog.get_channel(run.org_id, run.channel_id or "")
+    if channel.type is ChannelType.CUSTOM:
+        media = state.config.base_url.replace("http", "ws", 1) + f"/join/{quote(token, safe='')}/media"
+        return (
+            f"This interview is joined with a media client, not in a browser: connect a websocket to {media} "
+            "and speak the custom media socket protocol (docs/protocol.md)."
+        )
+    numbers = " or ".join(channel.settings.phone_numbers)
+    if numbers and channel.settings.inbound is InboundCalls.PIN and run.pin:
+        return f"This is a phone interview: call {numbers} and key in your PIN, {' '.join(run.pin)}, when asked."
+    return "This is a phone interview: you will be called."
 
 
 async def _current(state: AppState, run: Run) -> Run:
@@ -152,11 +172,9 @@ async def join_page(request: web.Request) -> web.Response:
         return _page(
             "Interview not found", "This interview link is not valid. Please check the link you were given.", 404
         )
-    why = await unserved(state, run)
-    if why is not None:
-        text = f"This interview cannot be joined from a browser: {why}. Please contact the researcher."
-        return _page("Interview not available", text, 409)
     run = await _current(state, run)
+    if not run.status.is_terminal and await not_in_browser(state, run) is not None:
+        return _page("How to join this interview", await how_to_join(state, run, request.match_info["token"]))
     if run.status.is_terminal:
         from api.routes_study_links import redirect_after  # (a study link's run: back to the panel)
 
@@ -214,7 +232,7 @@ async def join_socket(request: web.Request) -> web.StreamResponse:
     run = await state.store.runs.run_by_token(request.match_info["token"])
     if run is None:
         raise web.HTTPNotFound(text="This interview link is not valid.")
-    why = await unserved(state, run)
+    why = await not_in_browser(state, run)
     if why is not None:
         raise Conflict(f"This interview cannot be joined over the chat websocket: {why}.")
     ws = web.WebSocketResponse(max_msg_size=state.config.max_frame_bytes, autoping=False)

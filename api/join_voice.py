@@ -24,7 +24,7 @@ from aiortc import RTCIceServer
 from pydantic import BaseModel, Field
 
 from api.errors import read_json
-from api.join import TOKEN, _current, unserved
+from api.join import TOKEN, _current
 from api.live import RunController
 from api.openapi import Param, RouteTable
 from api.params import path_id
@@ -32,10 +32,11 @@ from api.routes_runs import with_data
 from api.routes_study_links import redirect_after
 from api.state import ORG_ID, STATE, AppState
 from api.voice import VoiceLink
-from media.webrtc import InvalidOffer, parse_offer
+from media.transport import AudioTransport
+from media.webrtc import InvalidOffer, VoicePeer, parse_offer
 from runtime.errors import Conflict, InvalidRequest, NotFound
 from runtime.turn_end import TurnEndSettings
-from runtime.types import ChannelType, EndReason
+from runtime.types import Channel, ChannelType, EndReason, SessionType
 
 log = logging.getLogger("vivavoce.voice")
 
@@ -53,15 +54,16 @@ async def join_info(request: web.Request) -> web.Response:
     run = await state.store.runs.run_by_token(request.match_info["token"])
     if run is None:
         raise NotFound("This interview link is not valid.", param="token")
-    why = await unserved(state, run)
-    if why is not None:
-        raise Conflict(f"This interview cannot be joined from a browser: {why}.", param="token")
     run = await _current(state, run)
     channel = await state.store.catalog.get_channel(run.org_id, run.channel_id) if run.channel_id else None
     voice = channel is not None and channel.type is ChannelType.WEBRTC_VOICE
+    if channel is not None and channel.type in (ChannelType.TELEPHONY, ChannelType.CUSTOM):
+        mode = channel.type.value  # never "chat": the page shows how to join instead
+    else:
+        mode = "voice" if voice else "chat"
     end_reason = run.end_reason or (EndReason.ERROR if run.status.is_terminal else None)
     body = {
-        "mode": "voice" if voice else "chat",
+        "mode": mode,
         "status": run.status.value,
         "end_reason": end_reason.value if end_reason else None,
         "recording": bool(voice and channel is not None and channel.settings.recording),
@@ -112,23 +114,13 @@ async def join_offer(request: web.Request) -> web.Response:
         raise Conflict(f"This interview has ended ({reason}).")
     channel = await state.store.catalog.get_channel(run.org_id, run.channel_id) if run.channel_id else None
     if channel is None or channel.type is not ChannelType.WEBRTC_VOICE:
-        raise Conflict("This interview is not a voice interview; join it over the chat websocket.")
+        raise Conflict("This interview is not a WebRTC voice interview; its join page says how to join it.")
     controller = await state.live.controller(run)
     if controller is None:
         raise Conflict("This interview has ended.")
     voice = state.voice
     await voice.ready()
-    link = VoiceLink(
-        ice_servers=ice_servers(state),
-        workers=voice.listener(controller.blueprint.language),
-        synthesis=voice.speaker(controller.blueprint.language),
-        settings=channel.settings,
-        vad=state.config.vad,
-        language=controller.blueprint.language,
-        turn_end=TurnEndSettings(
-            max_silence_ms=state.config.turn_max_silence_ms, punctuated=state.config.recognizer == "whisper"
-        ),
-    )
+    link = voice_link(state, controller, channel, VoicePeer(ice_servers=ice_servers(state)))
     try:
         answer = await link.peer.accept(offer)
     except InvalidOffer as exc:
@@ -137,11 +129,52 @@ async def join_offer(request: web.Request) -> web.Response:
     except BaseException:  # cancelled (the server is stopping) or failed: its sockets must not outlive it
         await asyncio.shield(link.close(1000, "offer not answered"))
         raise
-    voice.spawn(_start_session(state, link, controller, record=channel.settings.recording))
+    voice.spawn(_start_session(state, link, controller, channel))
     return web.json_response({"sdp": answer.sdp, "type": answer.type})
 
 
-async def _start_session(state: AppState, link: VoiceLink, controller: RunController, *, record: bool) -> None:
+def voice_link(
+    state: AppState,
+    controller: RunController,
+    channel: Channel,
+    transport: AudioTransport,
+    *,
+    session_type: SessionType = SessionType.VOICE,
+    user_number: str | None = None,
+) -> VoiceLink:
+    """The voice pipeline of one session of ``controller``'s run, over ``transport`` (any of them)."""
+    voice = state.voice
+    language = controller.blueprint.language
+    return VoiceLink(
+        transport=transport,
+        workers=voice.listener(language),
+        synthesis=voice.speaker(language),
+        settings=channel.settings,
+        vad=state.config.vad,
+        language=language,
+        turn_end=TurnEndSettings(
+            max_silence_ms=state.config.turn_max_silence_ms, punctuated=state.config.recognizer == "whisper"
+        ),
+        session_type=session_type,
+        user_number=user_number,
+    )
+
+
+async def attach_voice(state: AppState, link: VoiceLink, controller: RunController, channel: Channel) -> bool:
+    """Open the session of a connected voice link, and its recording if the channel records (at the
+    transport's rate where that is narrower: a phone call's 8 kHz). False if the run has ended."""
+    link.controller = controller
+    session = await controller.attach(link)
+    if session is None:
+        await link.close(1000, "run ended")
+        return False
+    if channel.settings.recording:
+        run = await state.store.runs.get_run(controller.run_id)
+        link.recorder = state.voice.recordings.recorder(run, rate=min(16_000, link.transport.output_rate))
+    return True
+
+
+async def _start_session(state: AppState, link: VoiceLink, controller: RunController, channel: Channel) -> None:
     try:
         connected = await asyncio.wait_for(link.peer.wait_connected(), state.config.voice_connect_timeout_s)
     except TimeoutError:
@@ -154,14 +187,7 @@ async def _start_session(state: AppState, link: VoiceLink, controller: RunContro
         await link.close(1000, "never connected")
         return
     link.connected_at = link.peer.connected_at
-    link.controller = controller
-    session = await controller.attach(link)
-    if session is None:
-        await link.close(1000, "run ended")
-        return
-    if record:
-        run = await state.store.runs.get_run(controller.run_id)
-        link.recorder = state.voice.recordings.recorder(run)
+    await attach_voice(state, link, controller, channel)
 
 
 @routes.route("GET", "/v1/runs/{id}/recording", summary="Run's stereo recording (participant left, assistant right)",

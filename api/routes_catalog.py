@@ -14,12 +14,20 @@ from api.errors import validation_error
 from api.openapi import Param, RouteTable
 from api.params import check_query, page, parse_body, path_id, single
 from api.schemas import BlueprintIn, BlueprintOut, BlueprintPatch, ChannelIn, ChannelOut, ListOut
-from api.state import ORG_ID, STATE
-from runtime.errors import Conflict, InvalidRequest
-from runtime.ids import id_pattern
+from api.state import ORG_ID, STATE, AppState
+from runtime.errors import Conflict, InvalidRequest, NotFound
+from runtime.ids import id_pattern, is_id
 from runtime.interviewer.prompt import PROMPT_VERSION
 from runtime.serialize import blueprint_content_json, blueprint_json, channel_json
-from runtime.types import BlueprintContent, ChannelSettings, InterviewerSettings, InterviewerType, Question
+from runtime.types import (
+    BlueprintContent,
+    ChannelSettings,
+    ChannelType,
+    InboundCalls,
+    InterviewerSettings,
+    InterviewerType,
+    Question,
+)
 
 routes = RouteTable()
 MAX_VERSION = 999_999_999
@@ -204,19 +212,52 @@ async def publish_blueprint(request: web.Request) -> web.Response:
     return web.json_response(blueprint_json(bp))
 
 
+async def _checked_settings(state: AppState, org_id: str, body: ChannelIn) -> ChannelSettings:
+    """The settings, with what the schema cannot check: telephony settings only on telephony channels, and an
+    inbound blueprint that exists and is published."""
+    s = body.settings
+    settings = ChannelSettings(
+        **{**s.model_dump(), "phone_numbers": tuple(s.phone_numbers), "inbound": InboundCalls(s.inbound)}
+    )
+    if body.type is not ChannelType.TELEPHONY:  # (their defaults are fine: a channel as GET shows it)
+        default = ChannelSettings()
+        for name in ("phone_numbers", "inbound", "inbound_blueprint_id"):
+            if getattr(settings, name) != getattr(default, name):
+                raise InvalidRequest(f"{name} is a telephony channel's setting", param=name)
+        return settings
+    if len(set(s.phone_numbers)) != len(s.phone_numbers):
+        raise InvalidRequest("phone_numbers lists a number twice", param="phone_numbers")
+    if settings.inbound is InboundCalls.NEW_RUN:
+        if s.inbound_blueprint_id is None:
+            raise InvalidRequest("inbound new_run needs inbound_blueprint_id", param="inbound_blueprint_id")
+        if not is_id(s.inbound_blueprint_id, "blueprint"):
+            raise NotFound(f"No blueprint {s.inbound_blueprint_id!r}", param="inbound_blueprint_id")
+        try:
+            await state.store.catalog.published_content(org_id, s.inbound_blueprint_id)
+        except NotFound as exc:
+            raise NotFound(exc.message, param="inbound_blueprint_id") from None
+    elif s.inbound_blueprint_id is not None:
+        raise InvalidRequest("inbound_blueprint_id is used with inbound new_run only", param="inbound_blueprint_id")
+    return settings
+
+
 @routes.route(
-    "POST", "/v1/channels", summary="Create a channel", tag="channels", body=ChannelIn, response=ChannelOut, status=201
+    "POST",
+    "/v1/channels",
+    summary="Create a channel",
+    tag="channels",
+    body=ChannelIn,
+    response=ChannelOut,
+    status=201,
+    errors=(404, 409),
 )
 async def create_channel(request: web.Request) -> web.Response:
     check_query(request, ())
     body = await parse_body(request, ChannelIn)
-    s = body.settings
-    channel = await request.app[STATE].store.catalog.create_channel(
-        request[ORG_ID],
-        type=body.type,
-        name=body.name,
-        settings=ChannelSettings(**s.model_dump()),
-        metadata=body.metadata,
+    state = request.app[STATE]
+    settings = await _checked_settings(state, request[ORG_ID], body)
+    channel = await state.store.catalog.create_channel(
+        request[ORG_ID], type=body.type, name=body.name, settings=settings, metadata=body.metadata
     )
     return web.json_response(channel_json(channel), status=201)
 

@@ -7,7 +7,6 @@ from typing import Any
 
 from aiohttp import web
 
-from api.join import UNSERVED_CHANNELS
 from api.openapi import Param, RouteTable
 from api.params import check_query, page, parse_body, path_id, single
 from api.routes_catalog import ID, page_params
@@ -22,7 +21,7 @@ from runtime.storage import RunFilter
 from runtime.storage.database import Transaction
 from runtime.storage.jobs import JobStatus
 from runtime.transcript import MEDIA_TYPES, TranscriptFormat, render_transcript
-from runtime.types import EndReason, Participant, Run, RunStatus
+from runtime.types import ChannelType, EndReason, Participant, Run, RunStatus
 
 routes = RouteTable()
 
@@ -138,12 +137,6 @@ async def new_run(
         if not is_id(body.channel_id, "channel"):
             raise NotFound(f"No channel {body.channel_id!r}", param="channel_id")
         channel = await state.store.catalog.get_channel(org_id, body.channel_id)
-        if channel.type in UNSERVED_CHANNELS:
-            raise Conflict(
-                f"Channel {channel.id} is a {channel.type.value} channel: {UNSERVED_CHANNELS[channel.type]}; "
-                "use a chat or webrtc_voice channel",
-                param="channel_id",
-            )
     else:
         raise NotFound(f"No connector {body.connector_id!r}", param="connector_id")
     p = body.participant
@@ -153,10 +146,11 @@ async def new_run(
         blueprint_version=version,
         channel_id=body.channel_id,
         connector_id=body.connector_id,
-        participant=Participant(p.external_id, p.name, p.email, p.metadata),
+        participant=Participant(p.external_id, p.name, p.email, p.metadata, p.phone),
         metadata=body.metadata,
         join_window_s=state.config.scaled(state.config.join_window_s),
         also=also,
+        with_pin=channel.type is ChannelType.TELEPHONY,
     )
 
 

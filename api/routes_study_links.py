@@ -26,7 +26,7 @@ from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, Field, field_validator
 
 from api.errors import WEB_URL
-from api.join import UNSERVED_CHANNELS, _page
+from api.join import NOT_IN_BROWSER, _page
 from api.openapi import Param, RouteTable
 from api.params import check_query, page, parse_body, path_id
 from api.routes_catalog import ID, page_params
@@ -181,8 +181,11 @@ async def _check_run_target(state: AppState, org_id: str, body: RunIn) -> None:
     if not is_id(body.channel_id, "channel"):
         raise NotFound(f"No channel {body.channel_id!r}", param="channel_id")
     channel = await state.store.catalog.get_channel(org_id, body.channel_id)
-    if channel.type in UNSERVED_CHANNELS:
-        raise Conflict(f"Channel {channel.id}: {UNSERVED_CHANNELS[channel.type]}", param="channel_id")
+    if channel.type in NOT_IN_BROWSER:
+        why = NOT_IN_BROWSER[channel.type]
+        raise Conflict(
+            f"Channel {channel.id}: {why}; a study link sends participants to a web page", param="channel_id"
+        )
 
 
 @routes.route("GET", "/v1/study-links", summary="List study links, newest first", tag="study-links",

@@ -35,7 +35,16 @@ from pydantic import (
 
 from api.errors import EMAIL, NOT_BLANK
 from api.review_models import IssueOut
-from runtime.types import ChannelType, EndReason, InterviewerType, MessageRole, RunStatus, SessionStatus, SessionType
+from runtime.types import (
+    ChannelType,
+    EndReason,
+    InboundCalls,
+    InterviewerType,
+    MessageRole,
+    RunStatus,
+    SessionStatus,
+    SessionType,
+)
 
 _META_KEY = re.compile(r"^[A-Za-z0-9_.\-]{1,40}$")
 MAX_METADATA_KEYS = 50
@@ -104,6 +113,8 @@ JsonBool = Annotated[bool, Field(strict=True)]
 
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=NOT_BLANK)]
 Utterance = Annotated[str, Field(min_length=1, max_length=2000, pattern=NOT_BLANK)]
+E164 = r"^\+[1-9][0-9]{6,14}$"  # ITU-T E.164: +, country code, at most 15 digits in all
+PhoneNumber = Annotated[str, Field(pattern=E164, max_length=16, description="E.164, e.g. +14155550100")]
 
 
 class Strict(BaseModel):
@@ -253,6 +264,20 @@ class ChannelSettingsIn(Strict):
         400, ge=100, le=3000, description="Voice: speech that interrupts the interviewer while it speaks"
     )
     filler_after_ms: JsonInt = Field(1500, ge=300, le=10000, description="Voice: say a filler if a reply takes longer")
+    phone_numbers: list[PhoneNumber] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Telephony: the channel's numbers (E.164, e.g. +14155550100): calls to them reach this channel, "
+        "and outbound calls are placed from the first (docs/telephony.md)",
+    )
+    inbound: InboundCalls = Field(
+        InboundCalls.PIN,
+        description="Telephony: how an incoming call finds its run: the caller keys in (or says) a run's pin, "
+        "or every call is a new run of inbound_blueprint_id",
+    )
+    inbound_blueprint_id: str | None = Field(
+        None, max_length=64, description="Telephony, inbound new_run: the published blueprint each call is a run of"
+    )
 
 
 class ChannelIn(Strict):
@@ -269,6 +294,9 @@ class ChannelSettingsOut(BaseModel):
     eos_silence_ms: int
     min_interruption_ms: int
     filler_after_ms: int
+    phone_numbers: list[str]
+    inbound: InboundCalls
+    inbound_blueprint_id: str | None
 
 
 class ChannelOut(BaseModel):
@@ -289,6 +317,7 @@ class ParticipantIn(Strict):
     name: str | None = Field(None, max_length=200)
     email: str | None = Field(None, max_length=320, pattern=EMAIL)
     metadata: Metadata = Field(default_factory=dict)
+    phone: PhoneNumber | None = Field(None, description="E.164; POST /v1/runs/{id}/call dials it (telephony)")
 
 
 def _exactly_one_of(*names: str) -> dict[str, Any]:
@@ -316,6 +345,7 @@ class ParticipantOut(BaseModel):
     external_id: str | None
     name: str | None
     email: str | None
+    phone: str | None
     metadata: dict[str, str]
 
 
@@ -386,6 +416,7 @@ class SessionOut(BaseModel):
     ended_at: str | None
     duration_s: float | None
     end_reason: str | None
+    user_number: str | None = Field(description="A phone call's caller (inbound) or callee (outbound), E.164")
 
 
 class ResponseOut(BaseModel):
@@ -448,6 +479,7 @@ class RunOut(BaseModel):
     )
     annotated_by: str | None = Field(description="The API key that set the annotation")
     annotated_at: str | None
+    pin: str | None = Field(description="Telephony: the digits a caller keys in to reach this run")
     latency: dict[str, StageStats] = Field(description="p50/p95 per latency stage over assistant messages (ms)")
     blueprint: BlueprintOut | None = Field(None, description="With expand=blueprint (the pinned version)")
     channel: ChannelOut | None = Field(None, description="With expand=channel")

@@ -1,4 +1,8 @@
-"""Voice sessions: a WebRTC peer as a participant link, with the listening and speaking pipeline.
+"""Voice sessions: an audio transport as a participant link, with the listening and speaking pipeline.
+
+The transport (media/transport.py) carries the audio: a WebRTC peer (media/webrtc.py), a phone call
+through Twilio Media Streams (api/telephony/), or the custom media socket (api/media_socket.py). The
+pipeline below is the same for all of them.
 
 Inbound: 20 ms frames of 16 kHz audio → VAD → :class:`~runtime.endpointing.Endpointer`
 → speech events for the conversation, and the audio of each segment streamed to
@@ -6,8 +10,8 @@ a recogniser in a worker process while the participant speaks, so that only
 the tail is left to decode when they stop.
 
 Outbound: each assistant message is synthesised piece by piece on the server's synthesis threads
-(:mod:`media.synthesis`; Piper for English, eSpeak NG for other languages), upsampled to 48 kHz and
-queued on the peer's paced :class:`SpeechTrack`; when
+(:mod:`media.synthesis`; Piper for English, eSpeak NG for other languages), resampled to the
+transport's rate (48 kHz WebRTC, 8 kHz a phone line) and queued on its paced playout; when
 it has been played (or cut by a barge-in) the controller gets a
 :class:`~api.live.PlaybackReport` with its latency breakdown.
 
@@ -40,29 +44,22 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import aiohttp
 import numpy as np
-from aiortc import RTCIceServer
 
 from api.live import PlaybackReport, RunController
+from api.voice_services import Listener, Recordings, VoiceServices
 from media.audio import FRAME_SAMPLES, PCM, SAMPLE_RATE
-from media.fallback import FallbackRecognition, FallbackSpeaker
-from media.hosted import HostedEngine
+from media.playout import Playback
 from media.recording import Recorder
-from media.resample import Upsampler, single_threaded_blas
-from media.speech_track import Playback, SpeechTrack
-from media.stt import create_hosted_recognizer
+from media.resample import Resampler
 from media.stt.base import StreamingRecognition
-from media.synthesis import Speaker, SpeechChunk, SynthesisThreads
-from media.tts import create_hosted_synthesizer
+from media.synthesis import Speaker
+from media.transport import AudioTransport
 from media.vad import create_vad
 from media.webrtc import VoicePeer
-from media.workers import SpeechWorkers
 from runtime.endpointing import (
     Endpointer,
     EndpointSettings,
@@ -76,9 +73,11 @@ from runtime.endpointing import (
 from runtime.errors import StorageUnavailable
 from runtime.serialize import message_json
 from runtime.turn_end import TurnEndSettings, silence_window
-from runtime.types import ChannelSettings, LatencyBreakdown, Message, Run, SessionType, UtteranceKind
+from runtime.types import ChannelSettings, LatencyBreakdown, Message, SessionType, UtteranceKind
 
 log = logging.getLogger("vivavoce.voice")
+
+__all__ = ["Listener", "Recordings", "VoiceLink", "VoiceServices", "cut_to_played", "synthesize_into"]
 
 PREROLL_FRAMES = 15  # 300 ms of audio before the first voiced frame goes to the recogniser too
 PARTIAL_EVERY_FRAMES = 15  # ask for a partial caption every 300 ms of speech
@@ -102,122 +101,6 @@ class AnswerTiming:
     transcript_at: float  # final transcript ready
 
 
-class Recordings:
-    """Open recorders of live runs, and where every run's file lives."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.open: dict[str, Recorder] = {}
-
-    def path(self, run_id: str) -> Path:
-        return self.directory / f"{run_id}.wav"
-
-    def recorder(self, run: Run) -> Recorder:
-        if run.id not in self.open:
-            assert run.started_at is not None
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self.open[run.id] = Recorder(self.path(run.id), origin=run.started_at)
-        return self.open[run.id]
-
-    def finish(self, run_id: str) -> None:
-        recorder = self.open.pop(run_id, None)
-        if recorder is not None:
-            recorder.close()
-
-    def close_all(self) -> None:
-        for run_id in list(self.open):
-            self.finish(run_id)
-
-
-class VoiceServices:
-    """What voice sessions share in one server: speech workers, recorders, and signalling tasks.
-
-    Recognition runs in worker processes (Whisper decodes at each pause, ~0.08 s
-    of CPU per second of speech with tiny.en; PocketSphinx holds the GIL while it
-    decodes). Synthesis runs in threads of this process by default
-    (:class:`~media.synthesis.SynthesisThreads`): eSpeak NG and onnxruntime release
-    the GIL while they work, and a worker busy decoding would otherwise make every
-    reply wait behind recognition (measured: tts p50 850 ms at 10 callers).
-    ``synthesis`` may also be speech workers (processes).
-
-    Hosted engines (``hosted_stt``, ``hosted_tts``) run on this event loop, through one HTTP
-    session, with the embedded engines behind them for any utterance they fail (:mod:`media.fallback`).
-    """
-
-    def __init__(
-        self,
-        workers: SpeechWorkers,
-        recordings: Recordings,
-        synthesis: SynthesisThreads | SpeechWorkers | None = None,
-        *,
-        hosted_stt: HostedEngine | None = None,
-        hosted_tts: HostedEngine | None = None,
-    ) -> None:
-        # the resamplers' small matrix products run on the event loop: one BLAS thread, no spinning helpers
-        single_threaded_blas()
-        self.workers = workers
-        self.synthesis = synthesis or workers
-        self.recordings = recordings
-        self.hosted_stt = hosted_stt
-        self.hosted_tts = hosted_tts
-        self._http: aiohttp.ClientSession | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._started: asyncio.Task[None] | None = None
-
-    async def ready(self) -> SpeechWorkers:
-        """The speech workers, started on first use: a chat-only server never pays for them."""
-        if self._started is None:
-            self._started = asyncio.create_task(self._start())
-        await asyncio.shield(self._started)
-        return self.workers
-
-    def spawn(self, coro: Any) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def speaker(self, language: str) -> Speaker:
-        """What a session in ``language`` (the blueprint's) speaks with."""
-        embedded: Speaker
-        if isinstance(self.synthesis, SynthesisThreads):
-            embedded = self.synthesis.speaker(language)
-        else:
-            embedded = _WorkerSpeaker(self.synthesis)  # speech workers: the one engine they were started with
-        if self.hosted_tts is None:
-            return embedded
-        hosted = create_hosted_synthesizer(self.hosted_tts.service, engine=self.hosted_tts, session=self.http())
-        return FallbackSpeaker(hosted, embedded, what=self.hosted_tts.describe())
-
-    def listener(self, language: str) -> Listener:
-        """What a session in ``language`` is recognised by."""
-        if self.hosted_stt is None:
-            return self.workers
-        return _HostedListener(self, self.hosted_stt, language)
-
-    def http(self) -> aiohttp.ClientSession:
-        """The HTTP session of the hosted engines, opened on first use."""
-        if self._http is None:
-            self._http = aiohttp.ClientSession()
-        return self._http
-
-    async def _start(self) -> None:
-        await self.workers.start()
-        if self.synthesis is not self.workers:
-            await self.synthesis.start()
-
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self.recordings.close_all()
-        if self._http is not None:
-            await self._http.close()
-        if self._started is not None:
-            await self.workers.close()
-            if self.synthesis is not self.workers:
-                await self.synthesis.close()
-
-
 def cut_to_played(text: str, playback: Playback) -> str:
     """The words of ``text`` that were heard, estimated from the audio played (and, when the engine
     counts them, the words of each piece: see :meth:`Playback.words_heard`)."""
@@ -226,59 +109,52 @@ def cut_to_played(text: str, playback: Playback) -> str:
     return " ".join(words[:keep])
 
 
-class Listener(Protocol):
-    """Where a voice session's recognition streams come from: speech workers, or a hosted service."""
-
-    def recognition(self, language: str | None = None) -> StreamingRecognition: ...
-
-
-class _HostedListener:
-    def __init__(self, services: VoiceServices, engine: HostedEngine, language: str) -> None:
-        self.services = services
-        self.engine = engine
-        self.language = language
-
-    def recognition(self, language: str | None = None) -> StreamingRecognition:
-        language = language or self.language
-        hosted = create_hosted_recognizer(
-            self.engine.service, engine=self.engine, session=self.services.http(), language=language
-        )
-        embedded = functools.partial(self.services.workers.recognition, language)
-        return FallbackRecognition(hosted, embedded, what=self.engine.describe())
-
-
-class _WorkerSpeaker:
-    """Speech workers as a :class:`~media.synthesis.Speaker` (their chunks carry no word counts)."""
-
-    def __init__(self, workers: SpeechWorkers) -> None:
-        self.workers = workers
-
-    async def synthesize(self, text: str) -> AsyncIterator[SpeechChunk]:
-        async for pcm, rate in self.workers.synthesize(text):
-            yield SpeechChunk(pcm, rate)
+async def synthesize_into(speaker: Speaker, playback: Playback) -> None:
+    """Speak ``playback.text`` into it, piece by piece, at its rate; it is complete when this returns."""
+    resampler: Resampler | None = None
+    try:
+        async for chunk in speaker.synthesize(playback.text):
+            if resampler is None or resampler.rate_in != chunk.rate:  # a fallback engine may speak at another rate
+                if resampler is not None:
+                    playback.append(resampler.flush())
+                resampler = Resampler(chunk.rate, playback.rate)
+            playback.append(resampler.process(chunk.pcm), words=chunk.words)
+        if resampler is not None:
+            playback.append(resampler.flush())
+    except Exception:
+        log.exception("synthesis failed for %s", playback.id)
+    finally:
+        playback.complete()
 
 
 class VoiceLink:
-    session_type = SessionType.VOICE
+    """One voice session: the pipeline between a transport and the run's controller.
+
+    ``session_type`` is how the session is recorded (``voice``; a phone call's ``inbound`` or
+    ``outbound``), ``user_number`` the caller's number on a phone call.
+    """
+
     plays_audio = True
 
     def __init__(
         self,
         *,
+        transport: AudioTransport,
         workers: Listener,
         synthesis: Speaker,
         settings: ChannelSettings,
-        ice_servers: list[RTCIceServer] | None = None,
         vad: str = "webrtc",
         recorder: Recorder | None = None,
         language: str = "en",
         turn_end: TurnEndSettings | None = DEFAULT_TURN_END,
+        session_type: SessionType = SessionType.VOICE,
+        user_number: str | None = None,
     ) -> None:
-        self.peer = VoicePeer(
-            ice_servers=ice_servers,
-            on_audio_frame=self.on_audio_frame,
-            on_closed=self._on_peer_closed,
-            speech=SpeechTrack(on_frame_sent=self._on_frame_sent),
+        self.transport = transport
+        self.session_type = session_type
+        self.user_number = user_number
+        transport.bind(
+            on_audio_frame=self.on_audio_frame, on_closed=self._on_peer_closed, on_frame_sent=self._on_frame_sent
         )
         self.workers = workers
         self.synthesis = synthesis
@@ -312,38 +188,46 @@ class VoiceLink:
     # --- ParticipantLink ----------------------------------------------------------------
 
     @property
+    def peer(self) -> VoicePeer:
+        """The WebRTC peer, for a WebRTC session."""
+        assert isinstance(self.transport, VoicePeer), "not a WebRTC session"
+        return self.transport
+
+    @property
     def rtt(self) -> float | None:
-        return self.peer.rtt
+        return self.transport.rtt
 
     async def send(self, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
         if kind == "typing":
             if frame.get("active"):  # when composing ends, speaking follows: no state change to announce
-                self.peer.send_event({"type": "state", "state": "thinking"})
+                self.transport.send_event({"type": "state", "state": "thinking"})
         elif kind == "message.ack":
             message = frame["message"]
-            self.peer.send_event({"type": "caption", "role": "user", "final": True, "text": message["content"]})
+            self.transport.send_event({"type": "caption", "role": "user", "final": True, "text": message["content"]})
         elif kind in ("session.ready", "run.ended", "error"):
-            self.peer.send_event(frame)
+            self.transport.send_event(frame)
 
     async def deliver(self, message: Message, run_started_at: float | None) -> None:
         now = time.time()
         anchor = None
         if self._answer is not None and message.kind is not UtteranceKind.GREETING:
             anchor, self._answer = self._answer, None
-        playback = Playback(message.id, message.content, on_finished=self._on_playback_finished)
+        playback = Playback(
+            message.id, message.content, on_finished=self._on_playback_finished, rate=self.transport.output_rate
+        )
         self._playbacks[message.id] = (playback, message, now, anchor)
-        self.peer.speech.play(playback)
-        self.peer.send_event({"type": "message", "message": message_json(message, run_started_at)})
-        self.peer.send_event({"type": "state", "state": "speaking"})
+        self.transport.play(playback)
+        self.transport.send_event({"type": "message", "message": message_json(message, run_started_at)})
+        self.transport.send_event({"type": "state", "state": "speaking"})
         self._spawn(self._synthesize(playback))
 
     async def stop_playback(self) -> list[PlaybackReport]:
-        stopped = self.peer.speech.stop()
+        stopped = await self.transport.stop_playback()
         reports = [self._report(p) for p in stopped if p.id in self._playbacks]
         for p in stopped:
             self._playbacks.pop(p.id, None)
-        self.peer.send_event({"type": "state", "state": "listening"})
+        self.transport.send_event({"type": "state", "state": "listening"})
         return reports
 
     async def close(self, code: int, reason: str) -> None:
@@ -360,11 +244,12 @@ class VoiceLink:
                 pending.cancel()
         if self._recognition is not None:
             await _quietly(self._recognition.close())
-        await self.peer.close()
+        await self.transport.close()
 
     def _on_peer_closed(self, reason: str) -> None:
-        """ICE failure, page closed, or the participant's track ended: the session ends (not the run)."""
-        log.info("voice peer closed: %s", reason)
+        """ICE failure, page closed, the call hung up, or the participant's track ended: the session ends
+        (not the run)."""
+        log.info("voice transport closed: %s", reason)
         self._spawn(self._hang_up(reason))
 
     async def _hang_up(self, reason: str) -> None:
@@ -372,27 +257,14 @@ class VoiceLink:
             await self.controller.detach(self)  # first: close() cancels every other task of this link
         await self.close(1000, reason)
 
-    def _on_frame_sent(self, pcm48: PCM, sent_at: float) -> None:
+    def _on_frame_sent(self, pcm: PCM, sent_at: float) -> None:
         if self.recorder is not None:
-            self.recorder.add("assistant", pcm48, sent_at, rate=48_000)
+            self.recorder.add("assistant", pcm, sent_at, rate=self.transport.output_rate)
 
     # --- speaking -------------------------------------------------------------------------
 
     async def _synthesize(self, playback: Playback) -> None:
-        upsampler: Upsampler | None = None
-        try:
-            async for chunk in self.synthesis.synthesize(playback.text):
-                if upsampler is None or upsampler.rate_in != chunk.rate:  # a fallback engine may speak at another rate
-                    if upsampler is not None:
-                        playback.append(upsampler.flush())
-                    upsampler = Upsampler(chunk.rate, 48_000)
-                playback.append(upsampler.process(chunk.pcm), words=chunk.words)
-            if upsampler is not None:
-                playback.append(upsampler.flush())
-        except Exception:
-            log.exception("synthesis failed for %s", playback.id)
-        finally:
-            playback.complete()
+        await synthesize_into(self.synthesis, playback)
 
     def _on_playback_finished(self, playback: Playback) -> None:
         """From the track, on the event loop: report a fully played message to the controller."""
@@ -402,7 +274,7 @@ class VoiceLink:
         del self._playbacks[playback.id]
         self._last_playback_end = playback.finished_at or time.time()
         if not self._playbacks:
-            self.peer.send_event({"type": "state", "state": "listening"})
+            self.transport.send_event({"type": "state", "state": "listening"})
         self._spawn(self.controller.playback_done(self, report))
 
     def _report(self, playback: Playback) -> PlaybackReport:
@@ -446,7 +318,7 @@ class VoiceLink:
     def on_audio_frame(self, pcm: PCM, end_at: float) -> None:
         """Inbound 20 ms frame (sync, on the event loop): cheap work only; the rest goes to the queue."""
         if self.recorder is not None:
-            self.recorder.add("participant", pcm, end_at - len(pcm) / SAMPLE_RATE)
+            self.recorder.add("participant", pcm, end_at - len(pcm) / SAMPLE_RATE, rate=SAMPLE_RATE)
         probability = self.vad.speech_probability(pcm) if len(pcm) == FRAME_SAMPLES else 0.0
         before = self.endpointer.state
         decisions = self.endpointer.frame(end_at, probability)
@@ -553,10 +425,10 @@ class VoiceLink:
                 )
             except StorageUnavailable:  # nothing was stored and the interview did not move on: ask again
                 log.warning("a spoken answer could not be stored in run %s", ctl.run_id)
-                self.peer.send_event({"type": "error", "code": "storage_unavailable", "message": SAY_AGAIN})
+                self.transport.send_event({"type": "error", "code": "storage_unavailable", "message": SAY_AGAIN})
                 return
             if stored is not None:
-                self.peer.send_event({"type": "caption", "role": "user", "final": True, "text": stored.content})
+                self.transport.send_event({"type": "caption", "role": "user", "final": True, "text": stored.content})
 
     async def _speculate(self, ctl: RunController, early: asyncio.Task[str]) -> None:
         """Once the pause's early transcript is ready, let the controller compose its reply ahead
@@ -574,7 +446,7 @@ class VoiceLink:
         try:
             partial = await recognition.partial()
             if partial and segment == self._segment and self._early is None:
-                self.peer.send_event({"type": "caption", "role": "user", "final": False, "text": partial})
+                self.transport.send_event({"type": "caption", "role": "user", "final": False, "text": partial})
         except Exception as exc:
             log.debug("partial caption failed: %r", exc)
         finally:

@@ -50,7 +50,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media.audio import FRAME_SAMPLES, PCM, SAMPLE_RATE
 from media.resample import Downsampler48to16
-from media.speech_track import Playback, SpeechTrack
+from media.speech_track import OUT_RATE, Playback, SpeechTrack
 
 __all__ = [
     "InvalidOffer",
@@ -251,7 +251,7 @@ class VoicePeer:
         self,
         *,
         ice_servers: list[RTCIceServer] | None = None,
-        on_audio_frame: Callable[[PCM, float], None],
+        on_audio_frame: Callable[[PCM, float], None] = lambda pcm, end_at: None,
         on_message: Callable[[dict[str, Any]], None] | None = None,
         on_closed: Callable[[str], None] | None = None,
         ping_interval: float = 2.0,
@@ -285,6 +285,27 @@ class VoicePeer:
         self.pc.on("connectionstatechange", self._on_connection_state)
         self.pc.on("track", self._on_track)
         self.pc.on("datachannel", self._on_datachannel)
+
+    # --- as the voice pipeline's transport (media/transport.py) ---
+
+    output_rate = OUT_RATE
+
+    def bind(
+        self,
+        *,
+        on_audio_frame: Callable[[PCM, float], None],
+        on_closed: Callable[[str], None],
+        on_frame_sent: Callable[[PCM, float], None],
+    ) -> None:
+        self.on_audio_frame = on_audio_frame
+        self.on_closed = on_closed
+        self.speech.on_frame_sent = on_frame_sent
+
+    def play(self, playback: Playback) -> None:
+        self.speech.play(playback)
+
+    async def stop_playback(self) -> list[Playback]:
+        return self.speech.stop()
 
     @property
     def rtt(self) -> float | None:

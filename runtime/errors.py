@@ -8,9 +8,11 @@
     ├── Gone              the object's data was erased on purpose (an erased run's transcript, events, recording)
     ├── InvalidRequest    the request is malformed (bad cursor, both ids, unknown value)
     │   └── UnsupportedMediaType  the body is of a type that cannot be JSON (415)
+    ├── Forbidden         a webhook whose signature does not verify (403)
+    ├── UpstreamFailed    a service we call (Twilio's API) failed or refused us (502)
     └── StorageUnavailable  the database could not be written (disk gone, file unopenable): nothing was stored
 
-The API maps them to 404, 409, 410, 400 (415) and 503 with the same JSON error shape.
+The API maps them to 404, 409, 410, 400 (415), 403, 502 and 503 with the same JSON error shape.
 """
 
 from __future__ import annotations
@@ -52,6 +54,20 @@ class InvalidRequest(VivavoceError):
 class UnsupportedMediaType(InvalidRequest):
     status = 415
     type = "unsupported_media_type"
+
+
+class Forbidden(VivavoceError):
+    """A request that proves nothing of who sent it (a webhook whose signature does not verify)."""
+
+    status = 403
+    type = "forbidden"
+
+
+class UpstreamFailed(VivavoceError):
+    """A service we depend on (Twilio's API) failed or refused us; nothing the caller sent was wrong."""
+
+    status = 502
+    type = "upstream_failed"
 
 
 class StorageUnavailable(VivavoceError):

@@ -119,6 +119,7 @@ def session_json(session: Session) -> dict[str, Any]:
         "ended_at": iso(session.ended_at),
         "duration_s": None if duration is None else round(duration, 3),
         "end_reason": session.end_reason.value if session.end_reason else None,
+        "user_number": session.user_number,
     }
 
 
@@ -131,7 +132,13 @@ def run_json(run: Run, *, join_url: str) -> dict[str, Any]:
         "blueprint_version": run.blueprint_version,
         "channel_id": run.channel_id,
         "connector_id": run.connector_id,
-        "participant": {"external_id": p.external_id, "name": p.name, "email": p.email, "metadata": p.metadata},
+        "participant": {
+            "external_id": p.external_id,
+            "name": p.name,
+            "email": p.email,
+            "phone": p.phone,
+            "metadata": p.metadata,
+        },
         "metadata": run.metadata,
         "status": run.status.value,
         "end_reason": run.end_reason.value if run.end_reason else None,
@@ -149,6 +156,7 @@ def run_json(run: Run, *, join_url: str) -> dict[str, Any]:
         },
         "erased_at": iso(run.erased_at),
         "erased_by": run.erased_by,
+        "pin": run.pin,
     }
 
 

@@ -51,20 +51,48 @@ class EndReason(StrEnum):
     CANCELLED = "cancelled"
     JOIN_EXPIRED = "join_expired"
     ERROR = "error"
+    # phone calls we placed that never became an interview (docs/telephony.md)
+    BUSY = "busy"
+    NO_ANSWER = "no_answer"
+    VOICEMAIL = "voicemail"  # an answering machine picked up
+    FAILED = "failed"  # the call could not be placed or connected
 
     @property
     def run_status(self) -> RunStatus:
         """The terminal status a run takes when it ends for this reason."""
         if self is EndReason.CANCELLED:
             return RunStatus.CANCELLED
-        if self in (EndReason.JOIN_EXPIRED, EndReason.ERROR):
+        if self in _FAILING:
             return RunStatus.FAILED
         return RunStatus.COMPLETED
 
 
+_FAILING = frozenset(
+    {
+        EndReason.JOIN_EXPIRED,
+        EndReason.ERROR,
+        EndReason.BUSY,
+        EndReason.NO_ANSWER,
+        EndReason.VOICEMAIL,
+        EndReason.FAILED,
+    }
+)
+
+
 class SessionType(StrEnum):
-    TEXT = "text"
-    VOICE = "voice"
+    """How the participant was connected (as in HappyRobot's session object)."""
+
+    TEXT = "text"  # the chat websocket
+    VOICE = "voice"  # WebRTC, or the custom media socket
+    INBOUND = "inbound"  # a phone call the participant made
+    OUTBOUND = "outbound"  # a phone call we placed to the participant
+
+
+class InboundCalls(StrEnum):
+    """How a telephony channel matches an incoming call to a run."""
+
+    PIN = "pin"  # the caller keys in (or says) the PIN of an existing run
+    NEW_RUN = "new_run"  # every call is a new run of the channel's inbound blueprint
 
 
 class SessionStatus(StrEnum):
@@ -228,6 +256,10 @@ class ChannelSettings:
     eos_silence_ms: int = 500
     min_interruption_ms: int = 400
     filler_after_ms: int = 1500
+    # telephony: the channel's numbers (E.164), and how an incoming call finds its run
+    phone_numbers: tuple[str, ...] = ()
+    inbound: InboundCalls = InboundCalls.PIN
+    inbound_blueprint_id: str | None = None  # inbound new_run: the (published) blueprint each call is a run of
 
 
 @dataclass(frozen=True)
@@ -250,6 +282,7 @@ class Participant:
     name: str | None = None
     email: str | None = None
     metadata: JSON = field(default_factory=dict)
+    phone: str | None = None  # E.164; a telephony run's outbound call dials it
 
 
 @dataclass(frozen=True)
@@ -305,6 +338,7 @@ class Run:
     analysed_at: float | None = None  # when the analysis job stored its summary (and result)
     erased_at: float | None = None  # the participant's data was deleted then (a tombstone since)
     erased_by: str | None = None  # the API key that asked (key_...), or "retention"
+    pin: str | None = None  # telephony: what a caller keys in to reach this run (unique among the channel's open runs)
 
     @property
     def settled(self) -> bool:
@@ -323,6 +357,7 @@ class Session:
     started_at: float
     ended_at: float | None
     end_reason: SessionEndReason | None
+    user_number: str | None = None  # a phone call's caller (inbound) or callee (outbound), E.164
 
     @property
     def duration_s(self) -> float | None:

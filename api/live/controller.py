@@ -140,7 +140,9 @@ class RunController:
             if self.finished or self._closed:
                 return None
             now = self.clock()
-            started = await self.store.runs.start_session(self.run_id, link.session_type, now)
+            started = await self.store.runs.start_session(
+                self.run_id, link.session_type, now, user_number=link.user_number
+            )
             if started is None:
                 return None
             run, session = started

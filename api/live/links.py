@@ -29,10 +29,11 @@ class PlaybackReport:
 
 
 class ParticipantLink(Protocol):
-    """A live connection to the participant: a chat websocket or a WebRTC peer."""
+    """A live connection to the participant: a chat websocket, or a voice transport (WebRTC, phone, media socket)."""
 
     session_type: SessionType
     plays_audio: bool  # False: a message counts as played as soon as it is delivered
+    user_number: str | None  # a phone call's caller or callee (stored on the session)
 
     @property
     def rtt(self) -> float | None:

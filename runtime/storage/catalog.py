@@ -22,10 +22,21 @@ from runtime.types import (
     Channel,
     ChannelSettings,
     ChannelType,
+    InboundCalls,
     InterviewerSettings,
     InterviewerType,
     Question,
 )
+
+
+def _channel_settings(stored: dict[str, Any]) -> ChannelSettings:
+    """Settings as stored (JSON): unknown keys (of a newer server) ignored, lists and enums typed again."""
+    values = {k: v for k, v in stored.items() if k in ChannelSettings.__dataclass_fields__}
+    if "phone_numbers" in values:
+        values["phone_numbers"] = tuple(values["phone_numbers"])
+    if "inbound" in values:
+        values["inbound"] = InboundCalls(values["inbound"])
+    return ChannelSettings(**values)
 
 
 def content_from_json(d: JSON) -> BlueprintContent:
@@ -76,7 +87,7 @@ def _channel(row: Any) -> Channel:
         org_id=row.org_id,
         type=ChannelType(row.type),
         name=row.name,
-        settings=ChannelSettings(**{k: v for k, v in s.items() if k in ChannelSettings.__dataclass_fields__}),
+        settings=_channel_settings(s),
         metadata=row.metadata,
         created_at=row.created_at,
     )
@@ -314,6 +325,14 @@ class Catalog:
         ch = Channel(new_id("channel", now=now), org_id, type, name, settings, metadata, now)
 
         def write(tx: Transaction) -> None:
+            if settings.phone_numbers:  # a number reaches one channel: an incoming call must find its run
+                rows = tx.conn.execute(select(t.channels).where(t.channels.c.type == ChannelType.TELEPHONY.value))
+                for other in rows:
+                    taken = set(settings.phone_numbers) & set(other.settings.get("phone_numbers") or ())
+                    if taken:
+                        raise Conflict(
+                            f"{sorted(taken)[0]} already belongs to another telephony channel", param="phone_numbers"
+                        )
             tx.conn.execute(
                 t.channels.insert().values(
                     id=ch.id,
@@ -343,6 +362,22 @@ class Catalog:
             raise NotFound(f"No channel {channel_id!r}", param="channel_id")
         channel = self._channels[(org_id, channel_id)] = _channel(row)
         return channel
+
+    async def find_channel(self, channel_id: str) -> Channel | None:
+        """A channel of any organization (a phone call's stream names its channel, not its organization)."""
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(t.channels).where(t.channels.c.id == channel_id))).first()
+        return None if row is None else _channel(row)
+
+    async def channel_for_number(self, number: str) -> Channel | None:
+        """The telephony channel (of any organization) that ``number`` belongs to, if any."""
+        query = select(t.channels).where(t.channels.c.type == ChannelType.TELEPHONY.value)
+        async with self.db.read() as conn:
+            rows = list(await conn.execute(query))
+        for row in rows:
+            if number in (row.settings.get("phone_numbers") or ()):
+                return _channel(row)
+        return None
 
     async def list_channels(self, org_id: str, *, limit: int, starting_after: str | None) -> tuple[list[Channel], bool]:
         query = select(t.channels).where(t.channels.c.org_id == org_id)

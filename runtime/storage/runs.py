@@ -9,6 +9,7 @@ event (:mod:`runtime.storage.webhooks`) are written beside it, in that transacti
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -60,7 +61,9 @@ def _run_from(m: Mapping[str, Any]) -> Run:
         blueprint_version=m["blueprint_version"],
         channel_id=m["channel_id"],
         connector_id=m["connector_id"],
-        participant=Participant(p.get("external_id"), p.get("name"), p.get("email"), p.get("metadata") or {}),
+        participant=Participant(
+            p.get("external_id"), p.get("name"), p.get("email"), p.get("metadata") or {}, p.get("phone")
+        ),
         metadata=m["metadata"],
         status=RunStatus(m["status"]),
         end_reason=EndReason(m["end_reason"]) if m["end_reason"] else None,
@@ -76,6 +79,7 @@ def _run_from(m: Mapping[str, Any]) -> Run:
         analysed_at=m["analysed_at"],
         erased_at=m.get("erased_at"),
         erased_by=m.get("erased_by"),
+        pin=m.get("pin"),
     )
 
 
@@ -97,7 +101,7 @@ def _session(row: Any) -> Session:
     return _session_raw(tuple(row._mapping[k] for k in _SESSION_COLUMNS))
 
 
-_SESSION_COLUMNS = ("id", "run_id", "type", "status", "started_at", "ended_at", "end_reason")
+_SESSION_COLUMNS = ("id", "run_id", "type", "status", "started_at", "ended_at", "end_reason", "user_number")
 _SESSION_SELECT = ", ".join(_SESSION_COLUMNS)
 
 
@@ -110,6 +114,7 @@ def _session_raw(v: Sequence[Any]) -> Session:
         started_at=v[4],
         ended_at=v[5],
         end_reason=SessionEndReason(v[6]) if v[6] else None,
+        user_number=v[7],
     )
 
 
@@ -285,12 +290,16 @@ class RunStore:
         metadata: dict[str, str],
         join_window_s: float,
         also: Callable[[Transaction, str], None] | None = None,
+        with_pin: bool = False,
     ) -> Run:
-        """``also`` writes more in the same transaction (given the new run's id); if it raises, no run is made."""
+        """``also`` writes more in the same transaction (given the new run's id); if it raises, no run is made.
+        ``with_pin``: give it a PIN unique among the channel's open runs (a telephony channel's callers key it in).
+        """
         now = time.time()
         run_id = new_id("run", now=now)
 
         def write(tx: Transaction) -> Any:
+            pin = self._free_pin(tx, channel_id) if with_pin and channel_id is not None else None
             tx.conn.execute(
                 t.runs.insert().values(
                     id=run_id,
@@ -304,6 +313,7 @@ class RunStore:
                         "name": participant.name,
                         "email": participant.email,
                         "metadata": participant.metadata,
+                        **({"phone": participant.phone} if participant.phone else {}),
                     },
                     metadata=metadata,
                     status=RunStatus.PENDING.value,
@@ -313,6 +323,7 @@ class RunStore:
                     created_at=now,
                     join_expires_at=now + join_window_s,
                     last_seq=0,
+                    pin=pin,
                 )
             )
             if metadata:
@@ -331,6 +342,27 @@ class RunStore:
 
         await self.db.write(write, run_id=run_id)
         return await self.get_run(run_id)
+
+    @staticmethod
+    def _free_pin(tx: Transaction, channel_id: str) -> str:
+        """Six random digits no open run of the channel has (a caller keys them in to reach the run)."""
+        open_statuses = (RunStatus.PENDING.value, RunStatus.IN_PROGRESS.value)
+        while True:
+            pin = f"{secrets.randbelow(1_000_000):06d}"
+            taken = tx.sql(
+                "SELECT 1 FROM runs WHERE channel_id = ? AND pin = ? AND status IN (?, ?)",
+                (channel_id, pin, *open_statuses),
+            )
+            if not taken:
+                return pin
+
+    async def run_by_pin(self, channel_id: str, pin: str) -> Run | None:
+        """The open run of ``channel_id`` with this PIN, if any."""
+        rows = await self.db.fetch(
+            f"SELECT {_RUN_SELECT} FROM runs WHERE channel_id = ? AND pin = ? AND status IN (?, ?)",
+            (channel_id, pin, RunStatus.PENDING.value, RunStatus.IN_PROGRESS.value),
+        )
+        return _run_raw(rows[0]) if rows else None
 
     async def get_run(self, run_id: str, *, org_id: str | None = None) -> Run:
         if org_id is None:
@@ -418,8 +450,11 @@ class RunStore:
 
     # --- sessions -----------------------------------------------------------------------
 
-    async def start_session(self, run_id: str, type: SessionType, now: float) -> tuple[Run, Session] | None:
-        """Open a session (ending any live one as replaced); None if the run has ended."""
+    async def start_session(
+        self, run_id: str, type: SessionType, now: float, *, user_number: str | None = None
+    ) -> tuple[Run, Session] | None:
+        """Open a session (ending any live one as replaced); None if the run has ended.
+        ``user_number``: a phone call's caller or callee."""
 
         def write(tx: Transaction) -> Any:
             rows = tx.sql("SELECT status FROM runs WHERE id = ?", (run_id,))
@@ -434,11 +469,13 @@ class RunStore:
                 )
                 run = _run_raw(started[0])
                 self._insert_event(tx, run_id, run.last_seq, EventType.RUN_STARTED, run_event_json(run), now)
-            session = Session(new_id("session", now=now), run_id, type, SessionStatus.ACTIVE, now, None, None)
+            session = Session(
+                new_id("session", now=now), run_id, type, SessionStatus.ACTIVE, now, None, None, user_number
+            )
             tx.sql(
-                "INSERT INTO sessions (id, run_id, type, status, started_at, ended_at, end_reason)"
-                " VALUES (?, ?, ?, ?, ?, NULL, NULL)",
-                (session.id, run_id, type.value, session.status.value, now),
+                "INSERT INTO sessions (id, run_id, type, status, started_at, ended_at, end_reason, user_number)"
+                " VALUES (?, ?, ?, ?, ?, NULL, NULL, ?)",
+                (session.id, run_id, type.value, session.status.value, now, user_number),
             )
             numbered = tx.sql(f"UPDATE runs SET last_seq = last_seq + 1 WHERE id = ? RETURNING {_RUN_SELECT}", [run_id])
             run = _run_raw(numbered[0])
@@ -471,7 +508,14 @@ class RunStore:
             (SessionStatus.ENDED.value, ended_at, reason.value, session.id),
         )
         closed = Session(
-            session.id, session.run_id, session.type, SessionStatus.ENDED, session.started_at, ended_at, reason
+            session.id,
+            session.run_id,
+            session.type,
+            SessionStatus.ENDED,
+            session.started_at,
+            ended_at,
+            reason,
+            session.user_number,
         )
         self._emit(tx, session.run_id, EventType.SESSION_ENDED, {"session": session_json(closed)}, now)
 

@@ -119,9 +119,12 @@ runs = Table(
     # erasure (runtime/storage/erasure.py): the row stays as a tombstone, with who asked and when
     Column("erased_at", Float, nullable=True),
     Column("erased_by", String, nullable=True),
+    # telephony (migration 0006): what a caller keys in to reach the run
+    Column("pin", String, nullable=True),
     Index("ix_runs_org_id_id", "org_id", "id"),
     Index("ix_runs_ended_at", "ended_at"),
     Index("ix_runs_status_join_expires_at", "status", "join_expires_at"),
+    Index("ix_runs_channel_id_pin", "channel_id", "pin"),
 )
 
 run_metadata = Table(
@@ -143,6 +146,7 @@ sessions = Table(
     Column("started_at", Float, nullable=False),
     Column("ended_at", Float, nullable=True),
     Column("end_reason", String, nullable=True),
+    Column("user_number", String, nullable=True),  # a phone call's caller or callee (migration 0006)
 )
 
 messages = Table(

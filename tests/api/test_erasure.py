@@ -27,7 +27,8 @@ def files_holding(data_dir: Path, text: str) -> list[Path]:
 
 
 async def test_delete_erases_the_participants_data_and_keeps_a_tombstone(server: Server) -> None:
-    participant = {"external_id": "PROLIFIC-5f3a", "name": "Ada Lovelace", "email": "ada@example.org"}
+    participant = {"external_id": "PROLIFIC-5f3a", "name": "Ada Lovelace", "email": "ada@example.org",
+                   "phone": "+442071838750"}  # fmt: skip
     run = await server.create_run(participant=participant, metadata={"cohort": "wave-2"})
     await complete_interview(server, run)
     recording = server.state.voice.recordings.path(run["id"])  # what a voice run with recording: true leaves
@@ -37,7 +38,7 @@ async def test_delete_erases_the_participants_data_and_keeps_a_tombstone(server:
     status, erased = await server.request("DELETE", f"/v1/runs/{run['id']}")
     assert status == 200, erased
     assert erased["erased_by"] == await key_id(server) and erased["erased_at"] is not None
-    assert erased["participant"] == {"external_id": None, "name": None, "email": None, "metadata": {}}
+    assert erased["participant"] == {"external_id": None, "name": None, "email": None, "phone": None, "metadata": {}}
     assert erased["metadata"] == {}
     # the tombstone: what happened, not what was said
     assert (erased["status"], erased["end_reason"]) == ("completed", "completed")

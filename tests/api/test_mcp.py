@@ -67,7 +67,7 @@ async def test_the_tools_are_listed_named_and_shaped_as_documented(server: Serve
     assert set(settings) == {"recording", "max_duration_s", "idle_timeout_s"}
     run = tools["create_interview_run"].input_schema
     assert set(run["properties"]) == {"blueprint_id", "channel_id", "connector_id", "participant", "metadata"}
-    assert set(run["$defs"]["ParticipantIn"]["properties"]) == {"external_id", "name", "email", "metadata"}
+    assert set(run["$defs"]["ParticipantIn"]["properties"]) == {"external_id", "name", "email", "phone", "metadata"}
     assert set(tools["get_interview_run"].input_schema["properties"]) == {"run_id", "expand"}
     listing = tools["list_interview_runs"].input_schema["properties"]
     assert set(listing) == {"limit", "starting_after", "blueprint_id"}

@@ -314,7 +314,8 @@ async def test_blueprint_versions_and_the_version_runs_pin(server: Server) -> No
 async def test_channels_accept_settings_at_their_bounds(server: Server) -> None:
     low = {"idle_timeout_s": 5, "max_duration_s": 10, "eos_silence_ms": 200, "min_interruption_ms": 100}
     high = {"idle_timeout_s": 3600, "max_duration_s": 43200, "eos_silence_ms": 3000, "filler_after_ms": 10000}
-    defaults = {"recording": False, "eos_silence_ms": 500, "min_interruption_ms": 400, "filler_after_ms": 1500}
+    defaults = {"recording": False, "eos_silence_ms": 500, "min_interruption_ms": 400, "filler_after_ms": 1500,
+                "phone_numbers": [], "inbound": "pin", "inbound_blueprint_id": None}  # fmt: skip
     for settings in (low, high):
         status, ch = await server.request(
             "POST", "/v1/channels", json={"type": "chat", "name": "n", "settings": settings, "metadata": {"a": "b"}}
