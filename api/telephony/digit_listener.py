@@ -6,8 +6,9 @@ listening chain as an interview's (api/voice.py), without the interview: voice a
 ends, and the server's recogniser (the speech workers, or a hosted engine with them behind it) for the
 words, which :func:`runtime.spoken_digits.spoken_digits` reads as digits.
 
-Reported to the PIN prompt as :class:`Speaking` (the caller started talking: the prompt stops, and the
-wait for input starts again) and :class:`Spoken` (an utterance's digits, "" if it said none).
+Reported to the PIN prompt as :class:`Speaking` (the caller has been talking for ``min_interruption_ms``,
+as long as a barge-in on the interviewer: the prompt stops, and the wait for input starts again) and
+:class:`Spoken` (an utterance's digits, "" if it said none).
 
 CPU: the detector's few microseconds a frame run on the event loop, as in every voice session;
 recognition runs where the voice pipeline's does (worker processes), fed while the caller speaks so only
@@ -31,7 +32,7 @@ from media.audio import FRAME_SAMPLES, PCM
 from media.stt.base import StreamingRecognition
 from media.transport import AudioTransport
 from media.vad import create_vad
-from runtime.endpointing import Endpointer, EndpointSettings, SpeechEnded, SpeechStarted, State
+from runtime.endpointing import Endpointer, EndpointSettings, Interrupting, SpeechEnded, State
 from runtime.spoken_digits import spoken_digits
 
 log = logging.getLogger("vivavoce.telephony")
@@ -48,7 +49,7 @@ PIN_ENDPOINTING = EndpointSettings(eos_silence_ms=800.0, finalize_after_ms=None)
 
 @dataclass(frozen=True)
 class Speaking:
-    """The caller started speaking."""
+    """The caller is speaking (long enough to be no cough or click)."""
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class DigitListener:
                 self._batch = []
         self._preroll.append(pcm)
         for decision in decisions:
-            if isinstance(decision, SpeechStarted):
+            if isinstance(decision, Interrupting):  # as long as speech must be to stop the interviewer
                 self.report(Speaking())
             elif isinstance(decision, SpeechEnded):
                 self._events.put_nowait(("end", None))
