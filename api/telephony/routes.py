@@ -3,15 +3,18 @@
 ``POST /telephony/twilio/voice``: Twilio asks what to do with a call. Inbound, the number called (``To``)
 names a telephony channel (its ``phone_numbers``); the channel's ``inbound`` setting says whether the call
 is a new run (``new_run``) or the caller keys in a run's PIN (``pin``). Outbound (``?run=``), it is the
-call we placed for that run; if a machine answered (``AnsweredBy``), the run ends as ``voicemail``. Either
-way the answer is ``<Connect><Stream>`` to our Media Streams websocket with a grant for this call
-(api/telephony/stream.py).
+call we placed for that run; if a machine answered (``AnsweredBy``), the call is hung up and a pending run
+ends as ``voicemail`` (one in progress goes on: a call back reached voicemail). Otherwise the answer is
+``<Connect><Stream>`` to our Media Streams websocket with a grant for this call (api/telephony/stream.py).
 
 ``POST /telephony/twilio/status?run=``: the outbound call's progress; ``busy``, ``no-answer``, ``failed``
-and ``canceled`` end a run that never started with ``busy``, ``no_answer`` and ``failed``.
+and ``canceled`` end a run that never started with ``busy``, ``no_answer`` and ``failed``. A run already
+in progress (the call was a call back after a dropped call) is left as it is: the interview took place,
+and its idle and time limits end it if nobody comes back.
 
 ``POST /v1/runs/{id}/call``: dial the run's participant (``participant.phone``) from the channel's first
-number.
+number: a pending run, or one in progress that nobody is connected to (a dropped call; the interview
+resumes at the question it had reached, as any rejoin does).
 
 Every webhook must carry a valid ``X-Twilio-Signature`` for the public URL it was sent to (403 otherwise),
 and the account SID must be ours; without Twilio configured they answer 404.
@@ -41,7 +44,7 @@ from api.telephony.twilio import (
 )
 from runtime.errors import Conflict, Forbidden, NotFound
 from runtime.ids import is_id
-from runtime.types import ChannelType, EndReason, InboundCalls, Run, RunStatus
+from runtime.types import ChannelType, EndReason, InboundCalls, Run, RunStatus, SessionStatus
 
 log = logging.getLogger("vivavoce.telephony")
 
@@ -116,7 +119,8 @@ async def twilio_voice(request: web.Request) -> web.Response:
     if run is not None:  # the call we placed has been answered
         if is_machine(fields.get("AnsweredBy")):
             log.info("call %s for run %s reached a machine", call_sid, run.id)
-            await state.live.end(run, EndReason.VOICEMAIL)
+            if run.status is RunStatus.PENDING:  # a call back that reached voicemail ends nothing
+                await state.live.end(run, EndReason.VOICEMAIL)
             return _xml(twiml("<Hangup/>"))
         if run.status.is_terminal or run.channel_id is None:
             return _xml(twiml(say(ENDED), "<Hangup/>"))
@@ -165,9 +169,13 @@ async def twilio_status(request: web.Request) -> web.Response:
     reason = CALL_OUTCOMES.get(status)
     if reason is None and is_machine(fields.get("AnsweredBy")):
         reason = EndReason.VOICEMAIL
-    if reason is not None and run.status is RunStatus.PENDING:  # the call never became an interview
+    if reason is None:
+        return web.Response(status=204)
+    if run.status is RunStatus.PENDING:  # the call never became an interview
         log.info("outbound call for run %s ended: %s", run.id, status or "machine")
         await state.live.end(run, reason)
+    else:  # a call back to an interview that took place: it goes on, and its own timeouts end it
+        log.info("call back for run %s (%s) ended: %s", run.id, run.status.value, status or "machine")
     return web.Response(status=204)
 
 
@@ -181,8 +189,12 @@ async def call_participant(request: web.Request) -> web.Response:
     channel = await state.store.catalog.get_channel(run.org_id, run.channel_id) if run.channel_id else None
     if channel is None or channel.type is not ChannelType.TELEPHONY:
         raise Conflict(f"Run {run.id} is not on a telephony channel", param="id")
-    if run.status is not RunStatus.PENDING:
-        raise Conflict(f"Run {run.id} is {run.status.value}; only a pending run can be called", param="id")
+    if run.status is RunStatus.IN_PROGRESS:  # a call back: only if nobody is on the interview now
+        if any(s.status is SessionStatus.ACTIVE for s in await state.store.runs.list_sessions(run.id)):
+            raise Conflict(f"Run {run.id}'s participant is connected now; call when they have hung up", param="id")
+    elif run.status is not RunStatus.PENDING:
+        raise Conflict(f"Run {run.id} is {run.status.value}; only a pending or in-progress run can be called",
+                       param="id")  # fmt: skip
     if not run.participant.phone:
         raise Conflict(f"Run {run.id}'s participant has no phone number (participant.phone)", param="id")
     if not channel.settings.phone_numbers:

@@ -7,8 +7,9 @@ call's SIDs, the media format, our signed ``customParameters``), ``media`` (base
 and ``clear`` (barge-in: Twilio drops what it buffered).
 
 The stream is only trusted with a grant our TwiML made for this very call (api/telephony/twilio.py). A
-grant with a run joins it at once; one without (a telephony channel whose callers key in a PIN) plays a
-prompt and collects DTMF digits until they name an open run of the channel.
+grant with a run joins it at once; one without (a telephony channel whose callers give a PIN) asks for
+the PIN, keyed in (``dtmf`` frames) or said (the call's audio through VAD, endpointing and the recogniser),
+until it names an open run of the channel (api/telephony/pin.py).
 
 A malformed frame (not JSON, no event, a media payload that is not base64 μ-law) is logged and the socket
 closed with 1008 and the reason: Twilio ends that call, and nothing else is touched.
@@ -32,6 +33,8 @@ from api.join_voice import attach_voice, voice_link
 from api.live import RunController
 from api.openapi import RouteTable
 from api.state import STATE, AppState
+from api.telephony.digit_listener import DigitListener
+from api.telephony.pin import PIN_TIMEOUT_S, Keyed, PinEntry, PinInput
 from api.telephony.twilio import StreamGrant, check_grant
 from api.voice import synthesize_into
 from media.audio import PCM
@@ -47,13 +50,8 @@ routes = RouteTable()
 
 START_TIMEOUT_S = 10.0  # Twilio sends connected and start at once
 MAX_PAYLOAD_BYTES = 8_000  # one second of μ-law; Twilio sends 20 ms (160 bytes)
-PIN_DIGITS = 6
-PIN_TRIES = 3
-PIN_TIMEOUT_S = 30.0  # per try
-ASK_PIN = "Welcome. Please key in your six digit interview PIN."
-WRONG_PIN = "Sorry, that PIN was not recognised. Please key it in again."
-NO_PIN = "Sorry, we could not find your interview. Goodbye."
 DTMF = frozenset("0123456789*#")
+PIN_LANGUAGE = "en"  # the PIN prompts are English, and so is the reading of spoken digits
 
 
 class Malformed(ValueError):
@@ -160,9 +158,8 @@ class Call:
         self.state = state
         self.ws = ws
         self.transport: SocketTransport | None = None
-        self.digits: asyncio.Queue[str] = asyncio.Queue()
+        self.pin_inputs: asyncio.Queue[PinInput] = asyncio.Queue()  # keyed and spoken, while asking for a PIN
         self.interview: asyncio.Task[None] | None = None
-        self.prompt: asyncio.Task[Playback] | None = None
         self.attached = False  # the voice link owns the transport (and closes it) from then on
 
     async def send(self, message: Message) -> None:
@@ -223,7 +220,8 @@ class Call:
                 digit = _field(_field(frame, "dtmf", "a dtmf frame"), "digit", "dtmf")
                 if not isinstance(digit, str) or digit not in DTMF:
                     raise Malformed("dtmf.digit must be one of 0-9, * and #")
-                self.digits.put_nowait(digit)
+                if not self.attached:  # an interview has no use for keys
+                    self.pin_inputs.put_nowait(Keyed(digit))
             elif event == "stop":
                 return
             else:  # connected again, or an event of a later protocol version: nothing to do
@@ -233,10 +231,9 @@ class Call:
         """The stream is over (hung up, closed, malformed): the session ends, the run goes on."""
         if self.transport is not None:
             self.transport.remote_closed("hung_up")  # the voice link, if attached, hangs up and closes it
-        for task in (self.prompt, self.interview):
-            if task is not None and not task.done():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        if self.interview is not None and not self.interview.done():
+            self.interview.cancel()
+            await asyncio.gather(self.interview, return_exceptions=True)
         if self.transport is not None and not self.attached:
             await self.transport.close()
 
@@ -276,32 +273,17 @@ class Call:
         return playback
 
     async def _collect_pin(self, channel: Channel) -> str | None:
-        """Ask for the PIN until it names an open run of ``channel`` (at most ``PIN_TRIES`` times)."""
-        prompt = ASK_PIN
-        for _ in range(PIN_TRIES):
-            self.prompt = asyncio.create_task(self._say(prompt))  # digits may be keyed in while it plays
-            pin = await self._digits(self.state.config.scaled(PIN_TIMEOUT_S))
-            if pin is not None and len(pin) == PIN_DIGITS:
-                run = await self.state.store.runs.run_by_pin(channel.id, pin)
-                if run is not None:
-                    return run.id
-            prompt = WRONG_PIN
-        await self._say(NO_PIN)
-        await self.ws.close(code=1000, message=b"no such PIN")
-        return None
-
-    async def _digits(self, timeout: float) -> str | None:
-        """Digits keyed in until six are in, ``#``, or ``timeout`` passes between two of them."""
-        pin = ""
-        while len(pin) < PIN_DIGITS:
-            try:
-                digit = await asyncio.wait_for(self.digits.get(), timeout)
-            except TimeoutError:
-                return pin or None
-            if digit == "#":
-                return pin
-            if digit == "*":
-                pin = ""
-            else:
-                pin += digit
-        return pin
+        """The run the caller names by its PIN, keyed in or said (api/telephony/pin.py); None if they could
+        not (they have been told, and the call is closed)."""
+        assert self.transport is not None
+        listener = DigitListener(self.transport, self.state.voice.listener(PIN_LANGUAGE), self.pin_inputs.put_nowait,
+                                 vad=self.state.config.vad, language=PIN_LANGUAGE)  # fmt: skip
+        entry = PinEntry(self.state.store, self.transport, self._say, self.pin_inputs,
+                         timeout_s=self.state.config.scaled(PIN_TIMEOUT_S))  # fmt: skip
+        try:
+            run_id = await entry.run_id(channel)
+        finally:
+            await listener.close()
+        if run_id is None:
+            await self.ws.close(code=1000, message=b"no such PIN")
+        return run_id

@@ -9,7 +9,6 @@ import base64
 import io
 import logging
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -19,7 +18,7 @@ import soundfile as sf
 from api.config import ServerConfig
 from api.telephony.twilio import check_grant, connect_stream, new_grant, sign_grant, twiml
 from media.stt.wer import word_error_rate
-from tests.conftest import UNIT, VOICE_BLUEPRINT, HumanClip, Server, ServerFactory, eventually, spoken_answer
+from tests.conftest import UNIT, VOICE_BLUEPRINT, HumanClip, Server, eventually, spoken_answer
 from tests.fakes.twilio_server import (
     ACCOUNT_SID,
     AUTH_TOKEN,
@@ -29,51 +28,12 @@ from tests.fakes.twilio_server import (
     post_webhook,
     stream_of,
 )
+from tests.phone import CALLER, NUMBER, asked, phone_channel, transcript, voice_url
 
-NUMBER = "+14155550100"
-CALLER = "+442071838750"
 LONG_QUESTION = (
     "Before we start, could you tell me in as much detail as you like what you do for a living, how long you have "
     "done it, and what a normal working day looks like for you from the morning until the evening?"
 )
-
-
-@pytest.fixture
-async def twilio_api() -> AsyncIterator[FakeTwilioAPI]:
-    fake = await FakeTwilioAPI().start()
-    yield fake
-    await fake.close()
-
-
-@pytest.fixture
-async def phone_server(server_factory: ServerFactory, twilio_api: FakeTwilioAPI) -> Server:
-    server = await server_factory(
-        twilio_account_sid=ACCOUNT_SID, twilio_auth_token=AUTH_TOKEN, twilio_api_url=twilio_api.url
-    )
-    server.extra["blueprint_id"] = await server.create_blueprint(VOICE_BLUEPRINT)
-    return server
-
-
-async def phone_channel(server: Server, number: str = NUMBER, **settings: Any) -> dict[str, Any]:
-    body = {"type": "telephony", "name": "phone", "settings": {"phone_numbers": [number], **settings}}
-    status, channel = await server.request("POST", "/v1/channels", json=body)
-    assert status == 201, channel
-    return dict(channel)
-
-
-def voice_url(server: Server, query: str = "") -> str:
-    return f"{server.url}/telephony/twilio/voice{query}"
-
-
-async def transcript(server: Server, run_id: str) -> list[dict[str, Any]]:
-    return list((await server.get_run(run_id, "transcript"))["transcript"])
-
-
-async def asked(server: Server, run_id: str, question_id: str) -> None:
-    async def check() -> bool:
-        return any(m.get("question_id") == question_id for m in await transcript(server, run_id))
-
-    await eventually(check, 30)
 
 
 async def test_an_inbound_call_is_a_new_run_interviewed_by_voice_and_recorded_at_8_khz(
@@ -282,11 +242,13 @@ async def test_outbound_call_through_twilios_api_and_its_stream(
     assert params["run"] == run["id"]
     try:
         await asked(server, run["id"], "work")
+        status, body = await server.request("POST", f"/v1/runs/{run['id']}/call")
+        assert status == 409 and "connected" in body["error"]["message"]  # on the phone now: not called again
     finally:
         await call.hang_up()
     done = await server.get_run(run["id"], "sessions")
     assert [(s["type"], s["user_number"]) for s in done["sessions"]] == [("outbound", CALLER)]
-    assert (await server.request("POST", f"/v1/runs/{run['id']}/call"))[0] == 409  # in progress: not called again
+    assert len(twilio_api.calls) == 1
 
 
 async def test_outbound_call_errors_are_clear(
