@@ -49,8 +49,10 @@ def single(request: web.Request, name: str) -> str | None:
 
 def flag(request: web.Request, name: str) -> bool:
     """A boolean query parameter: ``true`` or ``false`` (default false)."""
-    value = single(request, name) or "false"
-    if value not in ("true", "false"):
+    value = single(request, name)
+    if value is None:
+        return False
+    if value not in ("true", "false"):  # an empty value too: "?recordings=" says nothing either way
         raise InvalidRequest(f"{name} must be true or false", param=name)
     return value == "true"
 

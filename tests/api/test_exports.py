@@ -141,6 +141,13 @@ async def test_export_queries_are_checked(server: Server, query: str, param: str
     assert_error(status, body, 400, "invalid_request", param)
 
 
+@pytest.mark.parametrize("value", ["", "yes", "1"])
+async def test_the_recordings_flag_is_true_or_false_and_nothing_else(server: Server, value: str) -> None:
+    bp = await server.create_blueprint()
+    status, body = await server.request("GET", f"/v1/blueprints/{bp}/transcripts.zip?recordings={value}")
+    assert_error(status, body, 400, "invalid_request", "recordings")
+
+
 async def test_an_export_walks_every_page_of_a_large_study_once(server: Server) -> None:
     bp = await server.create_blueprint()
     made = {(await server.create_run(blueprint_id=bp))["id"] for _ in range(230)}  # more than one page (200)
