@@ -58,8 +58,8 @@ REDIRECT_URL = Field(None, max_length=2048, pattern=WEB_URL, description="{run_i
 
 
 class StudyLinkIn(Strict):
-    blueprint_id: str = Field(max_length=64, description="A published blueprint")
-    channel_id: str = Field(max_length=64, description="A chat or webrtc_voice channel")
+    blueprint_id: str = Field(min_length=1, max_length=64, description="A published blueprint")
+    channel_id: str = Field(min_length=1, max_length=64, description="A chat or webrtc_voice channel")
     participant_param: str = Field(
         "PROLIFIC_PID", pattern=META_KEY_PATTERN, description="The URL parameter holding the participant's id"
     )
