@@ -33,7 +33,7 @@ from api.routes_study_links import redirect_after
 from api.state import ORG_ID, STATE, AppState
 from api.voice import VoiceLink
 from media.webrtc import InvalidOffer, parse_offer
-from runtime.errors import Conflict, InvalidRequest, NotFound
+from runtime.errors import Conflict, Draining, InvalidRequest, LeaseLost, NotFound
 from runtime.turn_end import TurnEndSettings
 from runtime.types import ChannelType, EndReason
 
@@ -155,10 +155,16 @@ async def _start_session(state: AppState, link: VoiceLink, controller: RunContro
         return
     link.connected_at = link.peer.connected_at
     link.controller = controller
-    session = await controller.attach(link)
-    if session is None:
+    try:
+        attached = await state.live.attach(controller, link)
+    except (Draining, LeaseLost) as exc:  # this process is draining, or the run kept changing hands
+        log.info("voice session of run %s not started here: %s", controller.run_id, exc)
+        await link.close(1001, "server restarting")
+        return
+    if attached is None:
         await link.close(1000, "run ended")
         return
+    link.controller = attached[0]  # the run may have been taken back for this connection
     if record:
         run = await state.store.runs.get_run(controller.run_id)
         link.recorder = state.voice.recordings.recorder(run)

@@ -4,7 +4,8 @@ A job is written in the same transaction as whatever makes it due (a run's end
 writes its analysis job), so it exists exactly when its cause does. A worker claims
 due jobs with a lease (``locked_until``): a claimant that dies mid-job simply lets
 the lease run out and the job is claimed again, by this process after a restart or
-by another. Failures are retried with exponential backoff until ``max_attempts``.
+by another (a claim skips the rows another process is claiming: ``FOR UPDATE SKIP
+LOCKED``). Failures are retried with exponential backoff until ``max_attempts``.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ class JobStore:
     def __init__(self, db: Database, *, owner: str | None = None) -> None:
         self.db = db
         self.owner = owner or new_id("worker")
+        # PostgreSQL: several servers claim at once; each skips the jobs another is claiming, so a job is
+        # claimed by one of them (SQLite's single writer makes the claim atomic by itself).
+        self._claim_lock = " FOR UPDATE SKIP LOCKED" if db.shared else ""
 
     async def claim(self, now: float, *, lease_s: float, limit: int = 10) -> list[Job]:
         """Take up to ``limit`` due jobs for ``lease_s`` seconds (each claim counts as an attempt)."""
@@ -67,7 +71,7 @@ class JobStore:
         def write(tx: Transaction) -> Any:
             rows = tx.sql(
                 f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = ? AND run_after <= ?"
-                " AND (locked_until IS NULL OR locked_until < ?) ORDER BY run_after LIMIT ?",
+                " AND (locked_until IS NULL OR locked_until < ?) ORDER BY run_after LIMIT ?" + self._claim_lock,
                 (JobStatus.PENDING.value, now, now, limit),
             )
             jobs = [_job(r) for r in rows]
@@ -129,10 +133,14 @@ class JobStore:
         return [_job(r) for r in rows]
 
 
-def complete_job(tx: Transaction, job_id: str, now: float | None = None) -> None:
-    """Mark a job done, inside the transaction that stores what it produced."""
+def complete_job(tx: Transaction, job_id: str, now: float | None = None) -> bool:
+    """Mark a job done, inside the transaction that stores what it produced. False if it was done already
+    (a claimant slower than its lease, whose job another finished meanwhile): store nothing then."""
     now = time.time() if now is None else now
-    tx.sql(
-        "UPDATE jobs SET status = ?, locked_until = NULL, locked_by = NULL, updated_at = ? WHERE id = ?",
-        (JobStatus.DONE.value, now, job_id),
+    return bool(
+        tx.change(
+            "UPDATE jobs SET status = ?, locked_until = NULL, locked_by = NULL, updated_at = ? WHERE id = ?"
+            " AND status != ?",
+            (JobStatus.DONE.value, now, job_id, JobStatus.DONE.value),
+        )
     )
