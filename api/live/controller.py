@@ -414,6 +414,8 @@ class RunController:
         replaced = ({"type": "error", "code": "replaced", "message": REPLACED}, CLOSE_REPLACED, "replaced")
         if change is LeaseChange.TAKEN:
             return replaced
+        if change is LeaseChange.CLAIMED:  # presumed dead (or it lapsed itself): the database may be out of reach
+            return reconnect
         try:
             run = await self.store.runs.get_run(self.run_id)
             if run.status.is_terminal:

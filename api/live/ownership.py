@@ -66,6 +66,12 @@ class Ownership:
         # (tests, port 0) a process replaces nothing
         return ProcessInfo(id=own, slot=self._slot or own, host=host, pid=os.getpid())
 
+    def lapses_in(self) -> float:
+        """Seconds until :meth:`may_act` turns False without a renewal (infinite on a store of its own)."""
+        if not self.shared:
+            return float("inf")
+        return self._renewed_at + self.lease_s - self.margin - self._monotonic()
+
     def may_act(self) -> bool:
         """Whether this process may still act for the runs it holds (always, on a store it has alone)."""
         return not self.shared or self._monotonic() - self._renewed_at < self.lease_s - self.margin
@@ -86,10 +92,13 @@ class Ownership:
         return True
 
     async def reincarnate(self) -> None:
-        """Start over under a new id (the runs of the old one are orphans now)."""
-        self.info = self._new_identity()
+        """Start over under a new id (the runs of the old one are orphans now, even if a late renewal of it
+        went through)."""
+        previous, self.info = self.info.id, self._new_identity()
         self.incarnations += 1
-        await self.register()
+        sent = self._monotonic()
+        await self.leases.register(self.info, lease_s=self.lease_s, replaces=previous)
+        self._renewed_at = sent
 
     async def retire(self) -> None:
         await self.leases.retire(self.id)

@@ -247,13 +247,21 @@ class LiveRuns:
             self._keeper = asyncio.create_task(self.keep(), name="lease-keeper")
 
     async def keep(self) -> None:
-        """Every quarter lease: renew, then claim runs whose holder died (woken early when one is released)."""
+        """Every quarter lease: renew, then claim runs whose holder died (woken early when one is released).
+        Renewals that keep failing (the database is out of reach) end this incarnation at the moment its
+        lease lapses, a margin before any other process may take its runs."""
         while not self.draining:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.ownership.renew_every)
+            lapses_in = self.ownership.lapses_in()
+            if lapses_in > 0:  # sleep until the next beat, or until the lease would lapse if renewals fail
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), min(self.ownership.renew_every, lapses_in))
             self._wake.clear()
             try:
-                if not await self.ownership.renew():
+                try:  # a renewal still unanswered when the lease lapses is too late, whatever becomes of it
+                    renewed = await asyncio.wait_for(self.ownership.renew(), max(self.ownership.lapses_in(), 0.001))
+                except TimeoutError:
+                    renewed = False
+                if not renewed:
                     await self._lapsed()
                 claimed = await self._claim_all()
                 if claimed:

@@ -317,6 +317,23 @@ class Database:
 
         await asyncio.to_thread(run)
 
+    @contextlib.asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[None]:
+        """Hold a lock named ``name`` across every process sharing the store (PostgreSQL: a session advisory
+        lock on a connection of its own); on SQLite this process is the only one, so nothing to wait for.
+        For what must happen once however many processes start at the same moment (the first start's
+        organization and API key)."""
+        if not self.shared:
+            yield
+            return
+        pg = postgres.drivers()
+        conn = await pg.connect(postgres.dsn(self.url), timeout=postgres.CONNECT_TIMEOUT_S)
+        try:
+            await conn.execute("SELECT pg_advisory_lock(hashtext($1))", f"vivavoce {name}")
+            yield
+        finally:
+            await conn.close()  # the lock goes with the session
+
     async def follow_other_processes(
         self,
         hub: EventHub,

@@ -96,15 +96,18 @@ class LeaseStore:
 
     # --- the processes' heartbeats ----------------------------------------------------------
 
-    async def register(self, process: ProcessInfo, *, lease_s: float, now: float | None = None) -> None:
-        """Start this incarnation's heartbeat; earlier incarnations in its slot are dead (the port and
-        worker number are this one's now), so their runs are orphans at once."""
+    async def register(
+        self, process: ProcessInfo, *, lease_s: float, replaces: str | None = None, now: float | None = None
+    ) -> None:
+        """Start this incarnation's heartbeat; earlier incarnations in its slot (the port and worker number
+        are this one's now) and the one it ``replaces`` are dead, so their runs are orphans at once."""
         now = time.time() if now is None else now
 
         def write(tx: Transaction) -> None:
             tx.change(
-                "UPDATE server_processes SET alive_until = 0 WHERE slot = ? AND id != ? AND alive_until > 0",
-                (process.slot, process.id),
+                "UPDATE server_processes SET alive_until = 0"
+                " WHERE (slot = ? OR id = ?) AND id != ? AND alive_until > 0",
+                (process.slot, replaces or "", process.id),
             )
             tx.change("DELETE FROM server_processes WHERE alive_until < ?", (now - FORGET_AFTER_S,))
             tx.change(
