@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import resource
 import signal
 import sys
 from datetime import UTC, datetime
@@ -390,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"vivavoce serve: {exc}", file=sys.stderr)
             return 2
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        raise_open_files_limit()
         command = list(sys.argv[1:] if argv is None else argv)
         try:
             if args.event_loop == "uvloop":
@@ -414,6 +416,17 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(create_org(config, args.name))
         return asyncio.run(list_orgs(config))
     return asyncio.run(create_key(config, args.org))
+
+
+def raise_open_files_limit() -> None:
+    """Every participant holds a socket: allow as many open files as the system lets this user have
+    (the soft limit is often 1024, a few hundred sessions after the database's and the workers' own)."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        logging.getLogger("vivavoce").warning("could not raise the open files limit: %s", exc)
 
 
 def upgrade_database(config: ServerConfig) -> int:

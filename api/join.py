@@ -29,7 +29,7 @@ from aiohttp import WSMsgType, web
 from api.live import CLOSE_GOING_AWAY, RESTARTING, ParticipantLink, PlaybackReport
 from api.openapi import Param, RouteTable
 from api.state import STATE, AppState
-from runtime.errors import Conflict, Draining, StorageUnavailable
+from runtime.errors import Conflict, Draining, LeaseLost, StorageUnavailable
 from runtime.serialize import message_text
 from runtime.types import ChannelType, EndReason, Message, Run, RunStatus, SessionType
 
@@ -224,7 +224,7 @@ async def join_socket(request: web.Request) -> web.StreamResponse:
     try:
         controller = None if run.status.is_terminal else await state.live.controller(run)
         attached = None if controller is None else await state.live.attach(controller, link)
-    except Draining:  # this process is handing its interviews over: the page reconnects, to another one
+    except (Draining, LeaseLost):  # this process is handing its interviews over: the page reconnects elsewhere
         await link.send({"type": "error", "code": "server_restart", "message": RESTARTING})
         await ws.close(code=CLOSE_GOING_AWAY, message=b"server restarting")
         return ws

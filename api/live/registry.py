@@ -270,6 +270,7 @@ class LiveRuns:
                 raise
             except Exception as exc:  # the database is unreachable: the next beat tries again
                 log.warning("lease heartbeat failed (%r)", exc)
+                await asyncio.sleep(self.ownership.renew_every)  # (also after a lapse: no tight loop)
 
     async def _lapsed(self) -> None:
         """This incarnation's lease ran out (paused, or cut off): let every run go, start over under a new id."""
