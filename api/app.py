@@ -100,7 +100,7 @@ def create_app(config: ServerConfig, *, interviewer: Interviewer | None = None) 
         ownership=Ownership(store.leases, shared=store.db.shared, slot=config.slot, lease_s=config.lease_s),
     )
     analyst = Analyst(model, default_model=config.llm_model or "default", timeout_s=max(60.0, config.llm_timeout_s))
-    jobs = JobRunner(store, analyst, prices, time_scale=config.time_scale)
+    jobs = JobRunner(store, analyst, prices, time_scale=config.time_scale, owner=lambda: live.ownership.id)
     voice = VoiceServices(
         _speech_workers(config),
         Recordings(config.data_dir / "recordings"),

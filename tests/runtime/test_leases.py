@@ -217,10 +217,16 @@ async def test_two_processes_claiming_jobs_at_once_take_each_job_once(store: Sto
             add_job(tx, ANALYSIS, run_id, now)  # type: ignore[arg-type]
 
     await store.db.write(jobs)
+    for name in ("a", "b"):
+        await store.leases.register(_process(name), lease_s=LEASE_S)
     a, b = JobStore(store.db, owner="a"), JobStore(other.db, owner="b")
     claims = await asyncio.gather(*(s.claim(now, lease_s=60, limit=4) for s in (a, b, a, b, a, b)))
     ids = [job.id for claim in claims for job in claim]
     assert len(ids) == len(set(ids)) == 24
+    assert await b.claim(now, lease_s=60, limit=30) != []  # the 6 left
+    assert await b.claim(now, lease_s=60, limit=30) == []  # a's claims hold while a is alive...
+    await store.leases.retire("a")
+    assert len(await b.claim(now, lease_s=60, limit=30)) == 12  # ...and end with it, before their own lease
 
 
 async def test_a_restarted_process_replaces_its_predecessor_in_its_slot(store: Store) -> None:
