@@ -31,7 +31,7 @@ from api.auth import auth_middleware
 from api.config import ServerConfig
 from api.errors import error_middleware, error_response
 from api.jobs import JobRunner
-from api.live import Interviewers, LiveRuns, LiveSettings
+from api.live import Interviewers, LiveRuns, LiveSettings, Ownership
 from api.loop_lag import LoopLagMonitor
 from api.openapi import RouteTable
 from api.state import STATE, AppState
@@ -47,7 +47,7 @@ from runtime.interviewer.llm import LLMInterviewer, LLMSettings, ToolMode
 from runtime.llm import ChatModel, Prices
 from runtime.llm.openai_compat import OpenAICompatModel
 from runtime.results import Analyst
-from runtime.storage import Store
+from runtime.storage import Store, leases
 from runtime.webhooks import RetryPolicy
 
 log = logging.getLogger("vivavoce.app")
@@ -100,10 +100,13 @@ def create_app(config: ServerConfig, *, interviewer: Interviewer | None = None) 
         llm=None if model is None else LLMInterviewer(model, settings=llm_settings(config), prices=prices),
     )
     live = LiveRuns(
-        store, interviewers, settings=LiveSettings(time_scale=config.time_scale, speculate=config.speculate)
+        store,
+        interviewers,
+        settings=LiveSettings(time_scale=config.time_scale, speculate=config.speculate),
+        ownership=Ownership(store.leases, shared=store.db.shared, slot=config.slot, lease_s=config.lease_s),
     )
     analyst = Analyst(model, default_model=config.llm_model or "default", timeout_s=max(60.0, config.llm_timeout_s))
-    jobs = JobRunner(store, analyst, prices, time_scale=config.time_scale)
+    jobs = JobRunner(store, analyst, prices, time_scale=config.time_scale, owner=lambda: live.ownership.id)
     voice = VoiceServices(
         _speech_workers(config),
         Recordings(config.data_dir / "recordings"),
@@ -189,8 +192,9 @@ def _synthesis(config: ServerConfig) -> SynthesisThreads | None:
 
 
 async def _let_participants_go(app: web.Application) -> None:
-    """Before aiohttp waits for handlers to finish, stop live runs' timers and close their sockets."""
-    await app[STATE].live.close()
+    """Drain, once the listening socket is closed and before aiohttp waits for handlers to finish: let every
+    live run go (released for another process to take on) and send its participant to reconnect."""
+    await app[STATE].live.hand_over()
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -198,11 +202,15 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     if state.config.database_url is None:
         state.config.data_dir.mkdir(parents=True, exist_ok=True)
     await state.store.open()
-    await state.store.db.follow_other_processes(state.hub)  # PostgreSQL: SSE readers here see every process's events
+    # PostgreSQL: SSE readers here see every process's events, and runs taken over elsewhere are let go here
+    await state.store.db.follow_other_processes(
+        state.hub, channels={leases.CHANNEL: state.live.on_notice}, on_gap=state.live.on_notice_gap
+    )
     configure_host_addresses(state.config.ice_host_addresses or None)
     recovered = await state.live.recover()
     if recovered:
         log.info("resumed %d run(s) in progress", recovered)
+    state.live.start()
     sweeper = asyncio.create_task(_sweep(state), name="join-expiry-sweeper")
     state.loop_lag.start()
     state.webhooks.start()
@@ -214,7 +222,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     sweeper.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await sweeper
-    await state.live.close()
+    await state.live.hand_over()
     await state.live.interviewers.aclose()
     await state.voice.close()
     await state.store.close()

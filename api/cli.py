@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import resource
 import signal
 import sys
 from datetime import UTC, datetime
@@ -20,11 +21,12 @@ from pathlib import Path
 from aiohttp import web
 
 from api.app import create_app
-from api.bootstrap import bootstrap
+from api.bootstrap import Bootstrap, bootstrap
 from api.config import ServerConfig
 from api.loadtest import cli as loadtest_cli
 from api.local_llm import LocalLLM, LocalLLMError, LocalLLMSettings
 from api.state import STATE
+from api.supervisor import READY, Supervisor, check_port_free, die_with_parent
 from runtime.storage import Store, migrations
 from runtime.storage.database import shown_url, sync_engine
 
@@ -85,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
         "env VIVAVOCE_WEBHOOKS_ALLOW_PRIVATE=1)",
     )
     serve.add_argument("--speech-processes", type=int, help="recognition worker processes (default: one per core)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="server processes on this machine, sharing the port (default 1; more need PostgreSQL; "
+        "env VIVAVOCE_WORKERS; docs/deployment.md)",
+    )
+    serve.add_argument("--as-worker", type=int, dest="as_worker", help=argparse.SUPPRESS)  # set by the supervisor
     llm = serve.add_argument_group("AI interviewer (any OpenAI-compatible server; see docs/llm.md)")
     llm.add_argument("--llm-base-url", help="e.g. https://api.openai.com/v1 (env VIVAVOCE_LLM_BASE_URL)")
     llm.add_argument("--llm-api-key", help="API key (env VIVAVOCE_LLM_API_KEY; never stored or logged)")
@@ -198,6 +207,8 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         recognizer=getattr(args, "recognizer", None),
         recognizer_model=getattr(args, "recognizer_model", None),
         turn_max_silence_ms=getattr(args, "turn_max_silence_ms", None),
+        workers=getattr(args, "workers", None),
+        worker=getattr(args, "as_worker", None),
     )
 
 
@@ -210,10 +221,14 @@ def _read_prices(path: Path | None) -> str | None:
         raise ValueError(f"cannot read the LLM prices file {path}: {exc.strerror}") from None
 
 
-async def serve(config: ServerConfig) -> None:
-    """Run until SIGINT/SIGTERM; with ``local_llm``, the local LLM is started first and stopped last."""
+async def serve(config: ServerConfig, argv: list[str]) -> int:
+    """Run until SIGINT/SIGTERM; with ``local_llm``, the local LLM is started first and stopped last (one per
+    machine: a ``--workers`` supervisor runs it for its workers). Returns the exit status."""
+    if config.worker is not None:  # a worker of `--workers`: its supervisor did the once-per-machine work
+        await serve_app(config)
+        return 0
     if not config.local_llm:
-        return await serve_app(config)
+        return await serve_machine(config, argv)
     settings = LocalLLMSettings(model_path=config.local_llm_model, threads=config.local_llm_threads)
     async with LocalLLM(config.data_dir / "local-llm.log", settings) as llm:
         print(f"Local LLM {llm.model} at {llm.base_url}  (log: {llm.log_path})", flush=True)
@@ -228,16 +243,62 @@ async def serve(config: ServerConfig) -> None:
             if config.llm_voice_timeout_s != ServerConfig.llm_voice_timeout_s
             else 10.0,
         )
-        await serve_app(local)
+        return await serve_machine(local, argv)
+
+
+async def serve_machine(config: ServerConfig, argv: list[str]) -> int:
+    """One process, or (``--workers N``) a supervisor and its N workers."""
+    if config.workers == 1:
+        await serve_app(config)
+        return 0
+    busy = check_port_free(config.host, config.port)
+    if busy is not None:
+        print(f"vivavoce serve: {busy}", file=sys.stderr)
+        return 1
+    store = Store(config.db_url, synchronous=config.sqlite_synchronous)
+    await store.open()  # the migrations, once, before any worker starts
+    try:
+        async with store.db.exclusive("bootstrap"):
+            boot = await bootstrap(store, config)
+    finally:
+        await store.close()
+    _banner(config, boot)
+    env = dict(os.environ)
+    if config.local_llm:  # the workers use this machine's local LLM, with its settings
+        env.update(
+            VIVAVOCE_LLM_BASE_URL=config.llm_base_url or "",
+            VIVAVOCE_LLM_MODEL=config.llm_model or "",
+            VIVAVOCE_LLM_WARM_UP="1",
+            VIVAVOCE_LLM_TIMEOUT_S=str(config.llm_timeout_s),
+            VIVAVOCE_LLM_VOICE_TIMEOUT_S=str(config.llm_voice_timeout_s),
+        )
+    return await Supervisor(config, argv, env=env).run()
 
 
 async def serve_app(config: ServerConfig) -> None:
     app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5)
     await runner.setup()
-    boot = await bootstrap(app[STATE].store, config)
-    site = web.TCPSite(runner, config.host, config.port)
+    worker = config.worker is not None
+    if not worker:
+        async with app[STATE].store.db.exclusive("bootstrap"):  # processes starting at once: one bootstraps
+            boot = await bootstrap(app[STATE].store, config)
+    # a worker shares the port with its siblings (the kernel spreads connections over them)
+    site = web.TCPSite(runner, config.host, config.port, reuse_port=worker or None)
     await site.start()
+    if worker:
+        print(f"{READY}: worker {config.worker}, pid {os.getpid()}, process {app[STATE].live.ownership.id}", flush=True)
+    else:
+        _banner(config, boot)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()  # drains: the listening socket closes, every live run is handed over
+
+
+def _banner(config: ServerConfig, boot: Bootstrap) -> None:
     out = sys.stdout
     print(f"vivavoce listening on {config.base_url}  (database: {shown_url(config.db_url)})", file=out)
     if boot.api_key:
@@ -252,12 +313,6 @@ async def serve_app(config: ServerConfig) -> None:
     if config.llm_base_url is None:
         print(LLM_HINT, file=out)
     print(f"Demo interview (chat): {boot.demo_join_url}", file=out, flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()
 
 
 async def create_key(config: ServerConfig, org: str | None) -> int:
@@ -330,24 +385,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "loadtest":
         return loadtest_cli.run(args)
     if args.command == "serve":
-        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        worker = getattr(args, "as_worker", None)
+        if worker is not None and "VIVAVOCE_PARENT_PID" in os.environ:
+            die_with_parent(int(os.environ["VIVAVOCE_PARENT_PID"]))
+        who = f"{'main' if worker is None else f'worker-{worker}'}/%(process)d"  # which process a log line is from
+        logging.basicConfig(
+            level=args.log_level.upper(), format=f"%(asctime)s %(levelname)s [{who}] %(name)s: %(message)s"
+        )
         try:
             config = _config(args)
+            if config.workers > 1 and config.worker is None and config.port == 0:
+                raise ValueError("--workers needs a fixed --port (the workers share it)")
         except ValueError as exc:  # a setting that cannot work: say which, before anything starts
             print(f"vivavoce serve: {exc}", file=sys.stderr)
             return 2
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        raise_open_files_limit()
+        command = list(sys.argv[1:] if argv is None else argv)
         try:
             if args.event_loop == "uvloop":
                 import uvloop
 
-                uvloop.run(serve(config))
-            else:
-                asyncio.run(serve(config))
+                return uvloop.run(serve(config, command))
+            return asyncio.run(serve(config, command))
         except LocalLLMError as e:
             print(f"vivavoce: {e}", file=sys.stderr)
             return 1
-        return 0
     config = _config(args)
     if args.command == "db":
         if config.database_url is None:
@@ -362,6 +425,17 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(create_org(config, args.name))
         return asyncio.run(list_orgs(config))
     return asyncio.run(create_key(config, args.org))
+
+
+def raise_open_files_limit() -> None:
+    """Every participant holds a socket: allow as many open files as the system lets this user have
+    (the soft limit is often 1024, a few hundred sessions after the database's and the workers' own)."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        logging.getLogger("vivavoce").warning("could not raise the open files limit: %s", exc)
 
 
 def upgrade_database(config: ServerConfig) -> int:

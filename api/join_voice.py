@@ -34,7 +34,7 @@ from api.state import ORG_ID, STATE, AppState
 from api.voice import VoiceLink
 from media.transport import AudioTransport
 from media.webrtc import InvalidOffer, VoicePeer, parse_offer
-from runtime.errors import Conflict, InvalidRequest, NotFound
+from runtime.errors import Conflict, Draining, InvalidRequest, LeaseLost, NotFound
 from runtime.turn_end import TurnEndSettings
 from runtime.types import Channel, ChannelType, EndReason, SessionType
 
@@ -164,10 +164,16 @@ async def attach_voice(state: AppState, link: VoiceLink, controller: RunControll
     """Open the session of a connected voice link, and its recording if the channel records (at the
     transport's rate where that is narrower: a phone call's 8 kHz). False if the run has ended."""
     link.controller = controller
-    session = await controller.attach(link)
-    if session is None:
+    try:
+        attached = await state.live.attach(controller, link)
+    except (Draining, LeaseLost) as exc:  # this process is draining, or the run kept changing hands
+        log.info("voice session of run %s not started here: %s", controller.run_id, exc)
+        await link.close(1001, "server restarting")
+        return False
+    if attached is None:
         await link.close(1000, "run ended")
         return False
+    link.controller = attached[0]  # the run may have been taken back for this connection
     if channel.settings.recording:
         run = await state.store.runs.get_run(controller.run_id)
         link.recorder = state.voice.recordings.recorder(run, rate=min(16_000, link.transport.output_rate))

@@ -103,6 +103,9 @@ async def media_socket(request: web.Request) -> web.StreamResponse:
         raise Conflict("This interview is not on a custom channel; the media socket serves custom channels only.")
     if request.headers.get("Upgrade", "").lower() != "websocket":
         raise Conflict("The media socket is a websocket: connect with a websocket client (docs/protocol.md).")
+    run = await _current(state, run)
+    # before the upgrade: a process that is draining answers 503 and the client connects again (elsewhere)
+    controller = None if run.status.is_terminal else await state.live.controller(run)
     ws = web.WebSocketResponse(max_msg_size=state.config.max_frame_bytes, autoping=True, heartbeat=None)
     await ws.prepare(request)
 
@@ -110,8 +113,6 @@ async def media_socket(request: web.Request) -> web.StreamResponse:
         if not ws.closed:
             await ws.send_str(json.dumps(frame, separators=(",", ":")))
 
-    run = await _current(state, run)
-    controller = None if run.status.is_terminal else await state.live.controller(run)
     if controller is None:
         run = await state.store.runs.get_run(run.id)
         reason = (run.end_reason or EndReason.ERROR).value

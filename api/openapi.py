@@ -137,7 +137,11 @@ def _operation(r: RouteDoc, refs: dict[Any, Any]) -> dict[str, Any]:
     return op
 
 
-_OTHER_TEXT = {202: "Accepted (nothing to answer)", 303: "See Other (the Location header says where)"}
+_OTHER_TEXT = {
+    202: "Accepted (nothing to answer)",
+    303: "See Other (the Location header says where)",
+    503: "Draining: this process is handing its interviews over (the same body; route elsewhere)",
+}
 _ERROR_TEXT = {
     400: "Invalid request",
     401: "Missing or unknown API key",

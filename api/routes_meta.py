@@ -26,18 +26,22 @@ OPENAPI = web.AppKey("vivavoce_openapi", dict)
 
 
 @routes.route("GET", "/healthz", summary="Liveness, live runs, and event-loop lag", tag="meta", response=HealthOut,
-              auth=False, params=(Param("reset_lag", "Start a new lag measurement (for benchmarks)"),))  # fmt: skip
+              auth=False, also=(503,),
+              params=(Param("reset_lag", "Start a new lag measurement (for benchmarks)"),))  # fmt: skip
 async def healthz(request: web.Request) -> web.Response:
+    """503 while draining, so that a load balancer's health check stops sending participants here."""
     state = request.app[STATE]
     if "reset_lag" in request.query:  # benchmarks: measure lag over one load level only
         state.loop_lag.reset()
+    draining = state.live.draining
     body = {
-        "status": "ok",
+        "status": "draining" if draining else "ok",
         "version": VERSION,
+        "process": state.live.ownership.id,
         "live_runs": len(state.live.controllers),
         "loop_lag_ms": state.loop_lag.summary_ms(),
     }
-    return web.json_response(body)
+    return web.json_response(body, status=503 if draining else 200)
 
 
 class RuntimeOut(BaseModel):

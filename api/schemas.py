@@ -524,9 +524,12 @@ class ErrorOut(BaseModel):
 
 
 class HealthOut(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "draining"] = Field(
+        description="draining (HTTP 503): this process is handing its interviews over; route new ones elsewhere"
+    )
     version: str
-    live_runs: int
+    process: str = Field(description="This server process (host, pid and a random part): which one answered")
+    live_runs: int = Field(description="Runs this process acts for now (holds the lease of)")
     loop_lag_ms: dict[str, float | None] = Field(description="Event-loop lag over the last minute: p50, p99, max")
 
 

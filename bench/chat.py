@@ -1,6 +1,11 @@
-"""Benchmark: N concurrent chat interviews against one vivavoce process, beside a bare websocket server.
+"""Benchmark: N concurrent chat interviews against vivavoce, beside a bare websocket server.
 
     .venv/bin/python bench/chat.py [--levels 100,500,1000,2000] [--json out.json]
+    .venv/bin/python bench/chat.py --server-processes 2 --database-url postgresql://... [...]
+
+With ``--server-processes P`` the server is ``vivavoce serve --workers P`` (P processes on one port: it
+needs PostgreSQL, ``--database-url`` of an empty database) and the echo server is P processes sharing
+its port too; CPU and RSS are summed over the processes.
 
 For each level N, against the real server and then against ``bench/echo_server.py``
 (the same frames per turn and the same sizes, no storage: the stack's raw ceiling):
@@ -67,16 +72,31 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # --- small helpers ------------------------------------------------------------------------------
 
 
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+def rss_bytes(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+    return total
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+    return total
+
+
+def raise_fd_limit() -> int:
+    """Open files: as many as allowed (a session is a socket); returns the limit now in force."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
 
 
 def p(values: list[float], q: float) -> float | None:
@@ -88,6 +108,7 @@ def p(values: list[float], q: float) -> float | None:
 
 async def worker(args: argparse.Namespace) -> None:
     """One load-generator process: join every URL, report READY, wait for GO, interview, write results."""
+    raise_fd_limit()
     urls = Path(args.urls).read_text().split()
     origin = check_target(str(origin_of(urls[0])), allow_remote=False)
     loop = asyncio.get_running_loop()
@@ -179,33 +200,39 @@ async def worker(args: argparse.Namespace) -> None:
 
 @dataclass
 class ServerProc:
-    proc: subprocess.Popen[str]
+    procs: list[subprocess.Popen[str]]  # the first is the one to stop (a supervisor stops its workers)
     url: str
     api_key: str = ""
     channel_id: str = ""
     blueprint_id: str = ""
+    pids: list[int] = field(default_factory=list)  # the processes that serve (CPU and RSS are theirs, summed)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
             try:
-                self.proc.wait(10)
+                proc.wait(40)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                proc.kill()
+                proc.wait()
 
 
-def start_vivavoce(data_dir: Path, database_url: str | None = None) -> ServerProc:
+def start_vivavoce(data_dir: Path, database_url: str | None = None, processes: int = 1) -> ServerProc:
     port = free_port()
     cmd = [sys.executable, "-m", "api.cli", "serve", "--data-dir", str(data_dir), "--port", str(port),
            "--log-level", "WARNING"]  # fmt: skip
     if database_url:
         cmd += ["--database-url", database_url]
+    if processes > 1:
+        cmd += ["--workers", str(processes)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    server = ServerProc(proc, f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + 60
+    server = ServerProc([proc], f"http://127.0.0.1:{port}")
+    deadline = time.monotonic() + 120
     assert proc.stdout is not None
+    ready = "Demo interview" if processes == 1 else "vivavoce: "
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
@@ -214,8 +241,11 @@ def start_vivavoce(data_dir: Path, database_url: str | None = None) -> ServerPro
             server.api_key = m.group(1)
         if m := re.search(r"Demo blueprint (\S+); chat channel (\S+);", line):
             server.blueprint_id, server.channel_id = m.group(1), m.group(2)
-        if line.startswith("Demo interview"):
+        if m := re.search(r"vivavoce worker ready: worker \d+, pid (\d+)", line):
+            server.pids.append(int(m.group(1)))
+        if line.startswith(ready):
             break
+    server.pids = server.pids or [proc.pid]
     _drain(proc, data_dir.parent / "vivavoce.log")
     return server
 
@@ -245,16 +275,22 @@ def error_summary(log: Path) -> dict[str, int]:
     return counts
 
 
-def start_echo(work: Path) -> ServerProc:
+def start_echo(work: Path, processes: int = 1) -> ServerProc:
     port = free_port()
     cmd = [sys.executable, str(ROOT / "bench" / "echo_server.py"), "--port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if "listening" not in line:
-        raise RuntimeError(f"echo server did not start: {line!r}")
-    _drain(proc, work / "echo.log")
-    return ServerProc(proc, f"http://127.0.0.1:{port}")
+    if processes > 1:
+        cmd.append("--reuse-port")
+    procs = []
+    for i in range(processes):
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if "listening" not in line:
+            raise RuntimeError(f"echo server did not start: {line!r}")
+        _drain(proc, work / f"echo{i}.log")
+        procs.append(proc)
+    time.sleep(0.5)  # the line is printed just before the port is bound
+    return ServerProc(procs, f"http://127.0.0.1:{port}", pids=[p.pid for p in procs])
 
 
 async def create_runs(server: ServerProc, n: int) -> tuple[list[str], float]:
@@ -355,13 +391,13 @@ async def healthz_rtts(http: aiohttp.ClientSession, url: str, stop: asyncio.Even
     return [x for x in out if x == x]
 
 
-async def quiesce(pid: int, *, limit_s: float) -> float:
+async def quiesce(pids: list[int], *, limit_s: float) -> float:
     """Wait (bounded) until the server is idle again, so a level does not pay for the last one's backlog."""
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < limit_s:
-        c0 = cpu_seconds(pid)
+        c0 = cpu_seconds(pids)
         await asyncio.sleep(0.5)
-        if cpu_seconds(pid) - c0 < 0.05:
+        if cpu_seconds(pids) - c0 < 0.05:
             break
     return round(time.perf_counter() - t0, 1)
 
@@ -369,7 +405,7 @@ async def quiesce(pid: int, *, limit_s: float) -> float:
 async def run_level(server: ServerProc, target: str, n: int, args: argparse.Namespace, work: Path) -> LevelResult:
     res = LevelResult(target, n)
     t_level = time.perf_counter()
-    pid = server.proc.pid
+    pid = server.pids
     timeout = aiohttp.ClientTimeout(total=10)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=1)) as http:
         idle_stop = asyncio.Event()
@@ -539,12 +575,13 @@ def comparisons(results: list[LevelResult], top: int) -> list[dict[str, Any]]:
 async def orchestrate(args: argparse.Namespace) -> int:
     levels = [int(x) for x in args.levels.split(",") if x.strip()]
     work = Path(tempfile.mkdtemp(prefix="vivavoce-bench-"))
-    vivavoce = start_vivavoce(work / "data", args.database_url)
-    echo = start_echo(work)
+    raise_fd_limit()
+    vivavoce = start_vivavoce(work / "data", args.database_url, args.server_processes)
+    echo = start_echo(work, args.server_processes)
     results: list[LevelResult] = []
     t0 = time.perf_counter()
     try:
-        print(f"vivavoce pid {vivavoce.proc.pid} at {vivavoce.url}; echo pid {echo.proc.pid} at {echo.url}; "
+        print(f"vivavoce pid(s) {vivavoce.pids} at {vivavoce.url}; echo pid(s) {echo.pids} at {echo.url}; "
               f"{args.workers} load generator process(es) with uvloop; typing {args.typing_min_ms:g}-"
               f"{args.typing_max_ms:g} ms; work dir {work}; database {args.database_url or 'SQLite'}",
               flush=True)  # fmt: skip
@@ -553,7 +590,7 @@ async def orchestrate(args: argparse.Namespace) -> int:
                 r = await run_level(server, target, n, args, work)
                 results.append(r)
                 if target == "vivavoce":
-                    r.quiesce_s = await quiesce(server.proc.pid, limit_s=args.quiesce_s)
+                    r.quiesce_s = await quiesce(server.pids, limit_s=args.quiesce_s)
                 print(
                     f"  N={n:5d} {target:8s} ready {r.ready} ok {r.completed} failed {r.failed} "
                     f"turn p50/p99 {fmt(r.turn_ms.get('p50'))}/{fmt(r.turn_ms.get('p99'))} ms, "
@@ -592,6 +629,7 @@ async def orchestrate(args: argparse.Namespace) -> int:
         doc = {
             "levels": levels,
             "workers": args.workers,
+            "server_processes": args.server_processes,
             "database": "postgresql" if args.database_url else "sqlite",
             "typing_ms": [args.typing_min_ms, args.typing_max_ms],
             "results": [r.__dict__ for r in results],
@@ -609,6 +647,10 @@ def main() -> int:
     parser.add_argument("--levels", default="100,500,1000,2000", help="concurrent sessions per level")
     parser.add_argument("--json", help="write all figures here")
     parser.add_argument("--workers", type=int, default=1, help="load-generator processes (default 1)")
+    parser.add_argument(
+        "--server-processes", type=int, default=1,
+        help="server processes: vivavoce serve --workers P (needs --database-url) and P echo processes (default 1)",
+    )  # fmt: skip
     parser.add_argument("--typing-min-ms", type=float, default=1000.0)
     parser.add_argument("--typing-max-ms", type=float, default=2000.0)
     parser.add_argument("--level-timeout-s", type=float, default=30.0, help="interview phase limit per level")
@@ -628,6 +670,8 @@ def main() -> int:
     parser.add_argument("--connect-timeout-s", type=float, default=20.0, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.server_processes > 1 and not args.database_url and not args.worker:
+        parser.error("--server-processes > 1 needs --database-url (several processes share PostgreSQL)")
     if args.worker:
         import uvloop
 

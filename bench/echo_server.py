@@ -7,7 +7,9 @@ closing message, ``run.ended`` and close code 1000. Frames carry message
 objects with the same fields and texts as the real server's (the demo
 blueprint), so sizes and counts per turn match what vivavoce sends.
 
-    python bench/echo_server.py --port 8099 [--questions 3]
+    python bench/echo_server.py --port 8099 [--questions 3] [--reuse-port]
+
+With ``--reuse-port`` several of them share the port (``SO_REUSEPORT``), as ``vivavoce serve --workers N`` does.
 """
 
 from __future__ import annotations
@@ -120,9 +122,13 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8099)
     parser.add_argument("--questions", type=int, default=3)
+    parser.add_argument("--reuse-port", action="store_true", help="share the port with other echo processes")
     args = parser.parse_args()
     print(f"echo server listening on http://{args.host}:{args.port}", flush=True)
-    web.run_app(make_app(args.questions), host=args.host, port=args.port, print=None, access_log=None)
+    web.run_app(
+        make_app(args.questions), host=args.host, port=args.port, print=None, access_log=None,
+        reuse_port=args.reuse_port or None,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -5,12 +5,14 @@
     VivavoceError
     ├── NotFound          the object does not exist, or belongs to another organization
     ├── Conflict          the object exists but is in the wrong state for this request
+    │   └── LeaseLost     another server process has taken the run over: this one may no longer act for it
     ├── Gone              the object's data was erased on purpose (an erased run's transcript, events, recording)
     ├── InvalidRequest    the request is malformed (bad cursor, both ids, unknown value)
     │   └── UnsupportedMediaType  the body is of a type that cannot be JSON (415)
     ├── Forbidden         a webhook whose signature does not verify (403)
     ├── UpstreamFailed    a service we call (Twilio's API) failed or refused us (502)
-    └── StorageUnavailable  the database could not be written (disk gone, file unopenable): nothing was stored
+    ├── StorageUnavailable  the database could not be written (disk gone, file unopenable): nothing was stored
+    └── Draining          this server process is handing its interviews over to others (503: try another)
 
 The API maps them to 404, 409, 410, 400 (415), 403, 502 and 503 with the same JSON error shape.
 """
@@ -39,6 +41,15 @@ class NotFound(VivavoceError):
 class Conflict(VivavoceError):
     status = 409
     type = "conflict"
+
+
+class LeaseLost(Conflict):
+    """A write for a run was refused because this process no longer holds the run's lease (fencing).
+
+    Nothing of the write was stored. The process stops acting for the run: another one acts for it now
+    (runtime/storage/leases.py)."""
+
+    type = "lease_lost"
 
 
 class Gone(VivavoceError):
@@ -73,3 +84,10 @@ class UpstreamFailed(VivavoceError):
 class StorageUnavailable(VivavoceError):
     status = 503
     type = "storage_unavailable"
+
+
+class Draining(VivavoceError):
+    """This process is draining (an upgrade, a scale-down): it takes no new interviews; another process will."""
+
+    status = 503
+    type = "draining"

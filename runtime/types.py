@@ -106,7 +106,20 @@ class SessionEndReason(StrEnum):
     PARTICIPANT_LEFT = "participant_left"  # socket closed or dropped
     REPLACED = "replaced"  # a newer connection to the same run took over
     RUN_ENDED = "run_ended"  # the run ended while the connection was live
-    SERVER_RESTART = "server_restart"  # the process died with the session live
+    SERVER_RESTART = "server_restart"  # the process died with the session live, or handed the run over (drain)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A server process's right to act for a run in progress (runtime/storage/leases.py).
+
+    ``epoch`` is the fencing token: it grows with every change of hands, and a write made under a lease
+    is refused (:class:`~runtime.errors.LeaseLost`) unless the run's row still names this owner and epoch.
+    """
+
+    run_id: str
+    owner: str
+    epoch: int
 
 
 class MessageRole(StrEnum):

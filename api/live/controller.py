@@ -22,6 +22,13 @@ Races it guards against:
 * The run ends while a connection is still attached: the participant gets
   ``run.ended`` after the terminal event has been committed, then the socket is
   closed.
+* Another process takes the run over (the participant joined there, or this
+  process was paused past its lease: runtime/storage/leases.py): every write
+  names the controller's lease, so the first one after the takeover is refused
+  (:class:`LeaseLost`) with nothing stored, and the controller stops acting: it
+  tells its participant why (``replaced``, ``run.ended`` or reconnect) and goes,
+  leaving the database to the new holder. The same happens at once when the
+  takeover is announced (:meth:`RunController.lost`).
 """
 
 from __future__ import annotations
@@ -56,12 +63,15 @@ from runtime.conversation import (
     Persist,
     StopPlayback,
 )
+from runtime.errors import LeaseLost
 from runtime.interviewer import Delta, Exchange, Interviewer, Purpose, ReplyPart, TurnEnd, Utterance
 from runtime.serialize import message_json
 from runtime.storage import NewMessage, Store
+from runtime.storage.leases import LeaseChange
 from runtime.types import (
     BlueprintContent,
     EndReason,
+    Lease,
     Message,
     MessageRole,
     Run,
@@ -96,6 +106,8 @@ class RunController:
         conversation: Conversation,
         transcript: list[Message],
         *,
+        lease: Lease | None = None,
+        may_act: Callable[[], bool] = lambda: True,
         clock: Clock = time.time,
         on_finished: Callable[[RunController], None] = lambda c: None,
         settings: LiveSettings = LiveSettings(),
@@ -104,6 +116,8 @@ class RunController:
         self.store = store
         self.interviewer = interviewer
         self.run_id = run.id
+        self.lease = lease  # every write for the run names it (fencing); None: unfenced (unit tests)
+        self._may_act = may_act  # False once this process's heartbeat is too old: act no more
         self.run_started_at = run.started_at
         self.blueprint = blueprint
         self.conv = conversation
@@ -115,7 +129,7 @@ class RunController:
         self.link: ParticipantLink | None = None
         self.session: Session | None = None
         self.finished = False
-        self._closed = False  # server shutdown: ignore inputs, leave the database alone
+        self._closed = False  # handed over or lost: ignore inputs, leave the run to its next holder
         self._on_finished = on_finished
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -134,14 +148,32 @@ class RunController:
 
     # --- inputs from the connection --------------------------------------------------
 
+    @property
+    def closed(self) -> bool:
+        """Handed over, lost to another process, or the run ended: a join needs a new controller."""
+        return self._closed or self.finished
+
     async def attach(self, link: ParticipantLink) -> Session | None:
-        """Open a session for ``link``; None if the run has ended."""
+        """Open a session for ``link``; None if the run has ended.
+
+        :class:`LeaseLost` if another process holds the run now (this controller has stopped; ``link`` was
+        not touched: the caller takes the run over with a new controller)."""
+        try:
+            return await self._attach(link)
+        except LeaseLost:
+            await self.lost(None)
+            raise
+
+    async def _attach(self, link: ParticipantLink) -> Session | None:
         async with self._lock:
-            if self.finished or self._closed:
+            if self.finished:
                 return None
+            if self._closed:
+                raise LeaseLost(f"run {self.run_id} is no longer acted for here")
             now = self.clock()
+            self._check_may_act()
             started = await self.store.runs.start_session(
-                self.run_id, link.session_type, now, user_number=link.user_number
+                self.run_id, link.session_type, now, user_number=link.user_number, lease=self.lease
             )
             if started is None:
                 return None
@@ -167,6 +199,12 @@ class RunController:
 
     async def detach(self, link: ParticipantLink) -> None:
         """The connection closed or dropped (a replaced link is ignored)."""
+        try:
+            await self._detach(link)
+        except LeaseLost:
+            await self.lost(None)
+
+    async def _detach(self, link: ParticipantLink) -> None:
         async with self._lock:
             if link is not self.link or self._closed:
                 return
@@ -176,7 +214,9 @@ class RunController:
             self.link = None
             await self._drop_speculation()
             if self.session is not None:
-                await self.store.runs.end_session(self.session.id, SessionEndReason.PARTICIPANT_LEFT, now)
+                await self.store.runs.end_session(
+                    self.session.id, SessionEndReason.PARTICIPANT_LEFT, now, lease=self.lease
+                )
                 self.session = None
             await self._apply(self.conv.disconnect(now))
 
@@ -194,6 +234,20 @@ class RunController:
         The message is stored with the question the participant had heard (what it answers).
         ``spoken`` is (onset, end) of a voice answer; a chat message starts and ends when received.
         """
+        try:
+            return await self._participant_message(link, content, client_id, received_at, spoken)
+        except LeaseLost:  # nothing was stored; the participant is told to go where the run is now
+            await self.lost(None)
+            return None
+
+    async def _participant_message(
+        self,
+        link: ParticipantLink,
+        content: str,
+        client_id: str | None,
+        received_at: float,
+        spoken: tuple[float, float] | None,
+    ) -> Message | None:
         async with self._lock:
             if link is not self.link or self.finished or self._closed:
                 return None
@@ -207,7 +261,8 @@ class RunController:
                 question_id=self.conv.heard_question,
                 client_id=client_id,
             )
-            message, created = await self.store.runs.add_message(self.run_id, new)
+            self._check_may_act()
+            message, created = await self.store.runs.add_message(self.run_id, new, lease=self.lease)
             if created:
                 self._remember(message)
                 actions = self.conv.participant_text(
@@ -228,7 +283,11 @@ class RunController:
             elif change == "ended":
                 self.conv.speech_ended(now)
             elif change == "interrupting":
-                await self._apply(self.conv.speech_interrupting(now))
+                try:
+                    await self._apply(self.conv.speech_interrupting(now))
+                except LeaseLost:
+                    self._spawn(self.lost(None))  # outside the lock: it waits for this section's tasks
+                    return
             elif change == "resumed":
                 await self._drop_speculation()
             self._reschedule()
@@ -255,11 +314,14 @@ class RunController:
 
     async def playback_done(self, link: ParticipantLink, report: PlaybackReport) -> None:
         """Voice: a message has been played to the end."""
-        async with self._lock:
-            if link is not self.link or self.finished or self._closed:
-                return
-            await self._record_playback(report)
-            await self._apply(self.conv.playback_finished(self.clock()))
+        try:
+            async with self._lock:
+                if link is not self.link or self.finished or self._closed:
+                    return
+                await self._record_playback(report)
+                await self._apply(self.conv.playback_finished(self.clock()))
+        except LeaseLost:
+            await self.lost(None)
 
     async def _record_playback(self, report: PlaybackReport) -> None:
         await self.store.runs.update_message(
@@ -269,6 +331,7 @@ class RunController:
             ended_at=report.ended_at,
             is_interrupted=report.interrupted,
             latency=report.latency,
+            lease=self.lease,
         )
         line = self._line_of.get(report.message_id)
         if line is not None:  # the interviewer is given what the participant heard, cut where they cut it
@@ -285,29 +348,91 @@ class RunController:
                 self._reschedule()
 
     async def end(self, reason: EndReason) -> Run | None:
-        """End from outside (cancel). Returns the ended run, or None if it had already ended."""
-        async with self._lock:
-            if self.finished:
-                return None
-            return await self._apply(self.conv.end(reason))
+        """End from outside (cancel). Returns the ended run, or None if it had already ended.
 
-    async def close(self) -> None:
-        """Server shutdown: stop timers and tasks and let the participant go, without ending the run.
+        :class:`LeaseLost` if another process holds the run now (the caller ends it without a lease)."""
+        try:
+            async with self._lock:
+                if self.finished:
+                    return None
+                if self._closed:
+                    raise LeaseLost(f"run {self.run_id} is no longer acted for here")
+                return await self._apply(self.conv.end(reason))
+        except LeaseLost:
+            await self.lost(None)
+            raise
 
-        The session is left open in the database on purpose: the next start
-        closes it as ``server_restart`` at the last moment it was seen, exactly
-        as after a crash, and the run's deadlines go on from stored timestamps.
+    async def hand_over(self) -> None:
+        """This process is draining (or stopping): stop acting, let the run go, and send the participant to
+        reconnect, without ending the run.
+
+        The lease is released (the live session ends as ``server_restart``), so the next process to see
+        the run (the participant's new connection, or any process's claim) takes it on at once, and its
+        deadlines go on from stored timestamps. If the release cannot be written, the lease simply runs out.
         """
-        self._closed = True
-        self._reschedule()  # cancels the timer
-        await self._drop_speculation()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        link, self.link = self.link, None
+        if self.closed:
+            return
+        link = await self._stop()
+        if self.lease is not None:
+            try:
+                await self.store.leases.release(self.lease)
+            except Exception as exc:  # the database is gone too: the lease runs out instead
+                log.warning("run %s not released (%r); its lease will run out", self.run_id, exc)
         if link is not None:
             await quietly(link.send({"type": "error", "code": "server_restart", "message": RESTARTING}))
             await quietly(link.close(CLOSE_GOING_AWAY, "server restarting"))
+        self._on_finished(self)
+
+    async def lost(self, change: LeaseChange | None) -> None:
+        """Another process holds the run now (``change`` says how, None: a write was refused), or this
+        process may no longer act for anything: stop at once, write nothing, tell the participant."""
+        if self.closed:
+            return
+        link = await self._stop()
+        if link is not None:
+            frame, code, reason = await self._farewell(change)
+            await quietly(link.send(frame))
+            await quietly(link.close(code, reason))
+        log.info("run %s: stopped acting for it (%s)", self.run_id, change or "a write was refused")
+        self._on_finished(self)
+
+    async def _stop(self) -> ParticipantLink | None:
+        """Stop timers, tasks and speculation; returns the link that was live."""
+        self._closed = True
+        self._reschedule()  # cancels the timer
+        await self._drop_speculation()
+        current = asyncio.current_task()
+        others = [task for task in self._tasks if task is not current]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        link, self.link, self.session = self.link, None, None
+        return link
+
+    async def _farewell(self, change: LeaseChange | None) -> tuple[dict[str, Any], int, str]:
+        """What the participant is told when the run has gone elsewhere: it ended (``run.ended``), another
+        connection took it (``replaced``), or it is to reconnect (its process was presumed dead)."""
+        reconnect = ({"type": "error", "code": "server_restart", "message": RESTARTING}, CLOSE_GOING_AWAY, "moved")
+        replaced = ({"type": "error", "code": "replaced", "message": REPLACED}, CLOSE_REPLACED, "replaced")
+        if change is LeaseChange.TAKEN:
+            return replaced
+        if change is LeaseChange.CLAIMED:  # presumed dead (or it lapsed itself): the database may be out of reach
+            return reconnect
+        try:
+            run = await self.store.runs.get_run(self.run_id)
+            if run.status.is_terminal:
+                reason = (run.end_reason or EndReason.ERROR).value
+                return {"type": "run.ended", "status": run.status.value, "reason": reason}, 1000, "run ended"
+            if change is None and any(s.ended_at is None for s in await self.store.runs.list_sessions(self.run_id)):
+                return replaced  # a write was refused because a connection elsewhere took the run
+        except Exception as exc:  # the database cannot say: reconnecting finds out
+            log.debug("run %s: farewell without the database (%r)", self.run_id, exc)
+        return reconnect
+
+    def _check_may_act(self) -> None:
+        """Before storing anything (and so before sending it): is this process's heartbeat still fresh?"""
+        if not self._may_act():
+            raise LeaseLost(f"this process's lease is too old to act for run {self.run_id}")
 
     # --- executing actions --------------------------------------------------------------
 
@@ -327,7 +452,7 @@ class RunController:
                 queue.extend(await self._deliver(action))
             elif isinstance(action, Persist):
                 if not any(isinstance(later, Persist) for later in queue):  # only the latest state matters
-                    await self.store.runs.save_state(self.run_id, action.position, action.idle_since)
+                    await self.store.runs.save_state(self.run_id, action.position, action.idle_since, lease=self.lease)
             elif isinstance(action, EndRun):
                 ended = await self._end_run(action.reason)
             elif isinstance(action, StopPlayback):
@@ -364,7 +489,8 @@ class RunController:
             latency=latency,
             meta=self._stamp(action),
         )
-        message, _ = await self.store.runs.add_message(self.run_id, new)
+        self._check_may_act()
+        message, _ = await self.store.runs.add_message(self.run_id, new, lease=self.lease)
         self._remember(message)
         if utt.kind is not UtteranceKind.FILLER:
             self._last_message[action.turn_id] = message.id
@@ -382,7 +508,7 @@ class RunController:
         return meta
 
     async def _end_run(self, reason: EndReason) -> Run | None:
-        run = await self.store.runs.end_run(self.run_id, reason, self.clock())
+        run = await self.store.runs.end_run(self.run_id, reason, self.clock(), lease=self.lease)
         self.finished = True
         self._on_finished(self)  # before anything below can be cancelled along with the link's tasks
         link, self.link, self.session = self.link, None, None
@@ -453,6 +579,8 @@ class RunController:
                         await self._turn_ended(action, part)
         except asyncio.CancelledError:
             raise
+        except LeaseLost:
+            await self.lost(None)
         except Exception:
             log.exception("interviewer failed in run %s", self.run_id)
             async with self._lock:
@@ -470,10 +598,10 @@ class RunController:
         self._reply_ids.pop(action.turn_id, None)
         last = self._last_message.pop(action.turn_id, None)
         if end.record and last is not None:  # the turn's record came after its last message was out
-            await self.store.runs.update_message(last, meta=dict(end.record))
+            await self.store.runs.update_message(last, meta=dict(end.record), lease=self.lease)
         if end.flags:  # the researcher sees which answers were flagged, on the answers themselves
             for message_id in answered:
-                await self.store.runs.update_message(message_id, meta={"flags": list(end.flags)})
+                await self.store.runs.update_message(message_id, meta={"flags": list(end.flags)}, lease=self.lease)
         await self._apply(self.conv.turn_ended(action.turn_id, end, self.clock()))
 
     def _typing(self, active: bool) -> None:
@@ -504,6 +632,8 @@ class RunController:
             async with self._lock:
                 if not self.finished and not self._closed:
                     await self._apply(self.conv.tick(self.clock()))
+        except LeaseLost:
+            await self.lost(None)
         except Exception:
             log.exception("timer failed in run %s", self.run_id)
             await asyncio.sleep(1.0)

@@ -41,7 +41,7 @@ from media.audio import PCM
 from media.g711 import MULAW_RATE, decode_mulaw, encode_mulaw
 from media.playout import Playback
 from media.socket_transport import Message, SocketTransport
-from runtime.errors import Conflict
+from runtime.errors import Conflict, Draining, LeaseLost
 from runtime.types import Channel, ChannelType, SessionType
 
 log = logging.getLogger("vivavoce.telephony")
@@ -249,7 +249,13 @@ class Call:
         run = await state.store.runs.get_run(run_id)
         controller: RunController | None = None
         if not run.status.is_terminal:
-            controller = await state.live.controller(run)
+            try:
+                controller = await state.live.controller(run)
+            except (Draining, LeaseLost) as exc:  # this process is handing its interviews over
+                log.info("call for run %s not taken here: %s", run_id, exc)
+                await self._say("Sorry, we could not connect you just now. Please call again in a minute.")
+                await self.ws.close(code=1001, message=b"server restarting")
+                return
         if controller is None:
             await self._say("This interview has ended. Goodbye.")
             await self.ws.close(code=1000, message=b"run ended")

@@ -10,12 +10,13 @@ from __future__ import annotations
 from runtime.storage.catalog import Catalog
 from runtime.storage.database import Database
 from runtime.storage.erasure import Erasure
+from runtime.storage.leases import LeaseStore
 from runtime.storage.review import Review
 from runtime.storage.runs import NewMessage, RunFilter, RunStore
 from runtime.storage.study_links import StudyLinks
 from runtime.storage.webhooks import WebhookStore
 
-__all__ = ["Catalog", "Database", "NewMessage", "RunFilter", "RunStore", "Store", "WebhookStore"]
+__all__ = ["Catalog", "Database", "LeaseStore", "NewMessage", "RunFilter", "RunStore", "Store", "WebhookStore"]
 
 
 class Store:
@@ -23,6 +24,7 @@ class Store:
         self.db = Database(url, synchronous=synchronous)
         self.catalog = Catalog(self.db)
         self.runs = RunStore(self.db)
+        self.leases = LeaseStore(self.db, self.runs)
         self.webhooks = WebhookStore(self.db)
         self.erasure = Erasure(self.db)
         self.study_links = StudyLinks(self.db)

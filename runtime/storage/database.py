@@ -110,6 +110,17 @@ class Transaction:
         cur.execute(self._placeholder(statement), params)
         return cur.fetchall() if cur.description else []
 
+    @property
+    def row_lock(self) -> str:
+        """`` FOR UPDATE`` on PostgreSQL, where other processes write too; nothing on SQLite (one writer)."""
+        return self._scope.db.row_lock
+
+    def notify(self, channel: str, payload: str) -> None:
+        """PostgreSQL: NOTIFY ``channel`` with ``payload`` when (and only if) this transaction commits.
+        Nothing on SQLite: no other process shares the store."""
+        if self._scope.db.shared:
+            self.sql(notifications.NOTIFY, (channel, payload))
+
     def change(self, statement: str, params: Sequence[Any] = ()) -> int:
         """Run one INSERT, UPDATE or DELETE on the driver's cursor; returns how many rows it changed."""
         cur = self._cursor
@@ -255,6 +266,8 @@ class Database:
         self.origin = secrets.token_hex(6)
         self._hints = self._placeholder(notifications.NOTIFY) if postgres.is_postgres(url) else None
         self._follower: notifications.EventFollower | None = None
+        self.shared = postgres.is_postgres(url)  # other processes may write to this store at the same time
+        self.row_lock = " FOR UPDATE" if self.shared else ""
         if self.engine.dialect.name == "sqlite":
             mode = synchronous.upper()
             for engine in (self.engine.sync_engine, self.sync_engine):
@@ -304,10 +317,36 @@ class Database:
 
         await asyncio.to_thread(run)
 
-    async def follow_other_processes(self, hub: EventHub) -> None:
-        """Publish to ``hub`` the events other processes commit (PostgreSQL; on SQLite there are none)."""
+    @contextlib.asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[None]:
+        """Hold a lock named ``name`` across every process sharing the store (PostgreSQL: a session advisory
+        lock on a connection of its own); on SQLite this process is the only one, so nothing to wait for.
+        For what must happen once however many processes start at the same moment (the first start's
+        organization and API key)."""
+        if not self.shared:
+            yield
+            return
+        pg = postgres.drivers()
+        conn = await pg.connect(postgres.dsn(self.url), timeout=postgres.CONNECT_TIMEOUT_S)
+        try:
+            await conn.execute("SELECT pg_advisory_lock(hashtext($1))", f"vivavoce {name}")
+            yield
+        finally:
+            await conn.close()  # the lock goes with the session
+
+    async def follow_other_processes(
+        self,
+        hub: EventHub,
+        *,
+        channels: dict[str, notifications.ChannelHandler] | None = None,
+        on_gap: Callable[[], None] | None = None,
+    ) -> None:
+        """Publish to ``hub`` the events other processes commit (PostgreSQL; on SQLite there are none), and
+        pass the notifications of ``channels`` to their handlers (``on_gap``: some may have been missed)."""
         if self._hints is not None and self._follower is None:
-            self._follower = notifications.EventFollower(self.url, self.origin, hub, self._events_between)
+            self._follower = notifications.EventFollower(
+                self.url, self.origin, hub, self._events_between, channels=channels, on_gap=on_gap
+            )
             await self._follower.start()
 
     async def close(self) -> None:

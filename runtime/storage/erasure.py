@@ -51,7 +51,7 @@ class Organization:
 
 def _erase(tx: Transaction, run_id: str, by: str, now: float) -> bool:
     """Erase one run (in ``tx``); False if it was erased already."""
-    rows = tx.sql("SELECT erased_at FROM runs WHERE id = ?", (run_id,))
+    rows = tx.sql(f"SELECT erased_at FROM runs WHERE id = ?{tx.row_lock}", (run_id,))  # once, across processes
     if not rows:
         raise NotFound(f"No run {run_id!r}", param="id")
     if rows[0][0] is not None:

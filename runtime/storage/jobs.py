@@ -4,13 +4,14 @@ A job is written in the same transaction as whatever makes it due (a run's end
 writes its analysis job), so it exists exactly when its cause does. A worker claims
 due jobs with a lease (``locked_until``): a claimant that dies mid-job simply lets
 the lease run out and the job is claimed again, by this process after a restart or
-by another. Failures are retried with exponential backoff until ``max_attempts``.
+by another (a claim skips the rows another process is claiming: ``FOR UPDATE SKIP
+LOCKED``). Failures are retried with exponential backoff until ``max_attempts``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,25 +58,45 @@ def add_job(tx: Transaction, kind: str, run_id: str | None, now: float, *, run_a
 
 
 class JobStore:
-    def __init__(self, db: Database, *, owner: str | None = None) -> None:
+    """``owner`` names the claimant: a server process's id (runtime/storage/leases.py), or a function giving
+    it (a process's id changes if it must register again). A job claimed by a process whose heartbeat has
+    run out is claimable at once, not only when the claim's own lease ends: a restarted server takes back
+    its predecessor's jobs as soon as it starts."""
+
+    def __init__(self, db: Database, *, owner: str | Callable[[], str] | None = None) -> None:
         self.db = db
-        self.owner = owner or new_id("worker")
+        self._owner = owner or new_id("worker")
+        # PostgreSQL: several servers claim at once; each skips the jobs another is claiming, so a job is
+        # claimed by one of them (SQLite's single writer makes the claim atomic by itself).
+        self._claim_lock = " FOR UPDATE SKIP LOCKED" if db.shared else ""
+        # ... and a claim by a process whose heartbeat ran out is void (SQLite: see release_claims)
+        self._claimant_gone = (
+            " OR NOT EXISTS (SELECT 1 FROM server_processes p WHERE p.id = jobs.locked_by AND p.alive_until >= ?)"
+            if db.shared
+            else ""
+        )
+
+    @property
+    def owner(self) -> str:
+        return self._owner() if callable(self._owner) else self._owner
 
     async def claim(self, now: float, *, lease_s: float, limit: int = 10) -> list[Job]:
         """Take up to ``limit`` due jobs for ``lease_s`` seconds (each claim counts as an attempt)."""
+        owner = self.owner
 
         def write(tx: Transaction) -> Any:
             rows = tx.sql(
                 f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = ? AND run_after <= ?"
-                " AND (locked_until IS NULL OR locked_until < ?) ORDER BY run_after LIMIT ?",
-                (JobStatus.PENDING.value, now, now, limit),
+                f" AND (locked_until IS NULL OR locked_until < ?{self._claimant_gone}) ORDER BY run_after LIMIT ?"
+                + self._claim_lock,
+                (JobStatus.PENDING.value, now, now, *((now,) if self._claimant_gone else ()), limit),
             )
             jobs = [_job(r) for r in rows]
             for job in jobs:
                 tx.sql(
                     "UPDATE jobs SET locked_until = ?, locked_by = ?, attempts = attempts + 1, updated_at = ?"
                     " WHERE id = ?",
-                    (now + lease_s, self.owner, now, job.id),
+                    (now + lease_s, owner, now, job.id),
                 )
             return [Job(j.id, j.kind, j.run_id, j.status, j.attempts + 1, j.run_after, j.last_error) for j in jobs]
 
@@ -129,10 +150,14 @@ class JobStore:
         return [_job(r) for r in rows]
 
 
-def complete_job(tx: Transaction, job_id: str, now: float | None = None) -> None:
-    """Mark a job done, inside the transaction that stores what it produced."""
+def complete_job(tx: Transaction, job_id: str, now: float | None = None) -> bool:
+    """Mark a job done, inside the transaction that stores what it produced. False if it was done already
+    (a claimant slower than its lease, whose job another finished meanwhile): store nothing then."""
     now = time.time() if now is None else now
-    tx.sql(
-        "UPDATE jobs SET status = ?, locked_until = NULL, locked_by = NULL, updated_at = ? WHERE id = ?",
-        (JobStatus.DONE.value, now, job_id),
+    return bool(
+        tx.change(
+            "UPDATE jobs SET status = ?, locked_until = NULL, locked_by = NULL, updated_at = ? WHERE id = ?"
+            " AND status != ?",
+            (JobStatus.DONE.value, now, job_id, JobStatus.DONE.value),
+        )
     )

@@ -16,6 +16,10 @@ database drops it; once LISTENing again it asks every subscriber to re-read the
 stored events (:meth:`EventHub.resync`), since hints sent meanwhile are gone. A
 ``SELECT 1`` every few seconds notices a connection that died silently; events
 themselves are never polled for.
+
+The same connection listens on the other channels a process asks for (``channels``: name to handler),
+e.g. the lease changes of :mod:`runtime.storage.leases`; their handlers are told when a gap in listening
+ended (``on_gap``), since what was sent meanwhile is lost.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ RETRY_S = (0.1, 0.2, 0.5, 1.0, 2.0)
 
 Span = tuple[str, int, int]  # run id, first seq, last seq
 FetchEvents = Callable[[str, int, int], Awaitable[list[Event]]]  # run id, after seq, up to seq
+ChannelHandler = Callable[[str], None]  # a notification's payload
 log = logging.getLogger(__name__)
 
 
@@ -82,8 +87,19 @@ def parse(payload: str) -> tuple[str, list[Span]]:
 class EventFollower:
     """One process's LISTEN connection, and the task that turns hints into published events."""
 
-    def __init__(self, url: str, origin: str, hub: EventHub, fetch: FetchEvents) -> None:
+    def __init__(
+        self,
+        url: str,
+        origin: str,
+        hub: EventHub,
+        fetch: FetchEvents,
+        *,
+        channels: dict[str, ChannelHandler] | None = None,
+        on_gap: Callable[[], None] | None = None,
+    ) -> None:
         self._pg = postgres.drivers()
+        self.channels = dict(channels or {})
+        self.on_gap = on_gap
         self.dsn = postgres.dsn(url)
         self.origin = origin
         self.hub = hub
@@ -139,8 +155,12 @@ class EventFollower:
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _conn: lost.set())
         await conn.add_listener(CHANNEL, self._on_notification)
+        for channel, handler in self.channels.items():
+            await conn.add_listener(channel, lambda _c, _p, _ch, payload, handler=handler: handler(payload))
         for run in self.hub.watched_runs():  # hints sent while not listening are gone: read the rows again
             self.hub.resync(run)
+        if self.reconnects and self.on_gap is not None:
+            self.on_gap()
         self.listening.set()
         while not lost.is_set():
             with contextlib.suppress(TimeoutError):

@@ -18,19 +18,22 @@ from typing import Any
 from sqlalchemy import JSON as JSONType
 from sqlalchemy import and_, func, select, update
 
-from runtime.errors import NotFound
+from runtime.errors import LeaseLost, NotFound
 from runtime.ids import new_id, new_join_token
 from runtime.serialize import message_json, remember_text, run_event_json, session_json
 from runtime.storage import schema as t
 from runtime.storage import webhooks
 from runtime.storage.database import Database, Transaction
 from runtime.storage.jobs import ANALYSIS, add_job, complete_job
+from runtime.storage.leases import CHANNEL as LEASES_CHANNEL
+from runtime.storage.leases import LeaseChange, notice_text
 from runtime.types import (
     JSON,
     EndReason,
     Event,
     EventType,
     LatencyBreakdown,
+    Lease,
     Message,
     MessageRole,
     Participant,
@@ -151,6 +154,13 @@ _NEXT_SEQ_WITH_STATE = (
     "UPDATE runs SET last_seq = last_seq + 1, position = ?, idle_since = ? WHERE id = ? RETURNING last_seq, started_at"
 )
 _SAVE_STATE = "UPDATE runs SET position = ?, idle_since = ? WHERE id = ?"
+# Fencing (runtime/storage/leases.py): the same statements made under a lease match only while the run's row
+# still names its owner and epoch. The row lock the UPDATE takes holds until commit, so a takeover committed
+# first makes it match nothing, and one committed after it sees everything it wrote. No extra statement.
+_HELD = " AND owner_id = ? AND lease_epoch = ?"
+_NEXT_SEQ_HELD = _NEXT_SEQ.replace(" RETURNING", _HELD + " RETURNING")
+_NEXT_SEQ_WITH_STATE_HELD = _NEXT_SEQ_WITH_STATE.replace(" RETURNING", _HELD + " RETURNING")
+_SAVE_STATE_HELD = _SAVE_STATE + _HELD
 # NULL cost (an unknown price) makes the total NULL: a sum with an unknown part is unknown
 _ADD_USAGE = (
     "UPDATE runs SET llm_calls = llm_calls + ?, input_tokens = input_tokens + ?, output_tokens = output_tokens + ?,"
@@ -236,23 +246,46 @@ class RunStore:
 
     # --- events -------------------------------------------------------------------
 
-    def _emit(self, tx: Transaction, run_id: str, type: EventType, data: JSON, now: float) -> Event:
-        seq, _ = self._next_seq(tx, run_id)
+    def _emit(
+        self, tx: Transaction, run_id: str, type: EventType, data: JSON, now: float, lease: Lease | None = None
+    ) -> Event:
+        seq, _ = self._next_seq(tx, run_id, lease=lease)
         return self._insert_event(tx, run_id, seq, type, data, now)
 
     @staticmethod
     def _next_seq(
-        tx: Transaction, run_id: str, *, position: Position | None = None, idle_since: float | None = None
+        tx: Transaction,
+        run_id: str,
+        *,
+        position: Position | None = None,
+        idle_since: float | None = None,
+        lease: Lease | None = None,
     ) -> tuple[int, float | None]:
-        """Take the run's next event number (saving ``position`` too); returns it with the run's start."""
+        """Take the run's next event number (saving ``position`` too); returns it with the run's start.
+
+        Under a ``lease``, only while it is still held (:class:`LeaseLost` otherwise: the write is undone)."""
+        held = () if lease is None else (lease.owner, lease.epoch)
         if position is None:
-            rows = tx.sql(_NEXT_SEQ, (run_id,))
+            rows = tx.sql(_NEXT_SEQ if lease is None else _NEXT_SEQ_HELD, (run_id, *held))
         else:
-            rows = tx.sql(_NEXT_SEQ_WITH_STATE, (_dumps(_position_json(position)), idle_since, run_id))
+            statement = _NEXT_SEQ_WITH_STATE if lease is None else _NEXT_SEQ_WITH_STATE_HELD
+            rows = tx.sql(statement, (_dumps(_position_json(position)), idle_since, run_id, *held))
         if len(rows) != 1:
-            raise NotFound(f"No run {run_id!r}", param="id")
+            RunStore._refuse(tx, run_id, lease)
         seq, started_at = rows[0]
         return int(seq), started_at
+
+    @staticmethod
+    def _refuse(tx: Transaction, run_id: str, lease: Lease | None) -> None:
+        """A statement matched no run: it does not exist, or (under a lease) another process holds it now."""
+        if lease is not None and tx.sql("SELECT 1 FROM runs WHERE id = ?", (run_id,)):
+            raise LeaseLost(f"run {run_id} is held by another process now (this one held epoch {lease.epoch})")
+        raise NotFound(f"No run {run_id!r}", param="id")
+
+    @staticmethod
+    def _check_lease(run_id: str, lease: Lease | None, owner: str | None, epoch: int) -> None:
+        if lease is not None and (owner, epoch) != (lease.owner, lease.epoch):
+            raise LeaseLost(f"run {run_id} is held by another process now (this one held epoch {lease.epoch})")
 
     @staticmethod
     def _insert_event(
@@ -414,27 +447,44 @@ class RunStore:
         async with self.db.read() as conn:
             return [r.id for r in await conn.execute(query)]
 
-    async def save_state(self, run_id: str, position: Position, idle_since: float | None) -> None:
+    async def save_state(
+        self, run_id: str, position: Position, idle_since: float | None, *, lease: Lease | None = None
+    ) -> None:
         def write(tx: Transaction) -> Any:
-            tx.change(_SAVE_STATE, (_dumps(_position_json(position)), idle_since, run_id))
+            state = (_dumps(_position_json(position)), idle_since, run_id)
+            if lease is None:
+                tx.change(_SAVE_STATE, state)
+            elif not tx.change(_SAVE_STATE_HELD, (*state, lease.owner, lease.epoch)):
+                self._refuse(tx, run_id, lease)
 
         await self.db.write(write, run_id=run_id)
 
-    async def end_run(self, run_id: str, reason: EndReason, now: float | None = None) -> Run | None:
-        """End the run and any live session. Returns None if the run had already ended."""
+    async def end_run(
+        self, run_id: str, reason: EndReason, now: float | None = None, *, lease: Lease | None = None
+    ) -> Run | None:
+        """End the run and any live session. Returns None if the run had already ended.
+
+        Exactly once, whichever processes try at the same moment: the run's row is locked first. The run's
+        lease ends with it; a holder other than ``lease`` (None: the caller holds none, e.g. a cancel on
+        another process) is fenced and told (:mod:`runtime.storage.leases`)."""
         now = time.time() if now is None else now
         status = reason.run_status
 
         def write(tx: Transaction) -> Any:
-            if not self._live(tx, run_id):
+            rows = tx.sql(f"SELECT status, owner_id, lease_epoch FROM runs WHERE id = ?{tx.row_lock}", (run_id,))
+            if not rows or RunStatus(rows[0][0]).is_terminal:
                 return None
+            holder, epoch = rows[0][1], rows[0][2]
+            self._check_lease(run_id, lease, holder, epoch)
             self._end_sessions(tx, run_id, SessionEndReason.RUN_ENDED, now)
             rows = tx.sql(
-                "UPDATE runs SET status = ?, end_reason = ?, ended_at = ?, idle_since = NULL, last_seq = last_seq + 1"
-                f" WHERE id = ? RETURNING {_RUN_SELECT}",
+                "UPDATE runs SET status = ?, end_reason = ?, ended_at = ?, idle_since = NULL, last_seq = last_seq + 1,"
+                f" owner_id = NULL, lease_epoch = lease_epoch + 1 WHERE id = ? RETURNING {_RUN_SELECT}",
                 (status.value, reason.value, now, run_id),
             )
             run = _run_raw(rows[0])
+            if holder is not None and lease is None:
+                tx.notify(LEASES_CHANNEL, notice_text(LeaseChange.ENDED, run_id, epoch + 1))
             self._insert_event(tx, run_id, run.last_seq, EventType.for_terminal(status), run_event_json(run), now)
             if run.started_at is not None:  # an interview took place: analyse it (runtime/storage/jobs.py)
                 add_job(tx, ANALYSIS, run_id, now)
@@ -442,24 +492,25 @@ class RunStore:
 
         return await self.db.write(write, run_id=run_id)  # type: ignore[no-any-return]
 
-    @staticmethod
-    def _live(tx: Transaction, run_id: str) -> bool:
-        """The run exists and has not ended."""
-        rows = tx.sql("SELECT status FROM runs WHERE id = ?", (run_id,))
-        return bool(rows) and not RunStatus(rows[0][0]).is_terminal
-
     # --- sessions -----------------------------------------------------------------------
 
     async def start_session(
-        self, run_id: str, type: SessionType, now: float, *, user_number: str | None = None
+        self,
+        run_id: str,
+        type: SessionType,
+        now: float,
+        *,
+        user_number: str | None = None,
+        lease: Lease | None = None,
     ) -> tuple[Run, Session] | None:
         """Open a session (ending any live one as replaced); None if the run has ended.
         ``user_number``: a phone call's caller or callee."""
 
         def write(tx: Transaction) -> Any:
-            rows = tx.sql("SELECT status FROM runs WHERE id = ?", (run_id,))
+            rows = tx.sql(f"SELECT status, owner_id, lease_epoch FROM runs WHERE id = ?{tx.row_lock}", (run_id,))
             if not rows or RunStatus(rows[0][0]).is_terminal:
                 return None
+            self._check_lease(run_id, lease, rows[0][1], rows[0][2])
             self._end_sessions(tx, run_id, SessionEndReason.REPLACED, now)
             if rows[0][0] == RunStatus.PENDING.value:
                 started = tx.sql(
@@ -485,13 +536,15 @@ class RunStore:
 
         return await self.db.write(write, run_id=run_id)  # type: ignore[no-any-return]
 
-    async def end_session(self, session_id: str, reason: SessionEndReason, now: float) -> None:
+    async def end_session(
+        self, session_id: str, reason: SessionEndReason, now: float, *, lease: Lease | None = None
+    ) -> None:
         def write(tx: Transaction) -> Any:
             rows = tx.sql(f"SELECT {_SESSION_SELECT} FROM sessions WHERE id = ?", (session_id,))
             if rows and rows[0][3] == SessionStatus.ACTIVE.value:
-                self._close_session(tx, _session_raw(rows[0]), reason, now)
+                self._close_session(tx, _session_raw(rows[0]), reason, now, lease=lease)
 
-        await self.db.write(write)
+        await self.db.write(write, run_id=None if lease is None else lease.run_id)
 
     def _end_sessions(self, tx: Transaction, run_id: str, reason: SessionEndReason, now: float) -> None:
         rows = tx.sql(
@@ -501,7 +554,9 @@ class RunStore:
         for row in rows:
             self._close_session(tx, _session_raw(row), reason, now)
 
-    def _close_session(self, tx: Transaction, session: Session, reason: SessionEndReason, now: float) -> None:
+    def _close_session(
+        self, tx: Transaction, session: Session, reason: SessionEndReason, now: float, *, lease: Lease | None = None
+    ) -> None:
         ended_at = max(now, session.started_at)
         tx.sql(
             "UPDATE sessions SET status = ?, ended_at = ?, end_reason = ? WHERE id = ?",
@@ -517,24 +572,29 @@ class RunStore:
             reason,
             session.user_number,
         )
-        self._emit(tx, session.run_id, EventType.SESSION_ENDED, {"session": session_json(closed)}, now)
+        self._emit(tx, session.run_id, EventType.SESSION_ENDED, {"session": session_json(closed)}, now, lease)
 
-    async def close_orphaned_sessions(self) -> int:
-        """After a crash: end sessions left active, at the last moment they were seen alive."""
+    def close_orphaned_sessions(self, tx: Transaction, run_id: str) -> int:
+        """The run's process died (or handed it over) with sessions live: end them, each at the last moment it
+        was seen alive (its last message, else its start). In ``tx``, the transaction taking the run over."""
+        rows = list(
+            tx.conn.execute(
+                select(t.sessions).where(
+                    and_(t.sessions.c.run_id == run_id, t.sessions.c.status == SessionStatus.ACTIVE.value)
+                )
+            )
+        )
+        for row in rows:
+            session = _session(row)
+            last = (
+                tx.conn.execute(select(func.max(t.messages.c.ended_at)).where(t.messages.c.session_id == session.id))
+            ).scalar()
+            self._close_session(tx, session, SessionEndReason.SERVER_RESTART, last or session.started_at)
+        return len(rows)
 
-        def write(tx: Transaction) -> Any:
-            rows = list(tx.conn.execute(select(t.sessions).where(t.sessions.c.status == SessionStatus.ACTIVE.value)))
-            for row in rows:
-                session = _session(row)
-                last = (
-                    tx.conn.execute(
-                        select(func.max(t.messages.c.ended_at)).where(t.messages.c.session_id == session.id)
-                    )
-                ).scalar()
-                self._close_session(tx, session, SessionEndReason.SERVER_RESTART, last or session.started_at)
-            return len(rows)
-
-        return await self.db.write(write)  # type: ignore[no-any-return]
+    def end_sessions_now(self, tx: Transaction, run_id: str, reason: SessionEndReason, now: float) -> None:
+        """End the run's live sessions at ``now`` (in ``tx``)."""
+        self._end_sessions(tx, run_id, reason, now)
 
     async def list_sessions(self, run_id: str) -> list[Session]:
         async with self.db.read() as conn:
@@ -552,6 +612,7 @@ class RunStore:
         *,
         position: Position | None = None,
         idle_since: float | None = None,
+        lease: Lease | None = None,
     ) -> tuple[Message, bool]:
         """Store a message (and optionally the interview's position). Returns (message, created).
 
@@ -603,9 +664,9 @@ class RunStore:
             if isinstance(usage, Mapping):
                 add_usage(tx, run_id, usage)
             if position is not None:
-                seq, started_at = self._next_seq(tx, run_id, position=position, idle_since=idle_since)
+                seq, started_at = self._next_seq(tx, run_id, position=position, idle_since=idle_since, lease=lease)
             else:
-                seq, started_at = self._next_seq(tx, run_id)
+                seq, started_at = self._next_seq(tx, run_id, lease=lease)
             body, text = remember_text(msg, started_at)  # the frames that send it reuse the text
             data, stored = {"message": body}, f'{{"message":{text}}}'
             self._insert_event(tx, run_id, seq, EventType.MESSAGE_CREATED, data, new.ended_at, text=stored)
@@ -623,6 +684,7 @@ class RunStore:
         is_interrupted: bool | None = None,
         latency: LatencyBreakdown | None = None,
         meta: JSON | None = None,
+        lease: Lease | None = None,
     ) -> Message:
         """Complete a message after it was sent (voice: when it started and stopped playing, what was heard).
 
@@ -649,14 +711,14 @@ class RunStore:
                     add_usage(tx, rows[0][1], meta["usage"])
             tx.conn.execute(update(t.messages).where(t.messages.c.id == message_id).values(**values))
             msg = _message((tx.conn.execute(select(t.messages).where(t.messages.c.id == message_id))).one())
-            seq, started = self._next_seq(tx, msg.run_id)
+            seq, started = self._next_seq(tx, msg.run_id, lease=lease)
             now = max(msg.ended_at, msg.started_at)
             self._insert_event(
                 tx, msg.run_id, seq, EventType.MESSAGE_UPDATED, {"message": message_json(msg, started)}, now
             )
             return msg
 
-        return await self.db.write(write)  # type: ignore[no-any-return]
+        return await self.db.write(write, run_id=None if lease is None else lease.run_id)  # type: ignore[no-any-return]
 
     async def list_messages(self, run_id: str) -> list[Message]:
         async with self.db.read() as conn:
@@ -693,22 +755,22 @@ class RunStore:
         now: float,
     ) -> None:
         """Keep what the analysis job made of the run, count its LLM use, announce it, and close the job:
-        one transaction, so a result is never stored twice nor its job left pending."""
+        one transaction, so a result is never stored twice (not even by two claimants) nor its job left pending."""
 
         def write(tx: Transaction) -> Any:
+            if not complete_job(tx, job_id, now):  # another process finished it first (this one was too slow)
+                return
             stored = tx.change(
                 "UPDATE runs SET summary = ?, result = ?, result_error = ?, analysed_at = ?"
                 " WHERE id = ? AND erased_at IS NULL",
                 (_dumps(summary), _dumps(result) if result is not None else None, result_error, now, run_id),
             )
             if not stored:  # erased while it was being analysed: nothing of it may come back
-                complete_job(tx, job_id, now)
                 return
             if usage is not None:
                 add_usage(tx, run_id, usage)
             data = {"run_id": run_id, "has_result": result is not None, "result_error": result_error}
             self._emit(tx, run_id, EventType.RUN_RESULT_READY, data, now)
-            complete_job(tx, job_id, now)
 
         await self.db.write(write, run_id=run_id)
 

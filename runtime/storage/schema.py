@@ -119,8 +119,12 @@ runs = Table(
     # erasure (runtime/storage/erasure.py): the row stays as a tombstone, with who asked and when
     Column("erased_at", Float, nullable=True),
     Column("erased_by", String, nullable=True),
-    # telephony (migration 0006): what a caller keys in to reach the run
+    # telephony (migration 0007): what a caller keys in to reach the run
     Column("pin", String, nullable=True),
+    # the lease (runtime/storage/leases.py): the process acting for the run in progress, and the fencing token
+    # every write of that process checks; neither is indexed, so taking a run over is a HOT update
+    Column("owner_id", String, nullable=True),
+    Column("lease_epoch", Integer, nullable=False, server_default="0"),
     Index("ix_runs_org_id_id", "org_id", "id"),
     Index("ix_runs_ended_at", "ended_at"),
     Index("ix_runs_status_join_expires_at", "status", "join_expires_at"),
@@ -310,4 +314,17 @@ run_issues = Table(
     Column("approved_by", String, nullable=True),
     Column("approved_at", Float, nullable=True),
     Index("ix_run_issues_run_id_id", "run_id", "id"),
+)
+
+# Server processes sharing the database, each holding the leases of the runs it acts for
+# (runtime/storage/leases.py). One row per incarnation; ``alive_until`` is its heartbeat.
+server_processes = Table(
+    "server_processes",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("slot", String, nullable=False, index=True),  # host:port:worker, what a restarted process replaces
+    Column("host", String, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("alive_until", Float, nullable=False),
 )

@@ -11,7 +11,7 @@ import aiohttp
 import websockets
 
 from tests.api.server_process import ServerProcess, free_port
-from tests.conftest import UNIT, sqlite_only
+from tests.conftest import UNIT
 from tests.fakes.openai_server import FakeOpenAI, Reply, respond
 
 GUIDE: dict[str, Any] = {
@@ -27,10 +27,6 @@ GUIDE: dict[str, Any] = {
 }
 
 
-@sqlite_only(
-    "only a store no other process shares lets a restarted server take back its predecessor's claims at once;"
-    " on PostgreSQL the claim's lease must run out first (process leases: issue 11, next phase)"
-)
 async def test_a_result_job_killed_mid_flight_is_done_after_the_restart(tmp_path: Path) -> None:
     analysing = asyncio.Event()
     stall = True

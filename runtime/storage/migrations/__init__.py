@@ -18,7 +18,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, inspect
+from sqlalchemy import Connection, Engine, inspect, text
 
 HERE = Path(__file__).resolve().parent
 BASELINE = "0001"
@@ -46,9 +46,16 @@ def current(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+# PostgreSQL: processes starting at once (several machines, or a deployment's replicas) migrate one at a time;
+# PostgreSQL's DDL is transactional, so the next one finds the schema at the newest revision and does nothing.
+MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(hashtext('vivavoce migrations'))"
+
+
 def upgrade(engine: Engine, revision: str = "head") -> str:
     """Bring the database to ``revision`` (default: the newest); returns where it ended up."""
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text(MIGRATION_LOCK))
         cfg = _config(conn)
         tables = set(inspect(conn).get_table_names())
         if "alembic_version" not in tables and "runs" in tables:
