@@ -23,7 +23,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from api.auth import CONSOLE_COOKIE, cookie_key
-from api.errors import NOT_BLANK
+from api.errors import NOT_BLANK, SPACES
 from api.openapi import Param, RouteTable
 from api.state import STATE
 from runtime.errors import NotFound
@@ -48,6 +48,9 @@ SIGN_IN = "/console/sign-in"
 MAX_KEY_CHARS = 200  # issued keys are 46 characters; anything far longer is not one
 NEXT_RE = re.compile(r"^/console(/runs/[a-z0-9_]{1,40})?(\?[A-Za-z0-9_=&%.\-]{0,300})?$")
 RUN_ID = Param("id", "Run id", where="path")
+
+
+_TRIM = re.compile(f"^[{SPACES}]+|[{SPACES}]+$")
 
 
 class SignInForm(BaseModel):
@@ -185,7 +188,8 @@ async def sign_in(request: web.Request) -> web.Response:
     except ValueError:  # a multipart type without its boundary, or a body that is not what it says
         return _sign_in_page(next_path="/console", error="Sign in with the form.", status=400)
     raw_key, raw_next = form.get("key"), form.get("next")
-    key = raw_key.strip() if isinstance(raw_key, str) else ""
+    # trimmed of what JSON Schema calls space, as the document says: Python's strip() also takes \x1c-\x1f
+    key = _TRIM.sub("", raw_key) if isinstance(raw_key, str) else ""
     next_path = _safe_next(raw_next)
     if not key:
         return _sign_in_page(next_path=next_path, error="Enter an API key.", status=400)

@@ -169,6 +169,35 @@ def is_json_type(content_type: str) -> bool:
     return content_type == "application/json" or content_type.endswith("+json")
 
 
+UNSTORABLE = "text must not contain NUL (U+0000) or unpaired surrogates (\\ud800-\\udfff): no database stores them"
+
+
+def unstorable_text(document: Any) -> str | None:
+    """Where in a parsed JSON document (a JSON pointer) a string no store can keep: NUL, which PostgreSQL refuses in
+    text, or a lone surrogate, which is not Unicode and cannot be encoded as UTF-8; None if there is none.
+
+    Checked at every edge (bodies, chat frames, MCP calls, query strings) so that text a participant or a
+    researcher sends is refused with a reason rather than failing the write that would store it.
+    """
+    stack: list[tuple[str, Any]] = [("", document)]
+    while stack:
+        pointer, value = stack.pop()
+        if isinstance(value, str):
+            if _UNSTORABLE.search(value):
+                return pointer or "/"
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if _UNSTORABLE.search(key):
+                    return f"{pointer}/{key!r}"
+                stack.append((f"{pointer}/{key}", item))
+        elif isinstance(value, list):
+            stack.extend((f"{pointer}/{i}", item) for i, item in enumerate(value))
+    return None
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
 async def read_json(request: web.Request) -> Any:
     """The request body as JSON, or a 400 (415 for a type that cannot carry JSON) that says what is wrong."""
     ctype = request.content_type
@@ -178,9 +207,13 @@ async def read_json(request: web.Request) -> Any:
     if not is_json_type(ctype) and ctype not in LENIENT_TYPES:
         raise UnsupportedMediaType(f"expected a JSON body (Content-Type: application/json), got {ctype!r}")
     try:
-        return json.loads(raw)
+        document = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         hint = "" if is_json_type(ctype) else f" (it was sent as {ctype or 'no content type'}; send JSON)"
         raise InvalidRequest(f"request body is not valid JSON: {exc}{hint}") from None
     except RecursionError:
         raise InvalidRequest("request body is nested too deeply") from None
+    where = unstorable_text(document)
+    if where is not None:
+        raise InvalidRequest(f"{where}: {UNSTORABLE}", param=where.lstrip("/").split("/")[0] or None)
+    return document

@@ -26,6 +26,7 @@ from urllib.parse import quote
 
 from aiohttp import WSMsgType, web
 
+from api.errors import UNSTORABLE, unstorable_text
 from api.live import CLOSE_GOING_AWAY, RESTARTING, ParticipantLink, PlaybackReport
 from api.openapi import Param, RouteTable
 from api.state import STATE, AppState
@@ -294,6 +295,14 @@ async def _on_frame(state: AppState, controller: Any, link: ChatLink, data: str,
         return await _error(link, "invalid_frame", "frames must be JSON objects")
     if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
         return await _error(link, "invalid_frame", "frames must be JSON objects with a string 'type'")
+    where = unstorable_text(frame)
+    if where is not None:  # refused with the message's client_id, so the page can say which answer it was
+        extra = (
+            {"client_id": frame["client_id"]}
+            if isinstance(frame.get("client_id"), str) and where != "/client_id"
+            else {}
+        )
+        return await _error(link, "invalid_frame", f"{where}: {UNSTORABLE}", **extra)
     kind = frame["type"]
     if kind == "message":
         return await _on_message(state, controller, link, frame, received_at=received_at)

@@ -12,7 +12,7 @@ from typing import TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from api.errors import read_json, validation_error
+from api.errors import UNSTORABLE, read_json, unstorable_text, validation_error
 from runtime.errors import InvalidRequest, NotFound
 from runtime.ids import is_id
 
@@ -44,6 +44,8 @@ def single(request: web.Request, name: str) -> str | None:
     values = request.query.getall(name, [])
     if len(values) > 1:
         raise InvalidRequest(f"{name} given more than once", param=name)
+    if values and unstorable_text(values[0]) is not None:
+        raise InvalidRequest(f"{name}: {UNSTORABLE}", param=name)
     return values[0] if values else None
 
 

@@ -77,6 +77,8 @@ class AddressGuard:
                 infos = await self._getaddrinfo(host, port)
             except OSError as exc:
                 raise UnsafeAddress(f"{host} does not resolve ({exc.strerror or exc})") from None
+            except ValueError as exc:  # no name a resolver takes: a NUL, a label IDNA refuses ("=±é")
+                raise UnsafeAddress(f"{host!r} is not a host name ({exc})") from None
             found = list(dict.fromkeys(str(info[4][0]) for info in infos))
             if not found:
                 raise UnsafeAddress(f"{host} does not resolve")

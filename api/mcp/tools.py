@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError, WithJsonSchema
 
-from api.errors import validation_error
+from api.errors import UNSTORABLE, unstorable_text, validation_error
 from api.params import parse_cursor, parse_limit
 from api.routes_catalog import _content, frozen
 from api.routes_runs import EXPANDABLE, _result, cancel, new_run, parse_expand, render_run
@@ -40,7 +40,7 @@ from api.schemas import (
 )
 from api.state import STATE, AppState
 from runtime.analysis import collect_responses
-from runtime.errors import NotFound, VivavoceError
+from runtime.errors import InvalidRequest, NotFound, VivavoceError
 from runtime.ids import id_pattern, is_id
 from runtime.serialize import blueprint_json, channel_json
 from runtime.storage import RunFilter
@@ -179,6 +179,9 @@ def _shallow(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 async def call_tool(request: web.Request, org_id: str, tool: Tool, arguments: dict[str, Any]) -> dict[str, Any]:
+    where = unstorable_text(arguments)
+    if where is not None:
+        raise ToolError(InvalidRequest(f"{where}: {UNSTORABLE}", param=where.lstrip("/").split("/")[0] or None))
     try:
         args = tool.args.model_validate(arguments)
     except ValidationError as exc:

@@ -158,3 +158,32 @@ async def test_telephony_and_custom_runs_never_fall_back_to_chat(server: Server,
     async with server.http.post(run["join_url"] + "/offer", json={"type": "offer", "sdp": "v=0"}) as resp:
         assert resp.status in (400, 409)  # no WebRTC either
     assert (await server.get_run(run["id"]))["status"] == "pending"  # nothing was started
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"participant": {"name": "Ada\u0000Lovelace"}}, "participant"),
+        ({"metadata": {"cohort": "wave\u00002"}}, "metadata"),
+        ({"metadata": {"co\u0000hort": "wave-2"}}, "metadata"),
+        ({"participant": {"name": "lone \ud800"}}, "participant"),
+    ],
+)
+async def test_text_no_database_can_store_is_a_400_and_nothing_is_made(
+    server: Server, body: dict[str, Any], param: str
+) -> None:
+    """NUL (PostgreSQL refuses it in text) and unpaired surrogates (not UTF-8): refused at the edge on every store,
+    not a failed write (a 500 on PostgreSQL) or, on SQLite, text that no export can encode."""
+    before = (await server.request("GET", "/v1/runs"))[1]["data"]
+    raw = json.dumps({"blueprint_id": await server.create_blueprint(), "channel_id": server.chat_channel_id, **body})
+    status, answer = await server.request(
+        "POST", "/v1/runs", data=raw.encode(), headers={"Content-Type": "application/json"}
+    )
+    assert_error(status, answer, 400, "invalid_request", param)
+    assert "NUL" in answer["error"]["message"]
+    assert (await server.request("GET", "/v1/runs"))[1]["data"] == before
+
+
+async def test_a_nul_in_a_query_string_is_a_400(server: Server) -> None:
+    status, answer = await server.request("GET", "/v1/runs?metadata[cohort]=a%00b")
+    assert_error(status, answer, 400, "invalid_request", "metadata[cohort]")

@@ -113,12 +113,16 @@ async def test_bad_frames_get_error_frames_and_the_session_goes_on(server: Serve
         (json.dumps({"type": "message", "content": "x" * (32 * 1024 + 1)}), "content_too_large"),
         (json.dumps({"type": "message", "content": "hi", "client_id": "bad id!"}), "invalid_frame"),
         (b"\x00\x01binary", "invalid_frame"),
+        (json.dumps({"type": "message", "content": "a\u0000b", "client_id": "c-nul"}), "invalid_frame"),
+        (json.dumps({"type": "message", "content": "lone \ud800 surrogate"}), "invalid_frame"),
     ]
     for frame, code in cases:
         await p.send(frame)
         err = await p.until("error")
         assert err["code"] == code, frame[:40]
         assert err["message"]
+        if "c-nul" in str(frame):  # no database stores a NUL: refused, naming the answer, never a failed write
+            assert err["client_id"] == "c-nul" and "/content" in err["message"] and "NUL" in err["message"]
     await p.send({"type": "ping", "t": 42})
     assert (await p.until("pong"))["t"] == 42
     # the session still works: a 32 KB answer (exactly the limit) is accepted

@@ -73,6 +73,18 @@ async def test_a_bad_key_is_a_401_form_error_and_sets_no_cookie(server: Server, 
     assert status == 303
 
 
+async def test_a_key_blank_only_to_python_is_a_wrong_key_not_a_missing_one(
+    server: Server, browser: aiohttp.ClientSession
+) -> None:
+    """The document calls a key blank by JSON Schema's spaces: a control character such as \x1c is a (wrong) key."""
+    status, page, _ = await post_form(browser, server, SIGN_IN, {"key": "\x1c"})
+    assert status == 401 and "Enter an API key" not in page
+    status, page, _ = await post_form(browser, server, SIGN_IN, {"key": " \u00a0"})
+    assert status == 400 and "Enter an API key" in page
+    status, _, resp = await post_form(browser, server, SIGN_IN, {"key": f"\u2003{server.api_key}\n"})
+    assert status == 303 and resp.headers["Location"] == "/console"  # a pasted key's surrounding spaces are trimmed
+
+
 async def test_sign_out_clears_the_cookie(server: Server, browser: aiohttp.ClientSession) -> None:
     await sign_in(browser, server)
     assert (await get(browser, server, "/v1/runs"))[0] == 200

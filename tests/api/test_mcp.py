@@ -154,6 +154,8 @@ async def test_errors_keep_the_rest_meanings_and_messages(server: Server) -> Non
          {"json": {**BLUEPRINT, "questions": []}}),
         ("create_channel", {"type": "fax", "name": "n"}, "POST", "/v1/channels",
          {"json": {"type": "fax", "name": "n"}}),
+        ("create_interview_run", {"blueprint_id": bp, "channel_id": chn, "metadata": {"k": "a\u0000b"}},
+         "POST", "/v1/runs", {"json": {"blueprint_id": bp, "channel_id": chn, "metadata": {"k": "a\u0000b"}}}),
     ]  # fmt: skip
     async with mcp_client(server) as client:
         for tool, arguments, method, path, kwargs in cases:

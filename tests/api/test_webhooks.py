@@ -306,6 +306,7 @@ async def test_private_loopback_and_link_local_urls_are_refused(server: Server, 
         ("http://user:pw@example.com/x", "credentials"),
         ("https:///nohost", "host"),
         ("http://example.com:99999/x", "valid URL"),
+        ("http://a\U000fc76f.example/x", "not a host name"),  # IDNA refuses it (a ValueError, not an OSError)
     ],
 )
 async def test_malformed_webhook_urls_are_refused(server: Server, url: str, words: str) -> None:
