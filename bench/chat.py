@@ -89,6 +89,30 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, over all cores (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / CLK_TCK, sum(fields) / CLK_TCK
+
+
+def database_cpu() -> dict[int, float]:
+    """CPU seconds of each local PostgreSQL process (its backends serve the server's connections), by pid."""
+    found: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # it ended meanwhile
+        name, rest = stat.split("(", 1)[1].rsplit(")", 1)
+        if name == "postgres":
+            fields = rest.split()
+            found[int(entry.name)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return found
+
+
 def raise_fd_limit() -> int:
     """Open files: as many as allowed (a session is a socket); returns the limit now in force."""
     import resource
@@ -364,6 +388,8 @@ class LevelResult:
     rss_open_mb: float = 0.0
     rss_per_session_kb: float = 0.0
     server_cpu_pct: float = 0.0
+    machine_busy_pct: float | None = None  # every core of the machine, busy share during the interview phase
+    database_cpu_pct: float | None = None  # local PostgreSQL processes during the interview phase (one core = 100)
     server_cpu_s: float = 0.0  # server process CPU (user+sys) during the interview phase
     cpu_ms_per_turn: float | None = None  # server_cpu_s per caller-measured turn
     healthz_idle_ms: dict[str, Any] = field(default_factory=dict)
@@ -449,7 +475,7 @@ async def run_level(server: ServerProc, target: str, n: int, args: argparse.Name
 
         loaded_stop = asyncio.Event()
         loaded_task = asyncio.create_task(healthz_rtts(http, server.url, loaded_stop))
-        cpu0, w0 = cpu_seconds(pid), time.perf_counter()
+        cpu0, w0, machine0, db0 = cpu_seconds(pid), time.perf_counter(), machine_cpu(), database_cpu()
         for pr in procs:
             assert pr.stdin is not None
             pr.stdin.write("GO\n")
@@ -464,6 +490,11 @@ async def run_level(server: ServerProc, target: str, n: int, args: argparse.Name
 
         await loop.run_in_executor(None, wait_all)
         server_cpu = cpu_seconds(pid) - cpu0
+        machine1, db1 = machine_cpu(), database_cpu()
+        res.machine_busy_pct = round(100 * (machine1[0] - machine0[0]) / max(machine1[1] - machine0[1], 1e-9), 1)
+        db_cpu = sum(s - db0.get(p, 0.0) for p, s in db1.items())  # a backend born in the phase counts whole
+        wall = time.perf_counter() - w0
+        res.database_cpu_pct = round(100 * db_cpu / max(wall, 1e-9), 1) if db1 else None
         loaded_stop.set()
         res.healthz_loaded_ms = summarize(await loaded_task)
 
@@ -524,8 +555,8 @@ def print_table(results: list[LevelResult]) -> None:
 
     table = Table(title="chat sessions: vivavoce vs bare aiohttp echo (same frames, same pacing)")
     cols = ["N", "target", "ready", "ok/fail", "join p50/p99", "turn p50/p99 (caller)", "server turn p50/p99",
-            "turns/s", "frames/s", "healthz idle→loaded p99", "RSS/session", "srv CPU", "gen CPU", "gen lag p99",
-            "phase s"]  # fmt: skip
+            "turns/s", "frames/s", "healthz idle→loaded p99", "RSS/session", "srv CPU", "db CPU", "machine busy",
+            "gen CPU", "gen lag p99", "phase s"]  # fmt: skip
     for c in cols:
         table.add_column(c, justify="right")
     for r in results:
@@ -542,6 +573,8 @@ def print_table(results: list[LevelResult]) -> None:
             f"{fmt(r.healthz_idle_ms.get('p99'))}→{fmt(r.healthz_loaded_ms.get('p99'))}",
             f"{fmt(r.rss_per_session_kb)} KiB",
             f"{fmt(r.server_cpu_pct, 0)}%",
+            f"{fmt(r.database_cpu_pct, 0)}%" if r.database_cpu_pct is not None else "-",
+            f"{fmt(r.machine_busy_pct, 0)}%",
             "/".join(f"{x:.0f}%" for x in r.client_cpu_pct),
             "/".join(f"{x:.1f}" for x in r.client_lag_p99_ms),
             fmt(r.phase_s),

@@ -9,19 +9,27 @@ process was paused, or cut off from the database) is not attempted: the incarnat
 over, its runs are let go, and the process registers again under a new id, so the runs
 it held become orphans for whichever process claims them first (it may be this one).
 
+On PostgreSQL the renewals are sent from a thread of their own over a connection of their own
+(:class:`~runtime.storage.leases.HeartbeatLine`): a process that is only slow (its event loop busy, its
+writes queued) keeps its runs; one that is paused or cut off does not.
+
 On SQLite nothing expires: there is no other process to hand anything to.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Callable
 
 from runtime.storage import LeaseStore
-from runtime.storage.leases import ProcessInfo
+from runtime.storage.leases import HeartbeatLine, ProcessInfo
+
+log = logging.getLogger("vivavoce.live")
 
 LEASE_S = 10.0  # a process unheard of for this long is presumed dead and its runs are claimed
 RENEWALS_PER_LEASE = 4  # the heartbeat: three may fail before the process stops acting
@@ -53,7 +61,10 @@ class Ownership:
         self._monotonic = monotonic
         self.info = self._new_identity()
         self._renewed_at = monotonic()  # when the last committed renewal was sent
+        self._expired = False  # this incarnation's row had run out when a renewal came (it must start over)
         self.incarnations = 1
+        self._beating: threading.Thread | None = None
+        self._stop_beating = threading.Event()
 
     @property
     def id(self) -> str:
@@ -74,7 +85,49 @@ class Ownership:
 
     def may_act(self) -> bool:
         """Whether this process may still act for the runs it holds (always, on a store it has alone)."""
-        return not self.shared or self._monotonic() - self._renewed_at < self.lease_s - self.margin
+        if not self.shared:
+            return True
+        return not self._expired and self._monotonic() - self._renewed_at < self.lease_s - self.margin
+
+    @property
+    def beating(self) -> bool:
+        """Renewals are sent by the heartbeat thread (:meth:`beat_in_thread`), not by :meth:`renew`."""
+        return self._beating is not None
+
+    def beat_in_thread(self, line: HeartbeatLine) -> None:
+        """Renew every quarter lease from a thread of its own, over ``line``; :meth:`may_act` turns False when
+        renewals stop coming (the database is out of reach) or one finds this incarnation's row run out."""
+        if self._beating is not None:
+            return
+        self._stop_beating.clear()
+        self._beating = threading.Thread(target=self._beat, args=(line,), name="vivavoce-heartbeat", daemon=True)
+        self._beating.start()
+
+    def stop_beating(self) -> None:
+        thread, self._beating = self._beating, None
+        if thread is not None:
+            self._stop_beating.set()
+            thread.join()
+
+    def _beat(self, line: HeartbeatLine) -> None:
+        try:
+            while not self._stop_beating.wait(self.renew_every):
+                if not self.may_act():
+                    continue  # too late: the event loop lets this incarnation's runs go and registers again
+                process_id, sent = self.id, self._monotonic()  # the lease runs from when the renewal was sent
+                try:
+                    renewed = line.renew(process_id, lease_s=self.lease_s)
+                except Exception as exc:  # the database is out of reach: the next beat tries again
+                    log.warning("lease renewal failed (%r)", exc)
+                    continue
+                if process_id != self.id:
+                    continue  # the renewal of an incarnation that has been replaced meanwhile
+                if renewed:
+                    self._renewed_at = sent
+                else:
+                    self._expired = True
+        finally:
+            line.close()
 
     async def register(self) -> None:
         sent = self._monotonic()
@@ -99,6 +152,7 @@ class Ownership:
         sent = self._monotonic()
         await self.leases.register(self.info, lease_s=self.lease_s, replaces=previous)
         self._renewed_at = sent
+        self._expired = False
 
     async def retire(self) -> None:
         await self.leases.retire(self.id)

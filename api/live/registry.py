@@ -25,7 +25,7 @@ from runtime.errors import Draining, LeaseLost
 from runtime.interviewer import Interviewer, ScriptedInterviewer
 from runtime.recovery import caught_up
 from runtime.storage import Store
-from runtime.storage.leases import LeaseChange, parse_notice
+from runtime.storage.leases import HeartbeatLine, LeaseChange, parse_notice
 from runtime.storage.runs import unanswered
 from runtime.types import (
     BlueprintContent,
@@ -244,6 +244,8 @@ class LiveRuns:
     def start(self) -> None:
         """Keep the heartbeat and claim orphans (only where other processes share the store)."""
         if self.ownership.shared and self._keeper is None:
+            timeout_s = self.ownership.renew_every  # a renewal slower than a beat is as good as lost
+            self.ownership.beat_in_thread(HeartbeatLine(self.store.db.url, timeout_s=timeout_s))
             self._keeper = asyncio.create_task(self.keep(), name="lease-keeper")
 
     async def keep(self) -> None:
@@ -257,10 +259,14 @@ class LiveRuns:
                     await asyncio.wait_for(self._wake.wait(), min(self.ownership.renew_every, lapses_in))
             self._wake.clear()
             try:
-                try:  # a renewal still unanswered when the lease lapses is too late, whatever becomes of it
-                    renewed = await asyncio.wait_for(self.ownership.renew(), max(self.ownership.lapses_in(), 0.001))
-                except TimeoutError:
-                    renewed = False
+                if self.ownership.beating:  # renewed by the heartbeat's thread, whatever this loop is busy with
+                    renewed = self.ownership.may_act()
+                else:
+                    try:  # a renewal still unanswered when the lease lapses is too late, whatever becomes of it
+                        wait = max(self.ownership.lapses_in(), 0.001)
+                        renewed = await asyncio.wait_for(self.ownership.renew(), wait)
+                    except TimeoutError:
+                        renewed = False
                 if not renewed:
                     await self._lapsed()
                 claimed = await self._claim_all()
@@ -330,6 +336,7 @@ class LiveRuns:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.to_thread(self.ownership.stop_beating)  # it beat on while the runs were handed over
         try:
             await self.ownership.retire()
         except Exception as exc:

@@ -37,10 +37,12 @@ synchronised (NTP); the margin absorbs a skew well under a second.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from runtime.storage import postgres
 from runtime.storage.database import Database, Transaction
 from runtime.types import Lease, RunStatus, SessionEndReason, StrEnum
 
@@ -86,6 +88,55 @@ class ProcessInfo:
     slot: str
     host: str
     pid: int
+
+
+class HeartbeatLine:
+    """The heartbeat's own connection to PostgreSQL, used from the heartbeat's thread only.
+
+    Why not a write like the others: a renewal that queues behind a backlog of data writes, or waits for an
+    event loop busy with thousands of joins, arrives late, and a process that is merely slow lets every run
+    it holds go at once, for another process (as loaded) to claim: measured with 5000 chat participants
+    joining two processes on two cores, a lapse dropped 1490 interviews. A process that is paused, or cut
+    off from the database, still stops renewing: its threads stop too, or its connection fails.
+    """
+
+    def __init__(self, url: str, *, timeout_s: float) -> None:
+        self._url = url
+        self._timeout_s = timeout_s
+        self._conn: Any = None
+
+    def renew(self, process_id: str, *, lease_s: float, now: float | None = None) -> bool:
+        """:meth:`LeaseStore.renew`, blocking; raises the driver's error if the database cannot be reached."""
+        import psycopg  # the PostgreSQL drivers are an optional install
+
+        now = time.time() if now is None else now
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(
+                    postgres.dsn(self._url),
+                    autocommit=True,
+                    application_name=f"{postgres.APPLICATION} heartbeat",
+                    connect_timeout=max(2, round(self._timeout_s)),  # libpq's least
+                    options=f"-c statement_timeout={round(self._timeout_s * 1000)}",
+                    keepalives=1,
+                    keepalives_idle=10,
+                    keepalives_interval=5,
+                    keepalives_count=3,
+                )
+            cursor = self._conn.execute(
+                "UPDATE server_processes SET alive_until = %s WHERE id = %s AND alive_until >= %s",
+                (now + lease_s, process_id, now),
+            )
+            return bool(cursor.rowcount)
+        except psycopg.Error:
+            self.close()  # the next beat connects afresh
+            raise
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
 
 
 class LeaseStore:
