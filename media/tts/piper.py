@@ -101,6 +101,19 @@ def _load(model: Path, config: Path) -> _Voice:
         return voice
 
 
+QUIET = 328  # |sample| at or under -40 dBFS: no speech sound yet
+KEEP_BEFORE_S = 0.01  # kept before the first sound, so that its onset is not clipped
+
+
+def trim_leading_quiet(pcm: PCM, rate: int) -> PCM:
+    """``pcm`` from just before its first sound (all of it if it has none, or starts with one)."""
+    loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) > QUIET)
+    if loud.size == 0:
+        return pcm
+    start = max(int(loud[0]) - round(KEEP_BEFORE_S * rate), 0)
+    return pcm[start:]
+
+
 class PiperSynthesizer(Synthesizer):
     """A Piper voice: :meth:`synthesize` yields one ``int16`` chunk per piece of the text.
 
@@ -154,14 +167,20 @@ class PiperSynthesizer(Synthesizer):
             yield pcm
 
     def speak(self, text: str) -> Generator[tuple[PCM, int], None, None]:
-        """Each piece's audio with its number of words (a piece with no phonemes adds its words to the next)."""
+        """Each piece's audio with its number of words (a piece with no phonemes adds its words to the next).
+
+        The reply's first piece starts at its first sound: the voice opens every inference with ~50 ms of
+        near silence, which would only add to the participant's wait (later pieces keep theirs: it is the
+        pause between clauses)."""
         words = 0
+        first = True
         for piece in pieces(text, first_words=self.first_words):
             words += sum(clause.words for clause in piece)
             phonemes = self.phonemes(piece)
             if phonemes:
-                yield self.run(phonemes), words
-                words = 0
+                pcm = self.run(phonemes)
+                yield (trim_leading_quiet(pcm, self.sample_rate) if first else pcm), words
+                first, words = False, 0
 
     def run(self, phonemes: str) -> PCM:
         """One inference: the audio of ``phonemes`` (a piece's worth; the model takes no more at once)."""

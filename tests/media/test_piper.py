@@ -61,6 +61,20 @@ def test_a_reply_comes_piece_by_piece_and_is_understood(piper: PiperSynthesizer)
     assert word_error_rate(REPLY, heard(whole, piper.sample_rate)) <= WER_THRESHOLD
 
 
+def test_a_reply_starts_with_its_first_sound_and_later_pieces_keep_their_pauses(piper: PiperSynthesizer) -> None:
+    """The voice opens every inference with ~50 ms of near silence: on a reply's first piece that is only
+    waiting (trimmed to 10 ms before the first sound); between pieces it is the pause of a clause (kept)."""
+
+    def quiet_ms(pcm: np.ndarray) -> float:
+        return 1000 * int(np.flatnonzero(np.abs(pcm.astype(np.int32)) > 328)[0]) / piper.sample_rate
+
+    first, second, *_ = piper.synthesize(REPLY)
+    assert quiet_ms(first) <= 11
+    assert quiet_ms(second) >= 25
+    untrimmed = piper.run(piper.phonemes(pieces(REPLY)[0]))
+    assert quiet_ms(untrimmed) >= 25  # (its length is not comparable: each inference samples its durations)
+
+
 def test_phonemes_keep_stress_and_punctuation(piper: PiperSynthesizer) -> None:
     question = piper.phonemes([Clause("where do you live", "?")])
     statement = piper.phonemes([Clause("I live in town", ","), Clause("near the river", ".")])
