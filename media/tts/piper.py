@@ -101,7 +101,10 @@ def _load(model: Path, config: Path) -> _Voice:
         return voice
 
 
-QUIET = 328  # |sample| at or under -40 dBFS: no speech sound yet
+# Piper's lead-in is digital silence (|sample| <= 2); a soft onset ("th", "f", "h") rises from about 10 and
+# stays under -40 dBFS for 30-40 ms, so only what is under -66 dBFS counts as nothing yet: a higher
+# threshold clipped "three" to "ree" (Whisper heard "B91 857" for "three nine one, eight five seven").
+QUIET = 16
 KEEP_BEFORE_S = 0.01  # kept before the first sound, so that its onset is not clipped
 
 
@@ -169,8 +172,8 @@ class PiperSynthesizer(Synthesizer):
     def speak(self, text: str) -> Generator[tuple[PCM, int], None, None]:
         """Each piece's audio with its number of words (a piece with no phonemes adds its words to the next).
 
-        The reply's first piece starts at its first sound: the voice opens every inference with ~50 ms of
-        near silence, which would only add to the participant's wait (later pieces keep theirs: it is the
+        The reply's first piece starts at its first sound: the voice opens every inference with ~30-50 ms of
+        digital silence, which would only add to the participant's wait (later pieces keep theirs: it is the
         pause between clauses)."""
         words = 0
         first = True
