@@ -131,4 +131,6 @@ async def test_a_thinking_pause_after_an_unfinished_phrase_does_not_end_the_turn
         assert word_error_rate(speech.text, answers[0]) <= 0.1, answers
     else:
         assert len(answers) == 2, answers
-        assert answers[0].rstrip(".").lower().endswith("to"), answers
+        # cut at the pause: the words before it, then the rest (Whisper may drop the clipped "to" at the cut)
+        assert "dashwood" in answers[0].lower() and "consider" not in answers[0].lower(), answers
+        assert answers[1].lower().startswith("consider"), answers
