@@ -408,6 +408,10 @@
   // Voice: microphone → RTCPeerConnection → POST {join}/offer; events on the "events" data channel.
   // =====================================================================================
   const GATHER_TIMEOUT_MS = 3000, CONNECT_TIMEOUT_MS = 20000, METER_EVERY_MS = 100;
+  // A call that drops (a network change, or the server handing its interviews over during an upgrade) is
+  // connected again by itself, after these pauses (jittered, so a drained server's callers do not all come
+  // back at once); only then is the participant asked to press Try again.
+  const RECONNECT_DELAYS_MS = [250, 1000, 2000, 4000];
   const VOICE_STATE_TEXT = {
     connecting: "Connecting…",
     listening: "The interviewer is listening",
@@ -451,8 +455,9 @@
 
   const voice = {
     info: null, stream: null, track: null, pc: null, channel: null, audioCtx: null, analyser: null,
-    meterTimer: 0, connectTimer: 0, generation: 0, level: 0, state: "connecting",
+    meterTimer: 0, connectTimer: 0, retryTimer: 0, generation: 0, level: 0, state: "connecting",
     busy: false, muted: false, ended: false, left: false, seen: new Set(),
+    retries: 0, reconnecting: false, moving: false, // reconnecting by itself; told by the server to (moving)
   };
 
   function voiceError(name, message) {
@@ -478,6 +483,8 @@
   function onStartPressed() {
     if (voice.busy || voice.ended) return;
     voice.busy = true;
+    voice.retries = 0;
+    voice.reconnecting = false;
     vui.startButton.disabled = vui.retry.disabled = true;
     const Ctx = window.AudioContext || window.webkitAudioContext;
     if (Ctx && !voice.audioCtx) {
@@ -572,7 +579,7 @@
     vui.call.hidden = false;
     if (focusWasOnScreen) vui.call.focus(); // the button that had focus is gone: keep keyboard users in place
     setVoiceState("connecting");
-    setStatus("Connecting…");
+    setStatus(voice.reconnecting ? "Reconnecting…" : "Connecting…");
     const pc = new RTCPeerConnection({ iceServers: voice.info.ice_servers || [] });
     voice.pc = pc;
     pc.addTransceiver(voice.track, { direction: "sendrecv", streams: [voice.stream] });
@@ -620,6 +627,7 @@
   function closePeer() {
     voice.generation += 1; // late events of the old connection are ignored
     clearTimeout(voice.connectTimer);
+    clearTimeout(voice.retryTimer);
     const { pc, channel } = voice;
     voice.pc = voice.channel = null;
     if (channel) { channel.onmessage = channel.onclose = null; try { channel.close(); } catch (_) { /* closed */ } }
@@ -639,9 +647,34 @@
   async function onPeerLost(name) {
     if (voice.ended || voice.left) return;
     const connected = voice.pc && voice.pc.connectionState === "connected";
+    const moving = voice.moving;
+    voice.moving = false;
     closePeer();
     if (await checkRunEnded()) return;
-    showVoiceError(voiceError(name || (connected ? "ConnectionLost" : "ConnectionFailed")));
+    if (connected || moving || voice.reconnecting) { reconnectSoon(); return; }
+    showVoiceError(voiceError(name || "ConnectionFailed"));
+  }
+
+  // The call dropped after it had worked: connect again by itself, a few times, with the same microphone.
+  function reconnectSoon() {
+    if (voice.ended || voice.left) return;
+    if (voice.retries >= RECONNECT_DELAYS_MS.length) {
+      voice.retries = 0;
+      voice.reconnecting = false;
+      showVoiceError(voiceError("ConnectionLost"));
+      return;
+    }
+    const delay = RECONNECT_DELAYS_MS[voice.retries] * (0.75 + Math.random() / 2);
+    voice.retries += 1;
+    voice.reconnecting = true;
+    setVoiceState("connecting");
+    setStatus("Reconnecting…");
+    clearTimeout(voice.retryTimer);
+    voice.retryTimer = setTimeout(() => {
+      if (voice.ended || voice.left || voice.busy) return;
+      if (!voice.track || voice.track.readyState !== "live") { showVoiceError(voiceError("NotReadableError")); return; }
+      connectPeer().catch(() => reconnectSoon());
+    }, delay);
   }
 
   // ---- events from the server ----
@@ -667,6 +700,8 @@
   }
 
   function onVoiceReady(event) {
+    voice.retries = 0;
+    voice.reconnecting = false;
     vui.captions.replaceChildren();
     voice.seen.clear();
     for (const message of event.messages || []) addCaption(message);
@@ -722,6 +757,11 @@
     if (event.code === "replaced") {
       closePeer();
       showVoiceError(voiceError("Replaced"));
+      return;
+    }
+    if (event.code === "server_restart") { // the server is handing this interview over: the call drops next
+      voice.moving = true;
+      setStatus("Reconnecting…");
       return;
     }
     if (typeof event.message === "string" && event.message) setStatus(event.message);

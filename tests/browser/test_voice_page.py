@@ -272,6 +272,50 @@ async def test_a_failed_connection_is_explained_and_try_again_connects(
     await expect(page.locator("#voice-captions")).to_contain_text("Interviewer: Hello.", timeout=timeout)
 
 
+# Every text the status line showed, in order.
+RECORD_STATUS = """(() => {
+  window.__status = [];
+  new MutationObserver(() => {
+    const text = document.getElementById("status").textContent;
+    if (window.__status[window.__status.length - 1] !== text) window.__status.push(text);
+  }).observe(document.getElementById("status"), { subtree: true, childList: true, characterData: true });
+})();"""
+
+
+async def test_a_call_handed_over_by_its_server_reconnects_by_itself_and_the_interview_goes_on(
+    voice_server: Server, launch: Launch, tmp_path: Path
+) -> None:
+    """An upgrade drains the process holding the call: the run is let go and the participant told to reconnect.
+    The page connects again by itself (no Try again to press), the run resumes where it was, and the answers
+    spoken after the move are stored."""
+    server = voice_server
+    many_questions = await server.create_blueprint(BLUEPRINT)
+    run = await voice_run(server, many_questions)
+    page = await open_with_microphone(launch, microphone(tmp_path / "mic.wav", 2.0, "home", 6.0))
+    await page.goto(run["join_url"])
+    await page.evaluate(RECORD_STATUS)
+    await page.get_by_role("button", name="Start the interview").click()
+    timeout = 20_000 * UNIT
+    await expect(page.locator("#voice-captions")).to_contain_text("Interviewer: Hello and welcome.", timeout=timeout)
+
+    await server.state.live.controllers[run["id"]].hand_over()  # what draining does to each of its runs
+
+    await expect(page.locator("#status")).to_have_text("Reconnected", timeout=timeout)
+    await expect(page.locator("#voice-error")).to_be_hidden()
+    shown = await page.evaluate("() => window.__status")
+    assert "Reconnecting…" in shown and "Connection lost" not in shown, shown
+    sessions = (await server.get_run(run["id"], "sessions"))["sessions"]
+    assert [s["end_reason"] for s in sessions] == ["server_restart", None]
+    assert (await server.get_run(run["id"]))["status"] == "in_progress"
+
+    async def answered_after_the_move() -> bool:
+        transcript = (await server.get_run(run["id"], "transcript"))["transcript"]
+        return any(m["role"] == "user" and m["session_id"] == sessions[1]["id"] for m in transcript)
+
+    await eventually(answered_after_the_move, timeout=30)
+    await expect(page.locator("#voice-captions").locator(".caption--user").first).to_be_visible()
+
+
 async def test_mute_silences_the_microphone_and_hang_up_ends_the_session(
     voice_server: Server, launch: Launch, tmp_path: Path
 ) -> None:
