@@ -316,6 +316,35 @@ async def test_a_call_handed_over_by_its_server_reconnects_by_itself_and_the_int
     await expect(page.locator("#voice-captions").locator(".caption--user").first).to_be_visible()
 
 
+async def test_a_call_that_cannot_reconnect_asks_the_participant_to_try_again(
+    voice_server: Server, launch: Launch, tmp_path: Path
+) -> None:
+    """Every server refuses the call for a while (all draining): the page tries a few times by itself, then says
+    the connection was lost, and Try again continues the interview once a server takes it."""
+    server = voice_server
+    run = await voice_run(server, await server.create_blueprint(BLUEPRINT))
+    page = await open_with_microphone(launch, microphone(tmp_path / "mic.wav", 30.0))
+    await page.goto(run["join_url"])
+    await page.get_by_role("button", name="Start the interview").click()
+    timeout = 20_000 * UNIT
+    await expect(page.locator("#voice-captions")).to_contain_text("Interviewer: Hello and welcome.", timeout=timeout)
+    offers = 0
+
+    async def refuse(route: Any) -> None:
+        nonlocal offers
+        offers += 1
+        await route.fulfill(status=503, json={"error": {"type": "unavailable", "message": "draining"}})
+
+    await page.route("**/offer", refuse)
+    await server.state.live.controllers[run["id"]].hand_over()
+    await expect(page.locator("#voice-error-title")).to_have_text("Connection lost", timeout=timeout)
+    assert offers == 4  # the tries made by itself, then it stops and asks
+    await page.unroute("**/offer")
+    await page.get_by_role("button", name="Try again").click()
+    await expect(page.locator("#status")).to_have_text("Reconnected", timeout=timeout)
+    assert (await server.get_run(run["id"]))["status"] == "in_progress"
+
+
 async def test_mute_silences_the_microphone_and_hang_up_ends_the_session(
     voice_server: Server, launch: Launch, tmp_path: Path
 ) -> None:
