@@ -56,7 +56,7 @@ async def render_run(state: AppState, run: Run, expand: set[str] = frozenset()) 
         run = await store.runs.get_run(run.id)  # analysis', stored in the same transaction as the result
     body = run_json(run, join_url=state.join_url(run.join_token))
     body.update(annotation_fields(await store.review.annotation(run.id)))
-    messages = await store.runs.list_messages(run.id) if run.started_at is not None else []  # unjoined: none
+    messages = await store.messages.list_messages(run.id) if run.started_at is not None else []  # unjoined: none
     body["latency"] = latency_summary(messages)
     if not expand:
         return body

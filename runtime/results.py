@@ -44,7 +44,7 @@ class Outcome:
     model: str | None = None
 
     def usage(self, prices: Prices) -> dict[str, Any] | None:
-        """The analysis' LLM use, in the shape run totals take (see runtime.storage.runs.add_usage)."""
+        """The analysis' LLM use, in the shape run totals take (see runtime.storage.run_log.add_usage)."""
         if not self.calls or self.model is None:
             return None
         total = Usage(

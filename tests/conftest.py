@@ -285,8 +285,8 @@ def refuse_first_answer(server: Server, monkeypatch: pytest.MonkeyPatch) -> list
 
     Returns the list the refused answer's text is put in. Messages from the interviewer are stored as usual.
     """
-    runs = server.state.store.runs
-    store_message = runs.add_message
+    messages = server.state.store.messages
+    store_message = messages.add_message
     refused: list[str] = []
 
     async def disk_gone_once(run_id: str, new: NewMessage, **kwargs: Any) -> Any:
@@ -295,7 +295,7 @@ def refuse_first_answer(server: Server, monkeypatch: pytest.MonkeyPatch) -> list
             raise StorageUnavailable("the database could not be written: OSError('disk I/O error')")
         return await store_message(run_id, new, **kwargs)
 
-    monkeypatch.setattr(runs, "add_message", disk_gone_once)
+    monkeypatch.setattr(messages, "add_message", disk_gone_once)
     return refused
 
 

@@ -184,7 +184,7 @@ class RunController:
                 await quietly(previous.send({"type": "error", "code": "replaced", "message": REPLACED}))
                 await quietly(previous.close(CLOSE_REPLACED, "replaced"))
                 await self._apply(self.conv.disconnect(now))
-            messages = await self.store.runs.list_messages(self.run_id) if self.transcript else []
+            messages = await self.store.messages.list_messages(self.run_id) if self.transcript else []
             await link.send(
                 {
                     "type": "session.ready",
@@ -262,7 +262,7 @@ class RunController:
                 client_id=client_id,
             )
             self._check_may_act()
-            message, created = await self.store.runs.add_message(self.run_id, new, lease=self.lease)
+            message, created = await self.store.messages.add_message(self.run_id, new, lease=self.lease)
             if created:
                 self._remember(message)
                 actions = self.conv.participant_text(
@@ -324,7 +324,7 @@ class RunController:
             await self.lost(None)
 
     async def _record_playback(self, report: PlaybackReport) -> None:
-        await self.store.runs.update_message(
+        await self.store.messages.update_message(
             report.message_id,
             content=report.content,
             started_at=report.started_at,
@@ -490,7 +490,7 @@ class RunController:
             meta=self._stamp(action),
         )
         self._check_may_act()
-        message, _ = await self.store.runs.add_message(self.run_id, new, lease=self.lease)
+        message, _ = await self.store.messages.add_message(self.run_id, new, lease=self.lease)
         self._remember(message)
         if utt.kind is not UtteranceKind.FILLER:
             self._last_message[action.turn_id] = message.id
@@ -598,10 +598,10 @@ class RunController:
         self._reply_ids.pop(action.turn_id, None)
         last = self._last_message.pop(action.turn_id, None)
         if end.record and last is not None:  # the turn's record came after its last message was out
-            await self.store.runs.update_message(last, meta=dict(end.record), lease=self.lease)
+            await self.store.messages.update_message(last, meta=dict(end.record), lease=self.lease)
         if end.flags:  # the researcher sees which answers were flagged, on the answers themselves
             for message_id in answered:
-                await self.store.runs.update_message(message_id, meta={"flags": list(end.flags)}, lease=self.lease)
+                await self.store.messages.update_message(message_id, meta={"flags": list(end.flags)}, lease=self.lease)
         await self._apply(self.conv.turn_ended(action.turn_id, end, self.clock()))
 
     def _typing(self, active: bool) -> None:

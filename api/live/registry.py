@@ -26,7 +26,7 @@ from runtime.interviewer import Interviewer, ScriptedInterviewer
 from runtime.recovery import caught_up
 from runtime.storage import Store
 from runtime.storage.leases import HeartbeatLine, LeaseChange, parse_notice
-from runtime.storage.runs import unanswered
+from runtime.storage.messages import unanswered
 from runtime.types import (
     BlueprintContent,
     ChannelSettings,
@@ -171,7 +171,7 @@ class LiveRuns:
             channel = await self.store.catalog.get_channel(run.org_id, run.channel_id)
             channel_settings, voice = channel.settings, channel.type is ChannelType.WEBRTC_VOICE
         started = run.started_at is not None  # a run not yet joined has no messages or sessions to read
-        transcript = await self.store.runs.list_messages(run.id) if started else []
+        transcript = await self.store.messages.list_messages(run.id) if started else []
         said = [(m.kind, m.question_id) for m in transcript if m.role is MessageRole.ASSISTANT]
         conv = Conversation.restore(
             content,

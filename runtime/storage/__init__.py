@@ -1,8 +1,9 @@
 """Durable storage: SQLAlchemy Core over SQLite (aiosqlite) by default.
 
-:class:`Store` bundles the database handle with its two halves: the
-:class:`~runtime.storage.catalog.Catalog` (what researchers set up) and the
-:class:`~runtime.storage.runs.RunStore` (what happens during interviews).
+:class:`Store` bundles the database handle with its parts: the
+:class:`~runtime.storage.catalog.Catalog` (what researchers set up), the
+:class:`~runtime.storage.runs.RunStore` (interviews: runs and their sessions) and the
+:class:`~runtime.storage.messages.MessageStore` (what was said in them), and the rest beside them.
 """
 
 from __future__ import annotations
@@ -11,12 +12,23 @@ from runtime.storage.catalog import Catalog
 from runtime.storage.database import Database
 from runtime.storage.erasure import Erasure
 from runtime.storage.leases import LeaseStore
+from runtime.storage.messages import MessageStore, NewMessage
 from runtime.storage.review import Review
-from runtime.storage.runs import NewMessage, RunFilter, RunStore
+from runtime.storage.runs import RunFilter, RunStore
 from runtime.storage.study_links import StudyLinks
 from runtime.storage.webhooks import WebhookStore
 
-__all__ = ["Catalog", "Database", "LeaseStore", "NewMessage", "RunFilter", "RunStore", "Store", "WebhookStore"]
+__all__ = [
+    "Catalog",
+    "Database",
+    "LeaseStore",
+    "MessageStore",
+    "NewMessage",
+    "RunFilter",
+    "RunStore",
+    "Store",
+    "WebhookStore",
+]
 
 
 class Store:
@@ -24,11 +36,12 @@ class Store:
         self.db = Database(url, synchronous=synchronous)
         self.catalog = Catalog(self.db)
         self.runs = RunStore(self.db)
+        self.messages = MessageStore(self.db)
         self.leases = LeaseStore(self.db, self.runs)
         self.webhooks = WebhookStore(self.db)
         self.erasure = Erasure(self.db)
         self.study_links = StudyLinks(self.db)
-        self.review = Review(self.db, self.runs)
+        self.review = Review(self.db, self.messages)
 
     async def open(self) -> None:
         await self.db.create_schema()

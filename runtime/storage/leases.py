@@ -16,7 +16,7 @@ token, raised by every change of hands.
 * Fencing: every write a process makes for a run it acts for names the lease it believes it
   holds (:class:`~runtime.types.Lease`), and the statement that numbers the write's event
   matches the run's row only while it still names that owner and epoch
-  (:mod:`runtime.storage.runs`); otherwise :class:`~runtime.errors.LeaseLost`, and nothing of
+  (:mod:`runtime.storage.run_log`); otherwise :class:`~runtime.errors.LeaseLost`, and nothing of
   the write is stored. So a process that was paused or cut off, and whose run was taken over
   meanwhile, cannot store (and so cannot send: every message is stored before it is sent)
   anything for it once it wakes up. On top of that a process stops acting for all its runs

@@ -39,7 +39,8 @@ from runtime.review import (
 )
 from runtime.storage import erasure
 from runtime.storage.database import Database, Transaction
-from runtime.storage.runs import RunStore, emit
+from runtime.storage.messages import MessageStore
+from runtime.storage.run_log import emit
 from runtime.types import EventType, Message, MessageRole
 
 erasure.erases("run_annotations")
@@ -108,9 +109,9 @@ def _in_force(tx: Transaction, run_id: str, message_id: str) -> list[Issue]:
 
 
 class Review:
-    def __init__(self, db: Database, runs: RunStore) -> None:
+    def __init__(self, db: Database, messages: MessageStore) -> None:
         self.db = db
-        self.runs = runs
+        self.said = messages  # what was said, before corrections
 
     # --- the annotation -----------------------------------------------------------------------------------------
 
@@ -279,4 +280,4 @@ class Review:
 
     async def messages(self, run_id: str) -> list[Message]:
         """The run's messages with their approved corrections (the original text beside each corrected one)."""
-        return apply_corrections(await self.runs.list_messages(run_id), await self.corrections(run_id))
+        return apply_corrections(await self.said.list_messages(run_id), await self.corrections(run_id))

@@ -1,7 +1,7 @@
 """Webhook endpoints and the delivery outbox.
 
 The outbox rows of an event are written by :func:`enqueue`, which
-:meth:`RunStore._insert_event <runtime.storage.runs.RunStore._insert_event>` calls in
+:func:`runtime.storage.run_log.insert_event` calls in
 the very transaction that stores the event: if the event is committed, so are its
 deliveries, and a process killed right after the commit delivers them after its
 restart. ``(endpoint, run, seq)`` is unique, so one event can never become two

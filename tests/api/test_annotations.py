@@ -177,7 +177,7 @@ async def test_an_approved_transcriber_correction_shows_in_every_reading_of_the_
         assert MEANT in cues and "[corrected]" not in cues, fmt
 
     # the record itself is never rewritten
-    stored = {m.id: m.content for m in await server.state.store.runs.list_messages(run["id"])}
+    stored = {m.id: m.content for m in await server.state.store.messages.list_messages(run["id"])}
     assert stored[heard["id"]] == MISHEARD
     created = [e for e in await events_of(server, run["id"]) if e["type"] == "message.created"]
     assert any(e["data"]["message"]["content"] == MISHEARD for e in created)

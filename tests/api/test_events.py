@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from runtime.ids import new_id
-from runtime.storage.runs import NewMessage
+from runtime.storage.messages import NewMessage
 from runtime.types import MessageRole
 from tests.conftest import LONG_ANSWER, UNIT, Participant, Server, ServerFactory, eventually
 
@@ -271,7 +271,7 @@ async def long_run(server_factory: ServerFactory, n_messages: int = 1001) -> tup
     run = await server.create_run()
     for i in range(n_messages):
         now = time.time()
-        await server.state.store.runs.add_message(run["id"], NewMessage(MessageRole.ASSISTANT, f"m{i}", now, now))
+        await server.state.store.messages.add_message(run["id"], NewMessage(MessageRole.ASSISTANT, f"m{i}", now, now))
     return server, run["id"]
 
 

@@ -79,17 +79,17 @@ async def test_a_write_under_a_lease_taken_over_since_is_refused_and_stores_noth
     run_id = await _run(store)
     first = await store.leases.take_over(run_id, "a")
     assert first is not None
-    message, _ = await store.runs.add_message(run_id, _answer("kept"), lease=first)
+    message, _ = await store.messages.add_message(run_id, _answer("kept"), lease=first)
     second = await store.leases.take_over(run_id, "b")
     assert second is not None and second.epoch == first.epoch + 1
     before = (await store.runs.get_run(run_id)).last_seq
 
     with pytest.raises(LeaseLost):
-        await store.runs.add_message(run_id, _answer("late"), lease=first)
+        await store.messages.add_message(run_id, _answer("late"), lease=first)
     with pytest.raises(LeaseLost):
         await store.runs.save_state(run_id, Position(0, 1), time.time(), lease=first)
     with pytest.raises(LeaseLost):
-        await store.runs.update_message(message.id, content="rewritten", lease=first)
+        await store.messages.update_message(message.id, content="rewritten", lease=first)
     with pytest.raises(LeaseLost):
         await store.runs.start_session(run_id, SessionType.TEXT, time.time(), lease=first)
     with pytest.raises(LeaseLost):
@@ -97,9 +97,9 @@ async def test_a_write_under_a_lease_taken_over_since_is_refused_and_stores_noth
 
     run = await store.runs.get_run(run_id)
     assert run.status is RunStatus.IN_PROGRESS and run.last_seq == before and run.position == Position()
-    assert [m.content for m in await store.runs.list_messages(run_id)] == ["kept"]
+    assert [m.content for m in await store.messages.list_messages(run_id)] == ["kept"]
     # the holder's writes go through
-    await store.runs.add_message(run_id, _answer("held"), lease=second)
+    await store.messages.add_message(run_id, _answer("held"), lease=second)
     assert (await store.runs.end_run(run_id, EndReason.COMPLETED, lease=second)) is not None
 
 
@@ -109,13 +109,13 @@ async def test_a_refused_write_in_a_shared_commit_is_undone_alone(store: Store) 
     assert stale is not None and await store.leases.take_over(run_id, "b") is not None
     held = await store.leases.take_over(other_run, "a")
     results = await asyncio.gather(
-        store.runs.add_message(run_id, _answer("fenced"), lease=stale),
-        store.runs.add_message(other_run, _answer("stored"), lease=held),
+        store.messages.add_message(run_id, _answer("fenced"), lease=stale),
+        store.messages.add_message(other_run, _answer("stored"), lease=held),
         return_exceptions=True,
     )
     assert isinstance(results[0], LeaseLost) and not isinstance(results[1], BaseException)
-    assert await store.runs.list_messages(run_id) == []
-    assert [m.content for m in await store.runs.list_messages(other_run)] == ["stored"]
+    assert await store.messages.list_messages(run_id) == []
+    assert [m.content for m in await store.messages.list_messages(other_run)] == ["stored"]
 
 
 async def test_an_ended_run_cannot_be_taken_over_and_ending_it_fences_its_holder(store: Store) -> None:
@@ -126,7 +126,7 @@ async def test_an_ended_run_cannot_be_taken_over_and_ending_it_fences_its_holder
     assert ended is not None and ended.status is RunStatus.CANCELLED
     assert await store.runs.end_run(run_id, EndReason.CANCELLED) is None  # once
     with pytest.raises(LeaseLost):
-        await store.runs.add_message(run_id, _answer("after the end"), lease=lease)
+        await store.messages.add_message(run_id, _answer("after the end"), lease=lease)
     assert await store.leases.take_over(run_id, "b") is None
     assert await store.leases.holder(run_id) == (None, lease.epoch + 1, RunStatus.CANCELLED)
 

@@ -62,7 +62,7 @@ async def test_a_database_made_before_migrations_is_upgraded_in_place_with_nothi
         (run_id,) = [r for (r,) in await store.db.fetch("SELECT run_id FROM run_metadata WHERE value = 'legacy'")]
         run = await store.runs.get_run(run_id)
         assert run.status is RunStatus.COMPLETED and run.participant.name == "Ada"
-        messages = await store.runs.list_messages(run_id)
+        messages = await store.messages.list_messages(run_id)
         assert [m.role for m in messages] == [MessageRole.ASSISTANT, MessageRole.ASSISTANT, MessageRole.USER]
         assert messages[2].content == "I build bridges for a living." and messages[2].client_id == "c1"
         assert messages[1].latency is not None and messages[1].latency.llm == 2.0

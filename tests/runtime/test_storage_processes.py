@@ -35,7 +35,7 @@ async def write_answers(url: str, run_id: str, prefix: str) -> None:
             now = time.time()
             await asyncio.gather(
                 *(
-                    store.runs.add_message(run_id, NewMessage(MessageRole.USER, f"{prefix}{i}", now, now))
+                    store.messages.add_message(run_id, NewMessage(MessageRole.USER, f"{prefix}{i}", now, now))
                     for i in range(wave * PER_WAVE, (wave + 1) * PER_WAVE)
                 )
             )
@@ -79,6 +79,6 @@ async def test_two_processes_writing_to_one_run_never_skip_or_repeat_a_number(da
         switches = sum(1 for x, y in itertools.pairwise(said) if x[0] != y[0])
         assert switches > 1, "the two processes' commits did not interleave: the test proved nothing"
         assert (await store.runs.get_run(run.id)).last_seq == 2 * WRITES + 1
-        assert len(await store.runs.list_messages(run.id)) == 2 * WRITES
+        assert len(await store.messages.list_messages(run.id)) == 2 * WRITES
     finally:
         await store.close()

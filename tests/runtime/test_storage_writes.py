@@ -68,13 +68,13 @@ async def test_a_failing_write_is_undone_alone_and_the_batch_commits(database_ur
 
         now = time.time()
         results = await asyncio.gather(
-            store.runs.add_message(run_id, NewMessage(MessageRole.USER, "one", now, now, client_id="a")),
+            store.messages.add_message(run_id, NewMessage(MessageRole.USER, "one", now, now, client_id="a")),
             store.db.write(fails),
-            store.runs.add_message(run_id, NewMessage(MessageRole.USER, "two", now, now, client_id="b")),
+            store.messages.add_message(run_id, NewMessage(MessageRole.USER, "two", now, now, client_id="b")),
             return_exceptions=True,
         )
         assert isinstance(results[1], RuntimeError)
-        assert [m.content for m in await store.runs.list_messages(run_id)] == ["one", "two"]
+        assert [m.content for m in await store.messages.list_messages(run_id)] == ["one", "two"]
         events = await store.runs.list_events(run_id)
         assert [e.seq for e in events] == list(range(1, before + 3))
         assert (await store.runs.get_run(run_id)).last_seq == before + 2
@@ -90,7 +90,8 @@ async def test_event_numbers_stay_gapless_under_concurrent_writes(database_url: 
 
         async def turns(run_id: str) -> None:
             for i in range(20):
-                await store.runs.add_message(run_id, NewMessage(MessageRole.USER, f"a{i}", now, now, client_id=f"c{i}"))
+                answer = NewMessage(MessageRole.USER, f"a{i}", now, now, client_id=f"c{i}")
+                await store.messages.add_message(run_id, answer)
                 await store.runs.save_state(run_id, Position(i, 0), now)
 
         await asyncio.gather(*(turns(r) for r in runs for _ in range(2)))  # the second pass only retries
@@ -98,7 +99,7 @@ async def test_event_numbers_stay_gapless_under_concurrent_writes(database_url: 
             events = await store.runs.list_events(run_id)
             assert [e.seq for e in events] == list(range(1, len(events) + 1))
             assert len([e for e in events if e.type is EventType.MESSAGE_CREATED]) == 20
-            assert len(await store.runs.list_messages(run_id)) == 20
+            assert len(await store.messages.list_messages(run_id)) == 20
             assert (await store.runs.get_run(run_id)).position == Position(19, 0)
     finally:
         await store.close()
@@ -121,10 +122,10 @@ async def test_stored_rows_read_back_as_written(database_url: str) -> None:
             is_filler=True,
             latency=latency,
         )
-        msg, created = await store.runs.add_message(run_id, new, position=Position(1, 1, True), idle_since=now)
-        user, _ = await store.runs.add_message(run_id, NewMessage(MessageRole.USER, "x", now, now))
+        msg, created = await store.messages.add_message(run_id, new, position=Position(1, 1, True), idle_since=now)
+        user, _ = await store.messages.add_message(run_id, NewMessage(MessageRole.USER, "x", now, now))
         assert created
-        stored = await store.runs.list_messages(run_id)
+        stored = await store.messages.list_messages(run_id)
         assert stored == [msg, user]
         assert stored[0].latency == latency and stored[0].is_filler is True and stored[1].latency is None
         run = await store.runs.get_run(run_id)
@@ -147,14 +148,14 @@ async def test_a_retried_client_id_returns_the_stored_message(database_url: str)
         run_id = await _run(store, org, bp_id)
         now = time.time()
         new = NewMessage(MessageRole.USER, "a", now, now, client_id="k")
-        first, created = await store.runs.add_message(run_id, new)
-        again, created_again = await store.runs.add_message(
+        first, created = await store.messages.add_message(run_id, new)
+        again, created_again = await store.messages.add_message(
             run_id, NewMessage(MessageRole.USER, "a", now + 5, now + 5, client_id="k")
         )
         assert created and not created_again and again == first
-        assert len(await store.runs.list_messages(run_id)) == 1
+        assert len(await store.messages.list_messages(run_id)) == 1
         with pytest.raises(Exception):  # noqa: B017 - no such run: the foreign key refuses it
-            await store.runs.add_message("run_missing", NewMessage(MessageRole.USER, "a", now, now))
+            await store.messages.add_message("run_missing", NewMessage(MessageRole.USER, "a", now, now))
     finally:
         await store.close()
 
@@ -210,7 +211,7 @@ async def test_one_batch_with_a_failing_write_commits_the_others_and_undoes_it(d
         await asyncio.sleep(0.05)
         commits = store.db.commits
         writes = [
-            store.runs.add_message(run_id, NewMessage(MessageRole.USER, f"m{i}", now, now, client_id=f"c{i}"))
+            store.messages.add_message(run_id, NewMessage(MessageRole.USER, f"m{i}", now, now, client_id=f"c{i}"))
             for i in range(3)
         ]
         failing = store.db.write(fails, run_id=run_id)
@@ -221,7 +222,7 @@ async def test_one_batch_with_a_failing_write_commits_the_others_and_undoes_it(d
         results = await batch
         assert isinstance(results[1], RuntimeError)
         assert store.db.commits == commits + 2  # the held write, then the three others in one batch
-        assert [m.content for m in await store.runs.list_messages(run_id)] == ["m0", "m1", "m2"]
+        assert [m.content for m in await store.messages.list_messages(run_id)] == ["m0", "m1", "m2"]
         assert [e.seq for e in await store.runs.list_events(run_id)] == list(range(1, before + 4))
 
         with pytest.raises(RuntimeError):  # alone in its batch: rolled back all the same
@@ -237,11 +238,11 @@ async def test_a_stored_message_is_sent_as_the_text_it_was_stored_with(database_
         run_id = await _run(store, org, bp_id)
         started = (await store.runs.get_run(run_id)).started_at
         now = time.time()
-        msg, _ = await store.runs.add_message(run_id, NewMessage(MessageRole.USER, "caf\u00e9 \u2615", now, now))
+        msg, _ = await store.messages.add_message(run_id, NewMessage(MessageRole.USER, "caf\u00e9 \u2615", now, now))
         expected = json.dumps(message_json(msg, started), separators=(",", ":"))
         assert message_text(msg, started) == expected  # remembered by the writer
         assert message_text(msg, None) == json.dumps(message_json(msg, None), separators=(",", ":"))
-        (copy,) = await store.runs.list_messages(run_id)
+        (copy,) = await store.messages.list_messages(run_id)
         assert copy is not msg and message_text(copy, started) == expected  # not remembered: encoded again
         event = (await store.runs.list_events(run_id))[-1]
         assert event.data == {"message": message_json(msg, started)}
@@ -285,9 +286,9 @@ async def test_a_failure_that_escapes_a_write_refuses_its_batch_and_the_next_wri
         with pytest.raises(StorageUnavailable):
             await asyncio.wait_for(store.db.write(escape), 5 * UNIT)
         new = NewMessage(MessageRole.USER, "still here", started_at=time.time(), ended_at=time.time())
-        _, created = await asyncio.wait_for(store.runs.add_message(run_id, new), 5 * UNIT)
+        _, created = await asyncio.wait_for(store.messages.add_message(run_id, new), 5 * UNIT)
         assert created
-        assert [m.content for m in await store.runs.list_messages(run_id)] == ["still here"]
+        assert [m.content for m in await store.messages.list_messages(run_id)] == ["still here"]
         assert (await store.runs.get_run(run_id)).metadata == {}  # the escaped write was rolled back
     finally:
         await store.close()
