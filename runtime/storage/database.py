@@ -65,6 +65,7 @@ EventListener = Callable[[Event], None]
 T = TypeVar("T")
 
 MAX_BATCH = 500  # writes per group commit
+CONFLICT_TRIES = 4  # a batch that lost a deadlock to another writer thread (PostgreSQL) is run again, this often
 log = logging.getLogger(__name__)
 
 
@@ -454,8 +455,23 @@ class Database:
         # Optimistic: the whole batch in one transaction. Only if a write fails is the batch run again,
         # each write in its own savepoint, so the failing one is undone alone and the others commit:
         # a SAVEPOINT and a RELEASE per write would be more statements than most writes have.
-        if self._attempt(conn, cursor, placeholder, batch, savepoints=False):
+        #
+        # Writer threads commit side by side on PostgreSQL, so two of them can deadlock (e.g. an erasure
+        # locking a run's row while that run's turn, in another thread, holds a key-share lock on it and
+        # then wants to update it). PostgreSQL undoes one transaction; nothing of it was committed, so the
+        # whole batch runs again, in the same order (a write's error is not the participant's to see).
+        for tries in range(1, CONFLICT_TRIES + 1):
+            failed = self._attempt(conn, cursor, placeholder, batch, savepoints=False)
+            if not any(postgres.is_conflict(job.error) for job in batch):
+                break
+            if tries < CONFLICT_TRIES:
+                log.info("a write lost a lock conflict with another writer; its batch of %d runs again", len(batch))
+        if failed:
             self._attempt(conn, cursor, placeholder, batch, savepoints=True)
+        for job in batch:
+            if postgres.is_conflict(job.error):  # still losing, every time: busy, not broken
+                busy = f"the database was too busy to take this write; try again ({job.error!r})"
+                job.error = StorageUnavailable(busy)
         self._announce(batch)
 
     def _attempt(

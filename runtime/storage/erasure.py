@@ -86,7 +86,7 @@ class Erasure:
     async def erase(self, run_id: str, *, by: str, now: float | None = None) -> bool:
         """Erase a run's data; False if it had been erased already. The caller deletes its recording."""
         when = time.time() if now is None else now
-        erased = await self.db.write(lambda tx: _erase(tx, run_id, by, when))
+        erased = await self.db.write(lambda tx: _erase(tx, run_id, by, when), run_id=run_id)  # after its turns
         if erased:
             await self.db.checkpoint()  # SQLite: the log's copies of the deleted pages go too
         return erased

@@ -106,6 +106,15 @@ def text_json(cursor: Any) -> None:
         cursor.adapters.register_loader(name, TextLoader)
 
 
+CONFLICTS = frozenset({"40P01", "40001"})  # deadlock_detected, serialization_failure: undone, and safe to run again
+
+
+def is_conflict(exc: BaseException | None) -> bool:
+    """``exc`` is PostgreSQL undoing a transaction that lost a lock conflict with another (raw, or wrapped)."""
+    state = getattr(exc, "sqlstate", None) or getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return state in CONFLICTS
+
+
 def is_broken(dbapi_connection: Any) -> bool:
     """The driver connection cannot be used again (psycopg: the server or the network went away)."""
     return bool(getattr(dbapi_connection, "broken", False) or getattr(dbapi_connection, "closed", False))

@@ -8,13 +8,14 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
 
 from runtime.errors import StorageUnavailable
 from runtime.serialize import message_json, message_text
-from runtime.storage import NewMessage, Store
+from runtime.storage import NewMessage, Store, postgres
 from runtime.storage import schema as t
 from runtime.storage.database import Database, Transaction
 from runtime.types import (
@@ -29,7 +30,7 @@ from runtime.types import (
     SessionType,
     UtteranceKind,
 )
-from tests.conftest import POSTGRES, UNIT
+from tests.conftest import POSTGRES, UNIT, postgres_only
 
 
 async def _store(url: str) -> tuple[Store, str, str]:
@@ -290,5 +291,43 @@ async def test_a_failure_that_escapes_a_write_refuses_its_batch_and_the_next_wri
         assert created
         assert [m.content for m in await store.messages.list_messages(run_id)] == ["still here"]
         assert (await store.runs.get_run(run_id)).metadata == {}  # the escaped write was rolled back
+    finally:
+        await store.close()
+
+
+@postgres_only("writes of different runs commit side by side in several writer threads")
+async def test_two_writers_that_deadlock_both_commit(database_url: str) -> None:
+    """Two writes, in two writer threads, lock two runs' rows in opposite orders. PostgreSQL breaks the
+    deadlock by undoing one of them; it runs again by itself, so both writers get their result, not an
+    error, and each change is made once."""
+    store, org, bp_id = await _store(database_url)
+    try:
+        one, other = await _run(store, org, bp_id), await _run(store, org, bp_id)
+        lanes = postgres.WRITERS
+        keys = {hash(f"lane-{i}") % lanes: f"lane-{i}" for i in range(50)}  # the lane a write's run id takes
+        assert len(keys) >= 2
+        key_a, key_b = list(keys.values())[:2]
+        both_locked = threading.Barrier(2)
+        tries = {"a": 0, "b": 0}
+
+        def cross(name: str, first: str, then: str) -> Any:
+            def write(tx: Transaction) -> int:
+                tries[name] += 1
+                tx.change("UPDATE runs SET metadata = ? WHERE id = ?", (json.dumps({name: "first"}), first))
+                if tries[name] == 1:
+                    both_locked.wait(timeout=10 * UNIT)  # each holds one row; now each wants the other's
+                tx.change("UPDATE runs SET cached_tokens = cached_tokens + 1 WHERE id = ?", (then,))
+                return tries[name]
+
+            return write
+
+        results = await asyncio.gather(
+            store.db.write(cross("a", one, other), run_id=key_a),
+            store.db.write(cross("b", other, one), run_id=key_b),
+        )
+        assert sorted(results) == [1, 2]  # one went through; the one PostgreSQL undid ran a second time
+        for run_id in (one, other):
+            rows = await store.db.fetch("SELECT cached_tokens FROM runs WHERE id = ?", (run_id,))
+            assert rows[0][0] == 1  # once each, not twice: the undone try left nothing
     finally:
         await store.close()
