@@ -30,7 +30,7 @@ from api.errors import UNSTORABLE, unstorable_text
 from api.live import CLOSE_GOING_AWAY, RESTARTING, ParticipantLink, PlaybackReport
 from api.openapi import Param, RouteTable
 from api.state import STATE, AppState
-from runtime.errors import Conflict, Draining, LeaseLost, StorageUnavailable
+from runtime.errors import Conflict, Draining, LeaseLost, NotFound, StorageUnavailable
 from runtime.serialize import message_text
 from runtime.types import ChannelType, EndReason, InboundCalls, Message, Run, RunStatus, SessionType
 
@@ -134,6 +134,14 @@ async def how_to_join(state: AppState, run: Run, token: str) -> str:
     if numbers and channel.settings.inbound is InboundCalls.PIN and run.pin:
         return f"This is a phone interview: call {numbers} and key in your PIN, {' '.join(run.pin)}, when asked."
     return "This is a phone interview: you will be called."
+
+
+async def linked_run(request: web.Request) -> Run:
+    """The run whose join token is in the path (404 for a link that names none)."""
+    run = await request.app[STATE].store.runs.run_by_token(request.match_info["token"])
+    if run is None:
+        raise NotFound("This interview link is not valid.", param="token")
+    return run
 
 
 async def _current(state: AppState, run: Run) -> Run:

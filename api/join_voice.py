@@ -24,7 +24,7 @@ from aiortc import RTCIceServer
 from pydantic import BaseModel, Field
 
 from api.errors import read_json
-from api.join import TOKEN, _current
+from api.join import TOKEN, _current, linked_run
 from api.live import RunController
 from api.openapi import Param, RouteTable
 from api.params import path_id
@@ -51,9 +51,7 @@ def ice_servers(state: AppState) -> list[RTCIceServer]:
               tag="participant", auth=False, errors=(404, 409), params=(TOKEN,))  # fmt: skip
 async def join_info(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    run = await state.store.runs.run_by_token(request.match_info["token"])
-    if run is None:
-        raise NotFound("This interview link is not valid.", param="token")
+    run = await linked_run(request)
     run = await _current(state, run)
     channel = await state.store.catalog.get_channel(run.org_id, run.channel_id) if run.channel_id else None
     voice = channel is not None and channel.type is ChannelType.WEBRTC_VOICE
@@ -101,9 +99,7 @@ class AnswerOut(BaseModel):
               params=(TOKEN,))  # fmt: skip
 async def join_offer(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    run = await state.store.runs.run_by_token(request.match_info["token"])
-    if run is None:
-        raise NotFound("This interview link is not valid.", param="token")
+    run = await linked_run(request)
     try:
         offer = parse_offer(_checked_offer(await read_json(request)))
     except InvalidOffer as exc:

@@ -24,14 +24,14 @@ from typing import Any
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from api.join import TOKEN, _current
+from api.join import TOKEN, _current, linked_run
 from api.join_voice import attach_voice, voice_link
 from api.openapi import RouteTable
 from api.state import STATE
 from api.voice import VoiceLink
 from media.audio import PCM
 from media.socket_transport import Message, SocketTransport
-from runtime.errors import Conflict, NotFound
+from runtime.errors import Conflict
 from runtime.types import ChannelType, EndReason
 
 log = logging.getLogger("vivavoce.media_socket")
@@ -95,9 +95,7 @@ def parse_start(data: str) -> int:
               params=(TOKEN,))  # fmt: skip
 async def media_socket(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    run = await state.store.runs.run_by_token(request.match_info["token"])
-    if run is None:
-        raise NotFound("This interview link is not valid.", param="token")
+    run = await linked_run(request)
     channel = await state.store.catalog.get_channel(run.org_id, run.channel_id) if run.channel_id else None
     if channel is None or channel.type is not ChannelType.CUSTOM:
         raise Conflict("This interview is not on a custom channel; the media socket serves custom channels only.")
