@@ -457,7 +457,7 @@
     info: null, stream: null, track: null, pc: null, channel: null, audioCtx: null, analyser: null,
     meterTimer: 0, connectTimer: 0, retryTimer: 0, generation: 0, level: 0, state: "connecting",
     busy: false, muted: false, ended: false, left: false, seen: new Set(),
-    retries: 0, reconnecting: false, moving: false, // reconnecting by itself; told by the server to (moving)
+    retries: 0, moving: false, // tries made by itself since the call dropped; told by the server to move
   };
 
   function voiceError(name, message) {
@@ -484,7 +484,6 @@
     if (voice.busy || voice.ended) return;
     voice.busy = true;
     voice.retries = 0;
-    voice.reconnecting = false;
     vui.startButton.disabled = vui.retry.disabled = true;
     const Ctx = window.AudioContext || window.webkitAudioContext;
     if (Ctx && !voice.audioCtx) {
@@ -579,7 +578,7 @@
     vui.call.hidden = false;
     if (focusWasOnScreen) vui.call.focus(); // the button that had focus is gone: keep keyboard users in place
     setVoiceState("connecting");
-    setStatus(voice.reconnecting ? "Reconnecting…" : "Connecting…");
+    setStatus(voice.retries > 0 ? "Reconnecting…" : "Connecting…");
     const pc = new RTCPeerConnection({ iceServers: voice.info.ice_servers || [] });
     voice.pc = pc;
     pc.addTransceiver(voice.track, { direction: "sendrecv", streams: [voice.stream] });
@@ -651,7 +650,7 @@
     voice.moving = false;
     closePeer();
     if (await checkRunEnded()) return;
-    if (connected || moving || voice.reconnecting) { reconnectSoon(); return; }
+    if (connected || moving || voice.retries > 0) { reconnectSoon(); return; }
     showVoiceError(voiceError(name || "ConnectionFailed"));
   }
 
@@ -660,16 +659,13 @@
     if (voice.ended || voice.left) return;
     if (voice.retries >= RECONNECT_DELAYS_MS.length) {
       voice.retries = 0;
-      voice.reconnecting = false;
       showVoiceError(voiceError("ConnectionLost"));
       return;
     }
     const delay = RECONNECT_DELAYS_MS[voice.retries] * (0.75 + Math.random() / 2);
     voice.retries += 1;
-    voice.reconnecting = true;
     setVoiceState("connecting");
     setStatus("Reconnecting…");
-    clearTimeout(voice.retryTimer);
     voice.retryTimer = setTimeout(() => {
       if (voice.ended || voice.left || voice.busy) return;
       if (!voice.track || voice.track.readyState !== "live") { showVoiceError(voiceError("NotReadableError")); return; }
@@ -701,7 +697,6 @@
 
   function onVoiceReady(event) {
     voice.retries = 0;
-    voice.reconnecting = false;
     vui.captions.replaceChildren();
     voice.seen.clear();
     for (const message of event.messages || []) addCaption(message);
