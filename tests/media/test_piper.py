@@ -21,7 +21,7 @@ from media.stt.wer import word_error_rate
 from media.tts import AUTO, create_synthesizer, embedded_for_language
 from media.tts.espeak import EspeakSynthesizer, phonemize
 from media.tts.pieces import Clause, clauses, pieces
-from media.tts.piper import PiperSynthesizer
+from media.tts.piper import QUIET, PiperSynthesizer
 
 REPLY = "Thank you, that is really helpful. Could you tell me a little more about a typical day at work?"
 WER_THRESHOLD = 0.5
@@ -61,33 +61,35 @@ def test_a_reply_comes_piece_by_piece_and_is_understood(piper: PiperSynthesizer)
     assert word_error_rate(REPLY, heard(whole, piper.sample_rate)) <= WER_THRESHOLD
 
 
+VOICED = 328  # -40 dBFS: a vowel or a voiced consonant; a soft onset ("th", "f") stays under it for 30-40 ms
+
+
+def ms_before(pcm: np.ndarray, rate: int, above: int) -> float:
+    """Milliseconds of audio before the first sample louder than ``above``."""
+    return 1000 * int(np.flatnonzero(np.abs(pcm.astype(np.int32)) > above)[0]) / rate
+
+
 def test_a_reply_starts_with_its_first_sound_and_later_pieces_keep_their_pauses(piper: PiperSynthesizer) -> None:
     """The voice opens every inference with ~30-50 ms of digital silence: on a reply's first piece that is only
     waiting (trimmed to 10 ms before the first sound); between pieces it is the pause of a clause (kept)."""
-
-    def silent_ms(pcm: np.ndarray, above: int = 16) -> float:
-        return 1000 * int(np.flatnonzero(np.abs(pcm.astype(np.int32)) > above)[0]) / piper.sample_rate
-
+    rate = piper.sample_rate
     first, second, *_ = piper.synthesize(REPLY)
-    assert silent_ms(first) <= 11
-    assert silent_ms(second) >= 25
+    assert ms_before(first, rate, QUIET) <= 11
+    assert ms_before(second, rate, QUIET) >= 25
     untrimmed = piper.run(piper.phonemes(pieces(REPLY)[0]))
-    assert silent_ms(untrimmed) >= 25  # (its length is not comparable: each inference samples its durations)
+    assert (
+        ms_before(untrimmed, rate, QUIET) >= 25
+    )  # (its length is not comparable: each inference samples its durations)
 
 
 def test_trimming_keeps_a_soft_first_consonant(piper: PiperSynthesizer) -> None:
     """The "th" of "three" rises from the silence for 30-40 ms under -40 dBFS before the vowel: cutting it
     made Whisper hear "B91 857" for "three nine one, eight five seven"; the participant hears "ree"."""
     first, *_ = piper.synthesize("Three nine one, eight five seven.")
-    assert silent_ms_before_vowel(first, piper.sample_rate) >= 25
+    assert ms_before(first, piper.sample_rate, VOICED) >= 25
     after_a_pause = np.concatenate([np.zeros(piper.sample_rate // 5, dtype=np.int16), first])  # as it is heard
     text = heard(after_a_pause, piper.sample_rate).lower()
     assert text.startswith(("three", "3")), text
-
-
-def silent_ms_before_vowel(pcm: np.ndarray, rate: int) -> float:
-    """Milliseconds of audio before the first sample over -40 dBFS (a voiced sound)."""
-    return 1000 * int(np.flatnonzero(np.abs(pcm.astype(np.int32)) > 328)[0]) / rate
 
 
 def test_phonemes_keep_stress_and_punctuation(piper: PiperSynthesizer) -> None:
